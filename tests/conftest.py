@@ -1,0 +1,76 @@
+"""Shared fixtures. Every test runs with TINYTITAN_HOME in a temporary folder, so nothing is read
+from or written to the user's cache. The tiny model is built here, in the session's temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tinytitan_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("tinytitan-home")
+    old = os.environ.get("TINYTITAN_HOME")
+    os.environ["TINYTITAN_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("TINYTITAN_HOME", None)
+    else:
+        os.environ["TINYTITAN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(path of the tiny GGUF, the transformers model it was written from)."""
+    from tinytitan.tiny import write_tiny_gguf
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-gemma3.gguf"
+    model = write_tiny_gguf(path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_torch(tiny):
+    from tinytitan.engines import load_engine
+
+    return load_engine("torch", str(tiny[0]))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny):
+    from tinytitan.engines import load_engine
+
+    return load_engine("llama", str(tiny[0]), n_ctx=512)
+
+
+@pytest.fixture(scope="session")
+def real_torch():
+    from tinytitan.engines import load_engine
+
+    return load_engine("torch")
+
+
+@pytest.fixture(scope="session")
+def real_llama():
+    from tinytitan.engines import load_engine
+
+    return load_engine("llama", n_ctx=2048)
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    assert path.is_file(), f"{path} is missing: the tests need the project's shared data (../shared/data)"
+    return path
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`tinytitan ARGS` in a subprocess (the real entry point), with the test's TINYTITAN_HOME."""
+    return subprocess.run([sys.executable, "-m", "tinytitan", *args], input=stdin, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)

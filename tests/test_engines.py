@@ -1,0 +1,106 @@
+"""The two engines on the tiny model: same tokens, same logits, same greedy text; sampling knobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinytitan.engines import GenerationChunk, SamplingParams
+from tinytitan.errors import TinyTitanError
+
+TEXTS = [
+    "the cat sat on the mat.",
+    "Hello world!\n\nRed, blue; 42 cups of sugar",
+    "  leading spaces and\ttabs",
+    "unicode: café 日本 🙂",
+    "spelled controls: <end_of_turn><start_of_turn>model\n<bos><eos>",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizers_agree(tiny_torch, tiny_llama, text):
+    assert tiny_torch.tokenize(text, bos=True) == tiny_llama.tokenize(text, bos=True)
+
+
+def test_logits_match_between_engines(tiny_torch, tiny_llama):
+    """llama.cpp (F32 weights, F16 KV cache) against our torch model: 40 tokens, both layer kinds."""
+    ids = tiny_torch.tokenize(" ".join(TEXTS[:2]) * 2, bos=True)[:40]
+    torch_logits = tiny_torch.score(ids, 0)
+    llama_logits = tiny_llama.score(ids, 0)
+    assert torch_logits.shape == llama_logits.shape == (len(ids), tiny_torch.vocab_size)
+    # tolerance: llama.cpp stores K/V in F16 and sums in another order; logits here span about +-10
+    np.testing.assert_allclose(llama_logits, torch_logits, atol=2e-2, rtol=0)
+    assert (llama_logits.argmax(-1) == torch_logits.argmax(-1)).all()
+
+
+def test_score_positions(tiny_llama, tiny_torch):
+    ids = tiny_torch.tokenize("the dog sat on the red mat", bos=True)
+    for engine in (tiny_llama, tiny_torch):
+        full = engine.score(ids, 0)
+        tail = engine.score(ids, 3)
+        assert tail.shape[0] == len(ids) - 3
+        np.testing.assert_allclose(tail, full[3:], atol=1e-4)
+
+
+def test_greedy_generation_agrees(tiny_torch, tiny_llama):
+    prompt = tiny_torch.tokenize("the cat", bos=True)
+    params = SamplingParams(max_tokens=12)
+    a, b = tiny_torch.generate(prompt, params), tiny_llama.generate(prompt, params)
+    assert a.tokens == b.tokens and a.text == b.text
+    assert a.last.generation_tokens == len(a.tokens) <= 12
+
+
+def test_stream_chunks_carry_statistics(tiny_llama, tiny_torch):
+    prompt = tiny_llama.tokenize("hello world", bos=True)
+    for engine in (tiny_llama, tiny_torch):
+        chunks = list(engine.stream(prompt, SamplingParams(max_tokens=6)))
+        assert all(isinstance(c, GenerationChunk) for c in chunks)
+        last = chunks[-1]
+        assert last.finish_reason in ("length", "stop") and all(c.finish_reason is None for c in chunks[:-1])
+        assert last.prompt_tokens == len(prompt) and last.prompt_tps > 0 and last.peak_memory_mb > 10
+        if last.generation_tokens > 1:
+            assert last.generation_tps > 0
+
+
+@pytest.mark.parametrize("engine_name", ["tiny_torch", "tiny_llama"])
+def test_seeded_sampling_is_reproducible(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    prompt = engine.tokenize("the", bos=True)
+    params = SamplingParams(max_tokens=10, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+    first, second = engine.generate(prompt, params), engine.generate(prompt, params)
+    assert first.tokens == second.tokens
+    others = {tuple(engine.generate(prompt, SamplingParams(max_tokens=10, temperature=1.5, seed=s)).tokens)
+              for s in range(6)}
+    assert len(others) > 1  # different seeds explore different continuations
+
+
+def test_top_k_one_is_greedy(tiny_torch):
+    prompt = tiny_torch.tokenize("the dog", bos=True)
+    greedy = tiny_torch.generate(prompt, SamplingParams(max_tokens=8))
+    sampled = tiny_torch.generate(prompt, SamplingParams(max_tokens=8, temperature=2.0, top_k=1, seed=3))
+    assert greedy.tokens == sampled.tokens
+
+
+def test_stop_strings_cut_the_text(tiny_torch, tiny_llama):
+    prompt = tiny_torch.tokenize("the cat", bos=True)
+    for engine in (tiny_torch, tiny_llama):
+        free = engine.generate(prompt, SamplingParams(max_tokens=20)).text
+        assert len(free) > 4
+        stop = free[2:4]
+        cut = engine.generate(prompt, SamplingParams(max_tokens=20, stop=(stop,)))
+        assert cut.text == free[: free.index(stop)]
+        assert cut.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"max_tokens": 0}, "max_tokens"), ({"temperature": -1.0}, "temperature"), ({"top_k": -2}, "top_k"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"seed": -1}, "seed"), ({"stop": ("",)}, "stop"),
+])
+def test_bad_sampling_params_name_the_param(kwargs, param):
+    with pytest.raises(TinyTitanError, match=param):
+        SamplingParams(**kwargs)
+
+
+def test_prompt_longer_than_context_is_an_error(tiny_llama):
+    with pytest.raises(TinyTitanError, match="do not fit the context"):
+        tiny_llama.generate([2] * 600, SamplingParams(max_tokens=4))

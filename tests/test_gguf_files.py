@@ -1,0 +1,103 @@
+"""GGUF validation: every malformed file is a one-line error naming the path and the problem."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tinytitan.errors import ModelFileError
+from tinytitan.gguf_files import read_gguf
+from tests.conftest import run_cli
+
+
+def test_reads_the_tiny_model(tiny):
+    g = read_gguf(tiny[0])
+    assert g.architecture == "gemma3"
+    assert g.arch_key("block_count") == 2
+    tokens = g.array("tokenizer.ggml.tokens")
+    assert tokens[:3] == ["<pad>", "<eos>", "<bos>"]
+    assert len(tokens) == next(t for t in g.tensors if t.name == "token_embd.weight").shape[1]
+    names = {t.name for t in g.tensors}
+    assert {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= names
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(bytes(range(256)) * 40), "not a GGUF file"),
+    (lambda p: p.write_bytes(b"GGUF"), "too short"),
+    (lambda p: p.write_bytes(b"GGUF" + struct.pack("<IQQ", 99, 0, 0)), "unsupported GGUF version 99"),
+    (lambda p: p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**12, 0)), "more than a"),
+    (lambda p: p.mkdir(), "is a directory"),
+])
+def test_bad_files_are_named_errors(tmp_path, make, message):
+    path = tmp_path / "model.gguf"
+    make(path)
+    with pytest.raises(ModelFileError, match=message) as caught:
+        read_gguf(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.02, 0.3, 0.9, 0.999])
+def test_truncated_gguf_is_an_error(tiny, tmp_path, fraction):
+    data = tiny[0].read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ModelFileError, match="truncated"):
+        read_gguf(cut)
+
+
+def test_corrupt_string_length_is_an_error(tiny, tmp_path):
+    data = bytearray(tiny[0].read_bytes())
+    # the first metadata key's length field sits right after the 24-byte header
+    data[24:32] = struct.pack("<Q", 2**40)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="runs past the end"):
+        read_gguf(bad)
+
+
+def test_misaligned_tensor_offset_is_an_error(tiny, tmp_path):
+    g = read_gguf(tiny[0])
+    data = bytearray(tiny[0].read_bytes())
+    # find the tensor table entry of the second tensor and nudge its offset by one byte
+    name = g.tensors[1].name.encode()
+    at = data.index(struct.pack("<Q", len(name)) + name)
+    n_dims = struct.unpack_from("<I", data, at + 8 + len(name))[0]
+    offset_at = at + 8 + len(name) + 4 + 8 * n_dims + 4
+    old = struct.unpack_from("<Q", data, offset_at)[0]
+    struct.pack_into("<Q", data, offset_at, old + 1)
+    bad = tmp_path / "misaligned.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="not aligned"):
+        read_gguf(bad)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"\x00garbage" * 1000])
+def test_cli_bad_model_is_one_line_exit_1(tmp_path, content):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    for verb in (["info", str(path)], ["generate", "hi", "--model", str(path)],
+                 ["generate", "hi", "--engine", "torch", "--model", str(path)]):
+        result = run_cli(*verb)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_truncated_model_is_one_line(tiny, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny[0].read_bytes()[:5000])
+    result = run_cli("generate", "hi", "--model", str(cut))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "truncated" in result.stderr
+
+
+def test_unknown_model_name_is_an_error():
+    result = run_cli("info", "gemma-9-huge")
+    assert result.returncode == 1
+    assert "unknown model" in result.stderr and "gemma-3-270m" in result.stderr

@@ -1,0 +1,3 @@
+from tinytitan.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""`tinytitan chat`: a conversation in the Gemma turn format, at a terminal or over piped stdin.
+
+At a terminal: type a message, get a streamed reply; `/reset` forgets the conversation,
+`/exit` (or Ctrl-D) leaves. Piped: every input line is one user message and the replies are
+printed in order (one JSON object per line with --json), so scripts can drive it.
+
+Gemma 3 270M as shipped is a base (pretrained) model: it continues text and was not trained to
+follow turns, so its replies in chat are rough. Fine-tuned or instruction-tuned models chat well.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tinytitan import options
+
+BASE_MODEL_NOTE = ("note: {name} is a base (pretrained) model: it continues text rather than following "
+                   "instructions, so chat replies will be rough. Fine-tune it (or use an instruction-tuned "
+                   "GGUF) for a real assistant; `tinytitan generate` shows what it does best.")
+
+
+def add_arguments(parser) -> None:
+    options.add_model(parser)
+    options.add_engine(parser)
+    options.add_sampling(parser, max_tokens=256)
+    parser.add_argument("--system", default=None, help="system prompt for the conversation")
+    options.add_json(parser)
+
+
+def is_base_model(gguf) -> bool:
+    """A pretrained checkpoint: no fine-tune recorded in its metadata (by its maker or by us)."""
+    return "general.finetune" not in gguf.metadata and "tinytitan.run" not in gguf.metadata
+
+
+def run(args) -> None:
+    from tinytitan.chat_format import Message, encode_chat
+    from tinytitan.engines import load_engine
+
+    params = options.sampling_from(args)
+    interactive = sys.stdin.isatty()
+    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx) as engine:
+        if is_base_model(engine.ref.gguf):
+            print(BASE_MODEL_NOTE.format(name=engine.ref.name), file=sys.stderr)
+        if interactive:
+            print("type a message; /reset forgets the conversation, /exit leaves", file=sys.stderr)
+        history: list[Message] = [Message("system", args.system)] if args.system else []
+        for line in _lines(interactive):
+            command = line.strip()
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                history = history[:1] if args.system else []
+                print("(conversation forgotten)", file=sys.stderr)
+                continue
+            if not command:
+                continue
+            history.append(Message("user", line))
+            history, ids = fit_context(engine, history, params.max_tokens)
+            reply, last = "", None
+            for chunk in engine.stream(ids, params):
+                reply += chunk.text
+                last = chunk
+                if not args.json:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            history.append(Message("assistant", reply))
+            if args.json:
+                print(json.dumps({"user": line, "reply": reply, "finish_reason": last.finish_reason,
+                                  "generation_tps": round(last.generation_tps, 2)}), flush=True)
+            else:
+                print(flush=True)
+
+
+def fit_context(engine, history, max_tokens: int):
+    """Drop the oldest exchanges until the conversation and the reply fit the context."""
+    from tinytitan.chat_format import encode_chat
+    from tinytitan.errors import TinyTitanError
+
+    keep = 1 if history and history[0].role == "system" else 0
+    while True:
+        ids = encode_chat(engine, history)
+        if len(ids) + max_tokens <= engine.n_ctx:
+            return history, ids
+        if len(history) - keep <= 1:
+            raise TinyTitanError(f"the message is {len(ids)} tokens; with --max-tokens {max_tokens} it does "
+                                 f"not fit the context of {engine.n_ctx} tokens (raise --ctx)")
+        history = history[:keep] + history[keep + 2:]
+
+
+def _lines(interactive: bool):
+    while True:
+        if interactive:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                return
+            line = line.rstrip("\n")
+        yield line

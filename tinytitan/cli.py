@@ -1,0 +1,70 @@
+"""`tinytitan VERB ...`: routes each verb to its module, imported only when it runs.
+
+No logic lives here, so `tinytitan --help` answers without importing torch or llama.cpp.
+Each verb module has `add_arguments(parser)` and `run(args)`; heavy imports happen inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from tinytitan import __version__
+
+# verb -> (module, one-line summary shown by `tinytitan --help`)
+VERBS = {
+    "info": ("tinytitan.info", "Describe a model file: architecture, size, per-tensor quant types."),
+    "generate": ("tinytitan.generate", "Continue a prompt (streaming), with the torch or llama engine."),
+    "chat": ("tinytitan.chat", "Interactive chat in the Gemma turn format (reads piped stdin too)."),
+    "perplexity": ("tinytitan.perplexity", "Perplexity of a text file, llama.cpp's convention."),
+    "parity": ("tinytitan.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinytitan",
+        description="Turn Gemma 3 270M into a task specialist on a CPU, and ship it to the edge.",
+    )
+    parser.add_argument("--version", action="version", version=f"tinytitan {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, summary) in VERBS.items():
+        sub.add_parser(verb, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in VERBS:
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            sys.exit(0)
+        parser.parse_args(argv)  # prints --help/--version, or a clear "invalid choice" error
+        return
+    verb, rest = argv[0], argv[1:]
+    module = importlib.import_module(VERBS[verb][0])
+    parser = argparse.ArgumentParser(prog=f"tinytitan {verb}", description=VERBS[verb][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    sys.exit(run_verb(module.run, args))
+
+
+def run_verb(run, args) -> int:
+    """Run a verb; user errors become one line on stderr and exit status 1."""
+    from tinytitan.errors import TinyTitanError
+
+    try:
+        run(args)
+    except TinyTitanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `tinytitan ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0

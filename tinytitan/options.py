@@ -1,0 +1,55 @@
+"""Command-line options shared by several verbs, declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+from tinytitan.models import DEFAULT_MODEL
+
+
+def add_model(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    help_text = f"model: {DEFAULT_MODEL!r} (the default, embedded) or a path to a GGUF file"
+    if positional:
+        parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=help_text)
+    else:
+        parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help=help_text)
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", "-e", choices=("llama", "torch"), default="llama",
+                        help="runtime: llama (llama.cpp, fast) or torch (PyTorch, the training model)")
+    parser.add_argument("--threads", "-t", type=positive_int, default=None,
+                        help="CPU threads (default: all cores)")
+    parser.add_argument("--ctx", type=positive_int, default=4096, help="context size in tokens (llama engine)")
+
+
+def add_sampling(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", "-n", type=positive_int, default=max_tokens, help="tokens to generate at most")
+    group.add_argument("--temperature", "--temp", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with this mass (1 = off)")
+    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="stop when this text appears (repeatable)")
+
+
+def sampling_from(args):
+    from tinytitan.engines import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value

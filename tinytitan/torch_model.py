@@ -1,0 +1,125 @@
+"""A GGUF Gemma 3 as a PyTorch `Gemma3ForCausalLM` and its tokenizer, converted once and cached.
+
+`transformers` can read a GGUF itself, but it takes ~80 s for the 270M and refuses
+`save_pretrained` afterwards. So the first load dequantizes the file with `gguf` (see
+`convert.py`), builds the tokenizer with `transformers`' GGUF tokenizer converter, and saves a
+plain Hugging Face folder (config.json, model.safetensors, tokenizer files) under
+`<cache>/torch/<sha256 of the GGUF>/`. Every later load is `from_pretrained` on that folder.
+A `manifest.json` written last marks the folder complete; the folder appears by atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tinytitan import convert
+from tinytitan.models import ModelRef, home
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+FORMAT_VERSION = 1
+
+
+def cache_dir(ref: ModelRef) -> Path:
+    return home() / "torch" / ref.sha256[:16]
+
+
+def load_torch_model(ref: ModelRef, dtype: str = "float32"):
+    """The `Gemma3ForCausalLM` for a Gemma 3 GGUF; converts and caches on first use."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+    from transformers.utils import logging
+
+    folder = ensure_converted(ref)
+    logging.disable_progress_bar()
+    model = Gemma3ForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    return model.eval()
+
+
+def load_tokenizer(ref: ModelRef):
+    """The model's `tokenizers.Tokenizer`, set so that control tokens spelled in text stay text.
+
+    (The `transformers` wrapper takes ~3 s to load Gemma's 262,144-piece vocabulary; this ~1 s.)
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(ensure_converted(ref) / "tokenizer.json"))
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def ensure_converted(ref: ModelRef) -> Path:
+    convert.require_gemma3(ref.gguf, "the torch engine (training)")
+    folder = cache_dir(ref)
+    if not _complete(folder):
+        convert_to_hf(ref, folder)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("format_version") == FORMAT_VERSION
+
+
+def convert_to_hf(ref: ModelRef, folder: Path) -> None:
+    """Dequantize `ref` into a Hugging Face folder at `folder` (atomically), with a progress bar."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from safetensors.torch import save_file
+
+    g = ref.gguf
+    config = convert.gemma3_config(g)
+    names = _hf_weight_names(config)
+    total = sum(t.n_bytes for t in g.tensors)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), transient=True) as progress:
+            task = progress.add_task(f"converting {ref.path.name} for torch", total=total)
+            state = convert.gemma3_state_dict(g, names, lambda n: progress.advance(task, n))
+            save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+            del state
+            config.architectures = ["Gemma3ForCausalLM"]
+            config.save_pretrained(staging)
+            progress.update(task, description="building the tokenizer (once)")
+            build_tokenizer(ref.path).save_pretrained(staging)
+        manifest = {"format_version": FORMAT_VERSION, "source": str(ref.path), "source_sha256": ref.sha256}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _fsync_dir(staging)
+        if folder.exists():  # an incomplete leftover
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_tokenizer(gguf_path: Path):
+    """The Hugging Face tokenizer `transformers` derives from a GGUF's vocabulary."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+
+def _hf_weight_names(config) -> list[str]:
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    with torch.device("meta"):
+        skeleton = Gemma3ForCausalLM(config)
+    names = list(skeleton.state_dict())
+    if config.tie_word_embeddings:
+        names.remove("lm_head.weight")
+    return names
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
