@@ -110,16 +110,14 @@ def gate_failures(report: dict, max_kl=None, min_top1=None, max_ppl_diff=None) -
 
 
 def run(args) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from tinytitan.engines import load_engine
+    from tinytitan.progress import progress_bar
 
-    text = read_text(args.file) if args.file else files("tinytitan.data").joinpath(BUNDLED_TEXT).read_text("utf-8")
+    text = read_text(args.file or files("tinytitan.data").joinpath(BUNDLED_TEXT))
     with load_engine("torch", args.model, threads=args.threads) as torch_engine, \
             load_engine("llama", args.model, threads=args.threads, n_ctx=args.chunk_size) as llama_engine:
-        with Progress(TextColumn("[bold]parity"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as progress:
-            task = progress.add_task("", total=None)
+        with progress_bar("parity") as progress:
+            task = progress.add_task("chunks", total=None, note="")
             report = run_parity(torch_engine, llama_engine, text, args.tokens, args.chunk_size,
                                 lambda done, total: progress.update(task, completed=done, total=total))
     failures = gate_failures(report, args.max_kl, args.min_top1, args.max_ppl_diff)

@@ -34,16 +34,17 @@ class Chunk:
 
 
 def read_text(path: str | Path) -> str:
+    """The file's text byte for byte (CRLF stays CRLF, as llama.cpp reads it), minus one final newline."""
     path = Path(path)
     if not path.is_file():
         raise TinyTitanError(f"{path}: no such file (expected a UTF-8 text file)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise TinyTitanError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
     if not text.strip():
         raise TinyTitanError(f"{path}: the file has no text")
-    return text
+    return text[:-1] if text.endswith("\n") else text
 
 
 def chunks(tokens: list[int], bos_id: int, ctx: int, n_chunks: int | None) -> list[Chunk]:
@@ -69,12 +70,7 @@ def log_softmax(logits: np.ndarray):
 
 def chunk_nll(engine, chunk: Chunk) -> np.ndarray:
     """Negative log-likelihood of each scored target token of one chunk."""
-    import torch
-
-    logits = engine.score(chunk.window[:-1], chunk.first)  # positions first .. ctx-2
-    logprobs = log_softmax(logits)
-    targets = torch.from_numpy(chunk.targets)
-    return (-logprobs.gather(1, targets[:, None])[:, 0]).numpy().astype(np.float64)
+    return -engine.target_logprobs(chunk.window, chunk.first)
 
 
 @dataclass
@@ -127,19 +123,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from tinytitan.engines import load_engine
+    from tinytitan.progress import progress_bar
 
     text = read_text(args.file)
     with load_engine(args.engine, args.model, threads=args.threads,
                      n_ctx=max(args.ctx, args.chunk_size)) as engine:
-        with Progress(TextColumn("[bold]perplexity"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[ppl]}"), TimeRemainingColumn(), transient=True) as progress:
-            task = progress.add_task("", total=None, ppl="")
+        with progress_bar("perplexity") as progress:
+            task = progress.add_task("chunks", total=None, note="")
 
             def on_chunk(done, total, ppl):
-                progress.update(task, completed=done, total=total, ppl=f"ppl {ppl:.4f}")
+                progress.update(task, completed=done, total=total, note=f"ppl {ppl:.4f}")
 
             result = run_perplexity(engine, text, args.chunk_size, args.chunks, on_chunk)
     if args.json:

@@ -70,8 +70,9 @@ def _complete(folder: Path) -> bool:
 
 def convert_to_hf(ref: ModelRef, folder: Path) -> None:
     """Dequantize `ref` into a Hugging Face folder at `folder` (atomically), with a progress bar."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from safetensors.torch import save_file
+
+    from tinytitan.progress import progress_bar
 
     g = ref.gguf
     config = convert.gemma3_config(g)
@@ -80,15 +81,14 @@ def convert_to_hf(ref: ModelRef, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                      TimeRemainingColumn(), transient=True) as progress:
-            task = progress.add_task(f"converting {ref.path.name} for torch", total=total)
+        with progress_bar(f"converting {ref.path.name} for torch (once)", bytes_=True) as progress:
+            task = progress.add_task("dequantizing", total=total, note="")
             state = convert.gemma3_state_dict(g, names, lambda n: progress.advance(task, n))
             save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
             del state
             config.architectures = ["Gemma3ForCausalLM"]
             config.save_pretrained(staging)
-            progress.update(task, description="building the tokenizer (once)")
+            progress.update(task, description="building the tokenizer")
             build_tokenizer(ref.path).save_pretrained(staging)
         manifest = {"format_version": FORMAT_VERSION, "source": str(ref.path), "source_sha256": ref.sha256}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))

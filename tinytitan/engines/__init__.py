@@ -105,6 +105,11 @@ class Engine:
         """Logits (float32, [len(ids) - first, vocab]) at positions first .. len(ids)-1 of one pass."""
         raise NotImplementedError
 
+    def target_logprobs(self, ids: Sequence[int], first: int) -> np.ndarray:
+        """log P(ids[i+1] | ids[:i+1]) for i = first .. len(ids)-2 (float64): likelihood scoring."""
+        ids = list(ids)
+        return target_logprobs_of(self.score(ids[:-1], first), ids[first + 1:])
+
     def close(self) -> None:
         pass
 
@@ -153,6 +158,17 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def target_logprobs_of(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log-softmax(logits)[row, target] per row, without materializing the log-softmax.
+    (torch: its logsumexp runs on all cores; numpy's exp on one.)"""
+    import torch
+
+    rows = torch.from_numpy(logits)  # (positions, vocab), shares memory
+    index = torch.as_tensor(list(targets), dtype=torch.int64)[:, None]
+    picked = rows.gather(1, index)[:, 0]
+    return (picked - torch.logsumexp(rows, dim=-1)).double().numpy()
 
 
 class _StopAwareText:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from tinytitan.engines import Engine, SamplingParams
+from tinytitan.engines import Engine, SamplingParams, target_logprobs_of
 from tinytitan.errors import ModelFileError, TinyTitanError
 from tinytitan.models import ModelRef
 
@@ -36,7 +36,8 @@ class LlamaEngine(Engine):
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(ref.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, verbose=False,
+                n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, flash_attn=True,
+                verbose=False,
             )
         except ValueError as error:  # llama-cpp-python reports load failures as ValueError
             raise ModelFileError(f"{ref.path}: llama.cpp cannot load this model ({error})") from None
@@ -48,7 +49,17 @@ class LlamaEngine(Engine):
         self._pieces: dict[str, int] | None = None
 
     def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        import llama_cpp
+
+        # one call with a buffer that surely fits (a token covers at least one byte); the wrapper's
+        # Llama.tokenize guesses 32K first and tokenizes long texts twice
+        data = text.encode("utf-8")
+        buffer = (llama_cpp.llama_token * (len(data) + 1))()
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buffer, len(buffer), False, False)
+        if n < 0:
+            raise TinyTitanError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        ids = buffer[:n]
         return [self.bos_id, *ids] if bos else ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -80,39 +91,49 @@ class LlamaEngine(Engine):
 
     def score(self, ids: Sequence[int], first: int) -> np.ndarray:
         """Logits at positions first..len(ids)-1, from one fresh pass over `ids`."""
+        return self._with_logits(ids, first, lambda view: view.copy())
+
+    def target_logprobs(self, ids: Sequence[int], first: int) -> np.ndarray:
+        # computed on llama.cpp's own logits buffer: no copy of [positions x vocab] floats
+        ids = list(ids)
+        return self._with_logits(ids[:-1], first, lambda view: target_logprobs_of(view, ids[first + 1:]))
+
+    def _with_logits(self, ids: Sequence[int], first: int, use):
+        """Decode `ids` from an empty cache with logits at positions >= first; `use(view)` reads them
+        (view: [outputs, vocab] float32 over llama.cpp's buffer, valid only inside `use`)."""
         import llama_cpp
 
         ids = list(ids)
         n = len(ids)
         self._check_length(n)
         ctx = self.llm.ctx
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_clear(memory, True)
         self.llm.n_tokens = 0  # the high-level object's view of the cache, now empty
-        outputs = []
+        results = []
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         try:
             for start in range(0, n, self.n_batch):
                 part = ids[start:start + self.n_batch]
                 for i, token in enumerate(part):
-                    pos = start + i
                     batch.token[i] = token
-                    batch.pos[i] = pos
+                    batch.pos[i] = start + i
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
-                    batch.logits[i] = pos >= first
+                    batch.logits[i] = start + i >= first
                 batch.n_tokens = len(part)
                 if llama_cpp.llama_decode(ctx, batch) != 0:
                     raise TinyTitanError(f"llama.cpp failed to decode a batch of {len(part)} tokens")
-                n_out = sum(1 for i in range(len(part)) if start + i >= first)
+                n_out = len(part) - max(0, min(len(part), first - start))
                 if n_out:
-                    pointer = llama_cpp.llama_get_logits(ctx)
-                    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                                 shape=(n_out, self.vocab_size))
-                    outputs.append(view.copy())
+                    pointer = ctypes.cast(llama_cpp.llama_get_logits(ctx), ctypes.POINTER(ctypes.c_float))
+                    results.append(use(np.ctypeslib.as_array(pointer, shape=(n_out, self.vocab_size))))
         finally:
             llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.vocab_size), np.float32)
+            llama_cpp.llama_memory_clear(memory, True)
+        if not results:
+            return np.zeros((0, self.vocab_size), np.float32)
+        return np.concatenate(results)
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:
