@@ -51,7 +51,7 @@ def chunks(tokens: list[int], bos_id: int, ctx: int, n_chunks: int | None) -> li
     available = len(tokens) // ctx
     if available == 0:
         raise TinyTitanError(f"the text is {len(tokens)} tokens, shorter than one chunk of {ctx} "
-                             f"(use a longer file or a smaller --ctx)")
+                             f"(use a longer text or a smaller --chunk-size)")
     count = available if n_chunks is None else min(n_chunks, available)
     result = []
     for i in range(count):

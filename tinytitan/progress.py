@@ -9,7 +9,9 @@ def progress_bar(label: str, *, bytes_: bool = False):
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
+    console = Console(stderr=True)
     count = DownloadColumn() if bytes_ else MofNCompleteColumn()
+    # off when stderr is not a terminal: a log gets no half-drawn bars or stray blank lines
     return Progress(TextColumn(f"[bold]{label}"), TextColumn("{task.description}"), BarColumn(), count,
                     TextColumn("{task.fields[note]}"), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
+                    console=console, transient=True, disable=not console.is_terminal)
