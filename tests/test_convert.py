@@ -81,6 +81,10 @@ def test_wrong_architecture_for_torch_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: architecture is 'llama', but the torch engine (training) needs a Gemma 3 model "
         f"(general.architecture = 'gemma3')"]
+    # the llama engine tries it (it accepts what llama.cpp accepts) and reports the refusal in one line
+    result = run_cli("generate", "hello", "--model", str(path))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {path}: llama.cpp cannot load this model (Failed to load model from file: {path})"]
 
 
 @pytest.mark.real_model

@@ -6,7 +6,7 @@ KL(torch || llama) of the next-token distributions (mean, p99, max), and each en
 perplexity. It also checks that both tokenizers cut the text into the same ids.
 `--max-kl/--min-top1/--max-ppl-diff` turn the report into a gate (exit 1 when it fails).
 
-Without FILE it reads the WikiText-2 excerpt bundled in `tinytitan/data` (CC BY-SA 3.0).
+Without FILE it reads the WikiText-2 excerpt bundled in `tinytitan/assets` (CC BY-SA 3.0).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def run(args) -> None:
     from tinytitan.engines import load_engine
     from tinytitan.progress import progress_bar
 
-    text = read_text(args.file or files("tinytitan.data").joinpath(BUNDLED_TEXT))
+    text = read_text(args.file or files("tinytitan.assets").joinpath(BUNDLED_TEXT))
     with load_engine("torch", args.model, threads=args.threads) as torch_engine, \
             load_engine("llama", args.model, threads=args.threads, n_ctx=args.chunk_size) as llama_engine:
         with progress_bar("parity") as progress:

@@ -20,6 +20,6 @@ step "4/5 do the engines agree? tinytitan parity (gate: mean KL <= 0.01, top-1 >
 $TT parity --max-kl 0.01 --min-top1 0.95 --max-ppl-diff 0.01
 
 step "5/5 perplexity of the bundled WikiText-2 excerpt (llama.cpp's convention)"
-$TT perplexity tinytitan/data/wikitext2_test_excerpt.txt
+$TT perplexity tinytitan/assets/wikitext2_test_excerpt.txt
 
 printf '\n\033[1mdemo finished.\033[0m Next: tinytitan chat, tinytitan generate --help, and the README.\n'
