@@ -6,7 +6,7 @@ gives the median of each and their ratio (target >= 0.9). Our figure is the `gen
 that `tinytitan generate --json` reports: decode steps per second after the first token, with
 sampling, detokenization and stop handling included. The last line is one JSON document.
 
-    python bench/decode_vs_llama_bench.py [--rounds 3] [--threads 2] [--model PATH]
+    python bench/decode_vs_llama_bench.py [--rounds 5] [--threads 2] [--model PATH]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def ours(model: Path, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--model", default=None, help="GGUF path (default: the embedded gemma-3-270m)")
     args = parser.parse_args()
