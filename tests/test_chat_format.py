@@ -54,7 +54,7 @@ def test_turn_layout(tiny_torch):
                     "<start_of_turn>model\n{}<end_of_turn>\n<start_of_turn>user\ntwo<end_of_turn>\n"
                     "<start_of_turn>model\n")
     # the ids spell the same conversation, piece by piece
-    decoded = tiny_torch.tokenizer.decode(ids, skip_special_tokens=False)
+    decoded = tiny_torch.tokenizer.fast.decode(ids, skip_special_tokens=False)
     assert decoded == text
     assert encode_chat(tiny_torch, messages, add_generation_prompt=False) == ids[:-3]
 

@@ -20,6 +20,8 @@ VERBS = {
     "chat": ("tinytitan.chat", "Interactive chat in the Gemma turn format (reads piped stdin too)."),
     "perplexity": ("tinytitan.perplexity", "Perplexity of a text file, llama.cpp's convention."),
     "parity": ("tinytitan.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
+    "data": ("tinytitan.data_check", "Check a dataset before training: bad rows, lengths, labels."),
+    "finetune": ("tinytitan.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
 }
 
 

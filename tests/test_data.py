@@ -1,0 +1,146 @@
+"""Datasets: shapes, canonical targets, rejected rows named by file:line, splits, truncation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinytitan.chat_format import Message
+from tinytitan.config import FinetuneConfig
+from tinytitan.data import (DataSpec, Example, canonical_completion, leakage, load_examples, split_examples,
+                            tokenize_example)
+from tinytitan.data_check import prepare_data
+from tinytitan.errors import TinyTitanError
+from tests.conftest import run_cli, shared_file
+
+BAD = Path(__file__).parent / "data_bad"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("bad_json.jsonl", {2: '"completion" is empty', 3: "bad JSON (Expecting ',' delimiter at column 15)"}),
+    ("wrong_fields.jsonl", {2: '"prompt" must be text, got number', 3: 'missing field "prompt"',
+                            4: "expected a JSON object, got list", 5: 'expected "messages"'}),
+    ("not_utf8.jsonl", {2: "not valid UTF-8"}),
+    ("duplicate.jsonl", {3: "duplicate of line 1"}),
+    ("messages.jsonl", {2: "the last message must be the assistant's reply", 3: "messages must alternate",
+                        4: '"messages" must be a non-empty list'}),
+    ("table.csv", {3: 'input column "input" is empty', 4: '"label" is empty', 5: "has 1 columns"}),
+])
+def test_bad_rows_are_named_by_file_and_line(name, expected):
+    report = load_examples(BAD / name)
+    assert len(report.examples) == 1  # every file has exactly one good row
+    got = {int(r.source.rsplit(":", 1)[1]): r.reason for r in report.rejected}
+    assert sorted(got) == sorted(expected)
+    for line, reason in expected.items():
+        assert got[line].startswith(reason), (line, got[line])
+        assert all(r.source.startswith(str(BAD / name) + ":") for r in report.rejected)
+
+
+def test_canonical_json_targets():
+    order = ["name", "quantity", "unit"]
+    a = canonical_completion({"unit": "tsp", "name": "salt", "quantity": "1"}, order)
+    b = canonical_completion({"quantity": "1", "name": "salt", "unit": "tsp"}, order)
+    assert a == b == '{"name":"salt","quantity":"1","unit":"tsp"}'
+    assert canonical_completion({"b": {"y": 1, "x": [2, {"d": 0, "c": 1}]}, "a": "é"}) == \
+        '{"a":"é","b":{"x":[2,{"c":1,"d":0}],"y":1}}'
+    assert canonical_completion("  text  ") == "text"
+
+
+def test_jsonl_shapes(tmp_path):
+    path = tmp_path / "io.jsonl"
+    path.write_text(json.dumps({"input": "2 cups flour", "output": {"unit": "cups", "name": "flour"},
+                                "system": "Parse."}) + "\n" +
+                    json.dumps({"input": "salt", "output": {"name": "salt", "unit": ""}}) + "\n")
+    report = load_examples(path)
+    assert report.shape == "input/output" and report.json_keys == ["unit", "name"]
+    first, second = report.examples
+    assert first.messages[0].role == "system" and first.completion == '{"unit":"cups","name":"flour"}'
+    assert second.completion == '{"unit":"","name":"salt"}'  # first-seen key order, for every row
+
+
+def test_csv_columns_and_template(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("title,body,label,extra\nHi,there,greet,x\n")
+    assert load_examples(path, DataSpec(input_column="body", output_columns=("label",))).examples[0].completion == "greet"
+    spec = DataSpec(input_template="{title}: {body}", output_columns=("label", "extra"))
+    example = load_examples(path, spec).examples[0]
+    assert example.messages[-1].content == "Hi: there" and example.completion == '{"label":"greet","extra":"x"}'
+    with pytest.raises(TinyTitanError, match="no column 'nope'"):
+        load_examples(path, DataSpec(input_column="nope"))
+    with pytest.raises(TinyTitanError, match="--input-template names missing"):
+        load_examples(path, DataSpec(input_template="{missing}"))
+
+
+def test_ingredients_csv_is_read_as_json_records():
+    report = load_examples(shared_file("ingredients", "tastecooking-ingredients-2024.csv"))
+    assert report.rows == 6320 and len(report.examples) == 6316
+    assert report.json_keys == ["name", "quantity", "unit", "size", "preparation", "comment", "purpose"]
+    assert all(r.reason.startswith("duplicate of line") for r in report.rejected)
+    assert json.loads(report.examples[0].completion)["quantity"] == "#3$4"
+
+
+def test_split_is_deterministic_and_keeps_inputs_together():
+    examples = [Example((Message("user", f"p{i % 7}"),), f"c{i}", f"f:{i}") for i in range(10)]
+    a, b = split_examples(examples, (0.5, 0.25, 0.25)), split_examples(examples, (0.5, 0.25, 0.25))
+    assert a == b
+    assert leakage(a) == {}
+    assert leakage({"train": examples[:5], "val": examples[5:8], "test": []}) != {}
+
+
+def test_leakage_between_given_files_is_reported(tiny_torch, tmp_path):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "x"}) + "\n" for i in range(5)))
+    val.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "y"}) + "\n" for i in range(3, 7)))
+    prepared = prepare_data(FinetuneConfig(train=str(train), val=str(val)), tiny_torch.tokenizer)
+    assert prepared.leakage == {"train/val": 2} and prepared.split_mode == "files"
+
+
+def test_truncation_cuts_completion_or_rejects(tiny_torch):
+    tokenizer = tiny_torch.tokenizer
+    example = Example((Message("user", "the cat sat"),), "on the mat", "f:1")
+    full = tokenize_example(tokenizer, example, 512)
+    assert not full.truncated and full.ids[-1] == tokenizer.token_id("<end_of_turn>")
+    cut = tokenize_example(tokenizer, example, full.completion_start + 2)
+    assert cut.truncated and cut.n_completion == 2
+    with pytest.raises(Exception, match="leaves no completion token"):
+        tokenize_example(tokenizer, example, full.completion_start)
+
+
+def test_data_check_refuses_zero_rows_and_all_truncated(tmp_path, tiny):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    result = run_cli("data", "check", str(empty), "--model", str(tiny[0]))
+    assert result.returncode == 1 and "the file is empty" in result.stderr
+    bad_only = tmp_path / "bad.jsonl"
+    bad_only.write_text('{"prompt": "a", "completion": ""}\n')
+    result = run_cli("data", "check", str(bad_only), "--model", str(tiny[0]), "--skip-bad")
+    assert result.returncode == 1 and "no usable training rows" in result.stderr
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"prompt": "the cat sat on the mat " * 8, "completion": "x"}) + "\n"
+                            for _ in range(3)))
+    result = run_cli("data", "check", str(long), "--model", str(tiny[0]), "--max-length", "16", "--skip-bad")
+    assert result.returncode == 1 and "no usable training rows" in result.stderr
+    assert "leaves no completion token" in result.stdout
+
+
+def test_data_check_strict_and_skip_bad(tiny):
+    strict = run_cli("data", "check", str(BAD / "wrong_fields.jsonl"), "--model", str(tiny[0]), "--json")
+    report = json.loads(strict.stdout)
+    assert strict.returncode == 1 and report["rejected"] == 4 and report["usable"] == 1
+    assert strict.stderr.startswith("error: 4 bad rows (first: ") and strict.stderr.count("\n") == 1
+    assert all(":" in e for e in report["errors"])
+    lenient = run_cli("data", "check", str(BAD / "duplicate.jsonl"), "--model", str(tiny[0]),
+                      "--skip-bad", "--max-bad-fraction", "0.6")
+    assert lenient.returncode == 0, lenient.stderr
+    over = run_cli("data", "check", str(BAD / "wrong_fields.jsonl"), "--model", str(tiny[0]), "--skip-bad")
+    assert over.returncode == 1 and "more than --max-bad-fraction" in over.stderr
+
+
+def test_data_check_report_on_real_classification_data(tiny):
+    result = run_cli("data", "check", str(shared_file("banking77", "train.csv")), "--model", str(tiny[0]),
+                     "--json", "--skip-bad")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and len(report["labels"]) == 77
+    assert report["prompt_tokens"]["p50"] > 10 and report["truncated"] == 0

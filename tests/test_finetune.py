@@ -1,0 +1,200 @@
+"""Fine-tuning on the tiny model: run folder, golden loss curve, kill -9 and resume, torchrun/DDP,
+recipe handling. (The 270M runs are in bench/finetune.py and bench/finetune_quality.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+# Expected training losses of the golden run below (fp32, seed 0). If a change to the loop moves
+# them, the change altered the computation: explain why in the commit, then update these numbers.
+GOLDEN = [6.821285, 6.851467, 6.626029, 6.588166, 6.363767, 6.284013, 6.166129, 6.008544]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    rng = random.Random(0)
+    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
+    path = tmp_path_factory.mktemp("ft") / "pairs.jsonl"
+    with open(path, "w") as file:
+        for i in range(240):
+            a, b = rng.choice(words), rng.choice(words)
+            file.write(json.dumps({"prompt": f"{a} and {b} {i}", "completion": {"first": a, "second": b}}) + "\n")
+    return path
+
+
+def finetune_args(tiny, dataset, output, *extra):
+    return ["finetune", "--model", str(tiny[0]), "--train", str(dataset), "--output", str(output),
+            "--batch-tokens", "256", "--learning-rate", "1e-3", "--precision", "fp32", "--threads", "1", *extra]
+
+
+def losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_run_folder_and_peft_adapter(tiny, dataset, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "12", "--eval-every", "4", "--save-every", "4"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 12 and summary["best_val_loss"] is not None
+    for name in ("config.json", "data_fingerprint.json", "metrics.jsonl", "loss.png", "best/adapter_config.json",
+                 "best/adapter_model.safetensors", "last/adapter_model.safetensors"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000008", "step-0000012"]
+    fingerprint = json.loads((run / "data_fingerprint.json").read_text())
+    assert sum(fingerprint["counts"].values()) == 240 and fingerprint["split_mode"] == "hash"
+    # the adapter loads with PEFT on the base model
+    from peft import PeftModel
+
+    from tinytitan.models import resolve
+    from tinytitan.torch_model import load_torch_model
+
+    model = PeftModel.from_pretrained(load_torch_model(resolve(str(tiny[0]))), str(run / "best"))
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == 3 and val[0] > val[1] > val[2]  # it learns, and validation sees it
+
+
+def test_golden_loss_curve(tiny, dataset, tmp_path):
+    run = tmp_path / "golden"
+    result = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "8", "--eval-every", "100"))
+    assert result.returncode == 0, result.stderr
+    curve = losses(run)
+    assert len(curve) == 8
+    assert curve == pytest.approx(GOLDEN, rel=1e-4), curve
+
+
+def test_resume_after_kill_gives_the_same_curve(tiny, dataset, tmp_path):
+    common = ("--max-steps", "40", "--eval-every", "10", "--save-every", "3")
+    straight = tmp_path / "straight"
+    assert run_cli(*finetune_args(tiny, dataset, straight, *common)).returncode == 0
+    killed = tmp_path / "killed"
+    kill_after = random.Random().randint(4, 30)
+    process = subprocess.Popen([sys.executable, "-m", "tinytitan", *finetune_args(tiny, dataset, killed, *common)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(losses_prefix(metrics)) >= kill_after:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    steps_before = len(losses_prefix(metrics))
+    assert steps_before < 40
+    resumed = run_cli(*finetune_args(tiny, dataset, killed, *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step" in resumed.stdout
+    assert losses(killed) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
+    assert len(losses(killed)) == 40
+
+
+def losses_prefix(metrics: Path) -> list[float]:
+    out = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if "loss" in record:
+            out.append(record["loss"])
+    return out
+
+
+def test_torchrun_two_processes_match_one(tiny, dataset, tmp_path):
+    common = ("--max-steps", "6", "--eval-every", "3", "--save-every", "100")
+    single = tmp_path / "single"
+    assert run_cli(*finetune_args(tiny, dataset, single, *common)).returncode == 0
+    double = tmp_path / "double"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                             str(29500 + os.getpid() % 1000), "-m", "tinytitan",
+                             *finetune_args(tiny, dataset, double, *common)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    assert losses(double) == pytest.approx(losses(single), rel=1e-4)
+    val = lambda run: [json.loads(l)["val_loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
+    assert val(double) == pytest.approx(val(single), rel=1e-4)
+
+
+def test_recipe_keys_flags_and_errors(tiny, dataset, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'# tinytitan finetune {recipe}\ntrain = "{dataset}"\nmodel = "{tiny[0]}"\n'
+                      f'[lora]\nlora_rank = 4\n[train]\nmax_steps = 2\nprecision = "fp32"\n'
+                      f'output = "{tmp_path / "from_recipe"}"\n')
+    result = run_cli("finetune", str(recipe), "--lora-rank", "2")  # the flag wins over the recipe
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "from_recipe" / "config.json").read_text())
+    assert config["lora_rank"] == 2 and config["max_steps"] == 2
+    again = run_cli("finetune", str(recipe))
+    assert again.returncode == 1 and "a run already exists there; pass --resume" in again.stderr
+    changed = run_cli("finetune", str(recipe), "--lora-rank", "8", "--resume")
+    assert changed.returncode == 1 and "cannot resume with a different lora_rank (was 2, now 8)" in changed.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# tinytitan finetune bad.yaml\ntrain: x.jsonl\nlora_rnak: 8\n")
+    result = run_cli("finetune", str(bad))
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {bad}: unknown key 'lora_rnak' " \
+        "(known keys: see `tinytitan finetune --help`)"
+    for flags, message in [(("--epochs", "-1"), "epochs: -1.0 is not valid"),
+                           (("--method", "qlora"), "method: 'qlora' is not valid (expected lora | full)"),
+                           (("--lora-rank", "x"), "--lora-rank = 'x' is not a whole number"),
+                           (("--lora-targets", "q_proj,foo"), "lora_targets: ['foo'] not allowed")]:
+        result = run_cli("finetune", "--train", str(dataset), *flags)
+        assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_full_finetune_saves_weights(tiny, dataset, tmp_path):
+    run = tmp_path / "full"
+    result = run_cli(*finetune_args(tiny, dataset, run, "--method", "full", "--max-steps", "3", "--learning-rate",
+                                    "1e-4", "--eval-every", "3"))
+    assert result.returncode == 0, result.stderr
+    assert (run / "best" / "model.safetensors").exists() and (run / "best" / "config.json").exists()
+
+
+def test_checkpoint_write_failure_keeps_the_previous(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    import torch
+
+    from tinytitan import checkpoint
+    from tinytitan.errors import TinyTitanError
+
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(folder, 1, {"w": torch.ones(3)}, {"step": 1}, keep=2)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(TinyTitanError, match="No space left on device; the previous checkpoint step-0000001 is intact"):
+        checkpoint.save(folder, 2, {"w": torch.zeros(3)}, {"step": 2}, keep=2)
+    assert [p.name for p in folder.iterdir()] == ["step-0000001"]  # no half-written folder left
+    tensors, state = checkpoint.load(checkpoint.latest(folder))
+    assert state == {"step": 1} and tensors["w"].tolist() == [1, 1, 1]
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    import torch
+
+    from tinytitan import checkpoint
+
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(folder, 1, {"w": torch.ones(2)}, {"step": 1}, keep=3)
+    broken = checkpoint.save(folder, 2, {"w": torch.ones(2)}, {"step": 2}, keep=3)
+    (broken / "manifest.json").unlink()  # as if killed before the manifest
+    assert checkpoint.latest(folder).name == "step-0000001"

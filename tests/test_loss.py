@@ -1,0 +1,69 @@
+"""The chunked completion-only head loss against plain cross-entropy over full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinytitan.loss import chunked_head_loss, completion_positions
+
+VOCAB, HIDDEN = 1000, 32
+
+
+def reference(hidden, weight, targets, softcap=None):
+    logits = hidden @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_fp32_matches_cross_entropy_and_its_gradients(chunk, softcap):
+    torch.manual_seed(0)
+    hidden = torch.randn(50, HIDDEN, requires_grad=True)
+    weight = torch.randn(VOCAB, HIDDEN, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (50,))
+    expected = reference(hidden, weight, targets, softcap)
+    expected.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    actual = chunked_head_loss(hidden, weight, targets, chunk=chunk, bf16=False, softcap=softcap)
+    (actual * 2).backward()  # the upstream gradient is applied
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hidden.grad, 2 * grads[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight.grad, 2 * grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_is_close_and_frozen_weight_gets_no_gradient():
+    torch.manual_seed(1)
+    hidden = torch.randn(40, HIDDEN, requires_grad=True)
+    weight = torch.randn(VOCAB, HIDDEN) * 0.3
+    targets = torch.randint(0, VOCAB, (40,))
+    expected = reference(hidden, weight, targets)
+    expected.backward()
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    actual = chunked_head_loss(hidden, weight, targets, chunk=16, bf16=True)
+    actual.backward()
+    assert abs(actual.item() - expected.item()) / expected.item() < 5e-3
+    assert torch.nn.functional.cosine_similarity(hidden.grad.flatten(), grad.flatten(), dim=0) > 0.999
+    assert weight.grad is None
+
+
+def test_no_grad_gives_the_same_loss():
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(20, HIDDEN), torch.randn(VOCAB, HIDDEN)
+    targets = torch.randint(0, VOCAB, (20,))
+    with torch.no_grad():
+        value = chunked_head_loss(hidden, weight, targets, chunk=8, bf16=False)
+    torch.testing.assert_close(value, reference(hidden, weight, targets), rtol=1e-5, atol=1e-4)
+
+
+def test_completion_positions_predict_the_next_token():
+    ids = torch.tensor([[10, 11, 12, 13, 0], [20, 21, 22, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    predicts, targets = completion_positions(ids, mask)
+    assert predicts.tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
+    assert targets.tolist() == [12, 13, 21, 22]

@@ -1,0 +1,145 @@
+"""Checkpoints that survive faults: atomic, verified, pickle-free.
+
+A checkpoint is a folder `checkpoints/step-000120/` holding `tensors.safetensors` (trainable
+weights, optimizer moments, torch RNG state), `state.json` (step, data position, scheduler,
+optimizer hyper-parameters, best validation loss...) and `manifest.json`, written last, with
+every file's size and sha256. It is written to a temporary folder, each file fsynced, then
+renamed into place, and the parent folder fsynced: a crash (even SIGKILL) leaves either the whole
+checkpoint or none. A folder without a valid manifest is ignored by `latest`. A failed write
+(disk full, read-only) removes its temporary folder, keeps every earlier checkpoint, and raises
+a `TinyTitanError` that says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tinytitan.errors import TinyTitanError
+
+FORMAT = "tinytitan-checkpoint-1"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic_dir(final: Path, write) -> Path:
+    """Create `final` atomically: `write(tmp_dir)` fills a temp folder, then manifest, fsync, rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(staging)
+        files = {}
+        for path in sorted(staging.iterdir()):
+            _fsync(path)
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = staging / "manifest.json"
+        manifest.write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
+        _fsync(manifest)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        _fsync(final.parent)
+        return final
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        previous = latest(final.parent)
+        kept = f"; the previous checkpoint {previous.name} is intact" if previous else ""
+        raise TinyTitanError(f"cannot write {final}: {error.strerror or error}{kept}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT:
+            return False
+        return all((folder / name).stat().st_size == meta["bytes"] for name, meta in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def step_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / f"step-{step:07d}"
+
+
+def latest(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint in the folder, or None."""
+    if not checkpoints.is_dir():
+        return None
+    candidates = sorted((p for p in checkpoints.iterdir() if p.name.startswith("step-") and p.is_dir()),
+                        reverse=True)
+    return next((p for p in candidates if is_complete(p)), None)
+
+
+def save(checkpoints: Path, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    def write(folder: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / "tensors.safetensors"))
+        (folder / "state.json").write_text(json.dumps(state, indent=1))
+
+    path = write_atomic_dir(step_dir(checkpoints, step), write)
+    complete = sorted(p for p in checkpoints.iterdir() if p.name.startswith("step-") and is_complete(p))
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, meta in manifest["files"].items():
+        if _sha256(folder / name) != meta["sha256"]:
+            raise TinyTitanError(f"{folder / name}: checksum mismatch (the checkpoint is damaged)")
+    return load_file(str(folder / "tensors.safetensors")), json.loads((folder / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer and RNG state as tensors + JSON (never pickle)
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state_dict = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,228 @@
+"""`tinytitan data check FILE`: is this dataset fit to train on? And `prepare_data`, which
+fine-tuning uses to read, check, split and tokenize exactly the same way.
+
+The report: rows read, rows rejected with `file:line: reason`, token-length percentiles of prompt
+and completion, how many rows the max length would cut, and the label or JSON-field distribution.
+Strict by default: any bad row fails. `--skip-bad` skips and counts bad rows, and still fails when
+more than `--max-bad-fraction` of them are bad. Zero usable rows always fails, and a row whose
+completion the max length would cut away entirely is a bad row, never a silent zero-loss row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinytitan.data import (DataSpec, LoadReport, Rejected, TokenizedExample, leakage, load_examples,
+                            split_examples, tokenize_examples)
+from tinytitan.errors import TinyTitanError
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, list[TokenizedExample]]
+    reports: list[LoadReport]
+    rejected: list[Rejected]
+    rows: int
+    leakage: dict[str, int]
+    split_mode: str  # "files" | "hash"
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> dict:
+        """What the run was trained on: file hashes and the token ids of every split."""
+        digest = {name: hashlib.sha256(json.dumps([e.ids for e in split]).encode()).hexdigest()
+                  for name, split in self.splits.items()}
+        files = {str(r.path): hashlib.sha256(r.path.read_bytes()).hexdigest() for r in self.reports}
+        return {"files": files, "split_mode": self.split_mode, "rows": self.rows,
+                "counts": {k: len(v) for k, v in self.splits.items()}, "tokens_sha256": digest,
+                "rejected": len(self.rejected)}
+
+
+def spec_from(config) -> DataSpec:
+    return DataSpec(format=config.format, input_column=config.input_column or None,
+                    output_columns=tuple(config.output_columns), input_template=config.input_template or None,
+                    columns=tuple(config.columns), system=config.system or None)
+
+
+def prepare_data(config, tokenizer, strict_errors: bool = True) -> Prepared:
+    """Read, check, split and tokenize per `config` (a FinetuneConfig or anything with its data keys)."""
+    spec = spec_from(config)
+    reports = [load_examples(config.train, spec)]
+    if config.val:
+        reports.append(load_examples(config.val, spec))
+        if config.test:
+            reports.append(load_examples(config.test, spec))
+        raw = {"train": reports[0].examples, "val": reports[1].examples,
+               "test": reports[2].examples if config.test else []}
+        mode = "files"
+    else:
+        if config.test:
+            raise TinyTitanError("test: give val too, or neither (one file is split by `split`)")
+        raw = split_examples(reports[0].examples, config.split, config.seed)
+        mode = "hash"
+    if config.max_rows:
+        raw["train"] = raw["train"][:config.max_rows]
+    rejected = [r for report in reports for r in report.rejected]
+    splits = {}
+    for name, examples in raw.items():
+        tokenized, cut = tokenize_examples(tokenizer, examples, config.max_length)
+        splits[name] = tokenized
+        rejected += cut
+    rows = sum(r.rows for r in reports)
+    prepared = Prepared(splits, reports, rejected, rows, leakage(raw), mode)
+    prepared.stats = statistics(prepared, reports, config.max_length)
+    if strict_errors:
+        enforce(prepared, config.skip_bad, config.max_bad_fraction)
+    return prepared
+
+
+def enforce(prepared: Prepared, skip_bad: bool, max_bad_fraction: float,
+            hint: str = "see them all with `tinytitan data check`, fix them, or pass --skip-bad") -> None:
+    usable = sum(len(s) for s in prepared.splits.values())
+    bad = len(prepared.rejected)
+    first = f" (first: {prepared.rejected[0]})" if bad else ""
+    if not prepared.splits["train"]:
+        raise TinyTitanError(f"no usable training rows: {prepared.rows} read, {bad} rejected{first}")
+    if bad and not skip_bad:
+        raise TinyTitanError(f"{bad} bad row{'s' if bad > 1 else ''}{first}; {hint}")
+    if bad and bad / max(prepared.rows, 1) > max_bad_fraction:
+        raise TinyTitanError(f"{bad} of {prepared.rows} rows are bad ({bad / prepared.rows:.1%}), more than "
+                             f"--max-bad-fraction {max_bad_fraction:.1%}{first}")
+    if not usable:
+        raise TinyTitanError("no usable rows")
+
+
+def statistics(prepared: Prepared, reports: list[LoadReport], max_length: int) -> dict:
+    examples = [e for split in prepared.splits.values() for e in split]
+    prompt = np.array([e.completion_start for e in examples]) if examples else np.zeros(1)
+    completion = np.array([e.n_completion for e in examples]) if examples else np.zeros(1)
+
+    def pct(values):
+        return {"p50": int(np.percentile(values, 50)), "p95": int(np.percentile(values, 95)), "max": int(values.max())}
+
+    completions = [e.completion for r in reports for e in r.examples]
+    json_keys = reports[0].json_keys
+    stats = {
+        "rows": prepared.rows,
+        "usable": len(examples),
+        "rejected": len(prepared.rejected),
+        "splits": {k: len(v) for k, v in prepared.splits.items()},
+        "split_mode": prepared.split_mode,
+        "leakage": prepared.leakage,
+        "conflicting_prompts": sum(r.conflicts for r in reports),
+        "shape": reports[0].shape,
+        "prompt_tokens": pct(prompt),
+        "completion_tokens": pct(completion),
+        "max_length": max_length,
+        "truncated": sum(e.truncated for e in examples),
+        "tokens": int(prompt.sum() + completion.sum()) if examples else 0,
+    }
+    if json_keys:
+        stats["fields"] = field_distribution(completions, json_keys)
+    else:
+        counts = Counter(completions)
+        if len(counts) <= max(50, len(completions) // 20):
+            stats["labels"] = dict(counts.most_common())
+    return stats
+
+
+def field_distribution(completions: list[str], keys: list[str]) -> dict:
+    present: Counter = Counter()
+    values: dict[str, Counter] = {k: Counter() for k in keys}
+    for text in completions:
+        record = json.loads(text)
+        for key in keys:
+            value = record.get(key)
+            if value not in (None, "", [], {}):
+                present[key] += 1
+                values[key][json.dumps(value, ensure_ascii=False)] += 1
+    total = max(len(completions), 1)
+    return {k: {"filled": round(present[k] / total, 4), "distinct": len(values[k]),
+                "top": [v for v, _ in values[k].most_common(5)]} for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# the verb
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="check a dataset: bad rows, token lengths, labels")
+    check.add_argument("file", help="training data: JSONL, CSV or TSV")
+    check.add_argument("--val", default="", help="a separate validation file (else FILE is split)")
+    check.add_argument("--test", default="", help="a separate test file")
+    check.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions for one file")
+    check.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv", "tsv"))
+    check.add_argument("--input-column", default="", help="CSV/TSV: the input column")
+    check.add_argument("--output-columns", default="", help="CSV/TSV: output column(s), comma-separated")
+    check.add_argument("--input-template", default="", help='CSV/TSV: input built from columns, e.g. "{title}: {body}"')
+    check.add_argument("--columns", default="", help="CSV/TSV without a header: the column names")
+    check.add_argument("--system", default="", help="system prompt for rows that have none")
+    check.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt + completion)")
+    check.add_argument("--model", "-m", default="gemma-3-270m", help="whose tokenizer counts the tokens")
+    check.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing")
+    check.add_argument("--max-bad-fraction", type=float, default=0.05, help="fail above this share of bad rows")
+    check.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args) -> None:
+    from tinytitan.config import FinetuneConfig
+    from tinytitan.models import resolve
+    from tinytitan.torch_model import load_tokenizer
+
+    try:
+        split = [float(x) for x in args.split.split(",")]
+    except ValueError:
+        raise TinyTitanError(f"--split: expected three fractions like 0.8,0.1,0.1, not {args.split!r}") from None
+    config = FinetuneConfig(
+        train=args.file, val=args.val, test=args.test, split=split, format=args.format,
+        input_column=args.input_column, input_template=args.input_template, system=args.system,
+        output_columns=[c for c in args.output_columns.split(",") if c],
+        columns=[c for c in args.columns.split(",") if c], max_length=args.max_length,
+        skip_bad=args.skip_bad, max_bad_fraction=args.max_bad_fraction, seed=args.seed)
+    tokenizer = load_tokenizer(resolve(args.model))
+    prepared = prepare_data(config, tokenizer, strict_errors=False)
+    stats = prepared.stats
+    if args.json:
+        print(json.dumps({**stats, "errors": [str(r) for r in prepared.rejected]}))
+    else:
+        print_report(prepared)
+    enforce(prepared, args.skip_bad, args.max_bad_fraction, hint="fix them or pass --skip-bad")
+
+
+def print_report(prepared: Prepared) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    s = prepared.stats
+    console.print(f"[bold]rows[/bold] {s['rows']} read, {s['usable']} usable, {s['rejected']} rejected "
+                  f"({s['shape']})")
+    for rejected in prepared.rejected[:MAX_LISTED]:
+        console.print(f"  [red]{rejected}[/red]", soft_wrap=True)
+    if len(prepared.rejected) > MAX_LISTED:
+        console.print(f"  ... and {len(prepared.rejected) - MAX_LISTED} more (--json lists all)")
+    console.print(f"[bold]splits[/bold] " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) +
+                  (" (by hash of the input)" if s["split_mode"] == "hash" else " (from files)"))
+    if s["leakage"]:
+        console.print("[yellow]leakage[/yellow] " + ", ".join(f"{k}: {v} shared inputs" for k, v in s["leakage"].items()))
+    if s["conflicting_prompts"]:
+        console.print(f"[yellow]{s['conflicting_prompts']} inputs appear with different outputs[/yellow]")
+    for name in ("prompt_tokens", "completion_tokens"):
+        p = s[name]
+        console.print(f"[bold]{name.replace('_', ' ')}[/bold] p50 {p['p50']}, p95 {p['p95']}, max {p['max']}")
+    console.print(f"[bold]max length[/bold] {s['max_length']}: {s['truncated']} rows cut (completion shortened)")
+    if "labels" in s:
+        top = list(s["labels"].items())[:15]
+        console.print(f"[bold]labels[/bold] {len(s['labels'])} distinct: " +
+                      ", ".join(f"{k[:30]} {v}" for k, v in top) + (" ..." if len(s["labels"]) > 15 else ""))
+    for key, info in s.get("fields", {}).items():
+        console.print(f"[bold]field {key}[/bold] filled {info['filled']:.0%}, {info['distinct']} distinct, "
+                      f"e.g. {', '.join(info['top'][:3])}")
