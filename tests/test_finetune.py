@@ -134,7 +134,7 @@ def test_torchrun_two_processes_match_one(tiny, dataset, tmp_path):
 def test_recipe_keys_flags_and_errors(tiny, dataset, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'# tinytitan finetune {recipe}\ntrain = "{dataset}"\nmodel = "{tiny[0]}"\n'
-                      f'[lora]\nlora_rank = 4\n[train]\nmax_steps = 2\nprecision = "fp32"\n'
+                      f'[lora]\nlora_rank = 4\n[optimization]\nmax_steps = 2\nprecision = "fp32"\n'
                       f'output = "{tmp_path / "from_recipe"}"\n')
     result = run_cli("finetune", str(recipe), "--lora-rank", "2")  # the flag wins over the recipe
     assert result.returncode == 0, result.stderr
@@ -149,9 +149,15 @@ def test_recipe_keys_flags_and_errors(tiny, dataset, tmp_path):
     result = run_cli("finetune", str(bad))
     assert result.returncode == 1 and result.stderr.strip() == f"error: {bad}: unknown key 'lora_rnak' " \
         "(known keys: see `tinytitan finetune --help`)"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("# tinytitan finetune typo.yaml\ntrain: x.jsonl\nepochs: many\n")
+    result = run_cli("finetune", str(typo))
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {typo}: epochs = 'many' is not a number"
+    result = run_cli("finetune", "--epochs", "1")
+    assert result.returncode == 1 and "no training data" in result.stderr
     for flags, message in [(("--epochs", "-1"), "epochs: -1.0 is not valid"),
                            (("--method", "qlora"), "method: 'qlora' is not valid (expected lora | full)"),
-                           (("--lora-rank", "x"), "--lora-rank = 'x' is not a whole number"),
+                           (("--lora-rank", "x"), "--lora-rank: 'x' is not a whole number"),
                            (("--lora-targets", "q_proj,foo"), "lora_targets: ['foo'] not allowed")]:
         result = run_cli("finetune", "--train", str(dataset), *flags)
         assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
@@ -198,3 +204,12 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     broken = checkpoint.save(folder, 2, {"w": torch.ones(2)}, {"step": 2}, keep=3)
     (broken / "manifest.json").unlink()  # as if killed before the manifest
     assert checkpoint.latest(folder).name == "step-0000001"
+
+
+def test_example_recipe_is_valid():
+    from tinytitan.config import FinetuneConfig, read_recipe
+
+    recipe = ROOT / "examples" / "ingredients-lora.toml"
+    assert recipe.read_text().splitlines()[0] == "# tinytitan finetune examples/ingredients-lora.toml"
+    config = FinetuneConfig(**read_recipe(recipe))
+    assert config.method == "lora" and config.max_rows == 2000

@@ -176,9 +176,10 @@ def _coerce(key: str, value, origin: str):
             raise ValueError
         return [item(v) for v in value]
     except (TypeError, ValueError):
-        expected = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(
-            hint, f"a list ({typing.get_args(hint)[0].__name__})")
-        raise TinyTitanError(f"{origin}: {key} = {value!r} is not {expected}") from None
+        names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+        expected = names[hint] if hint in names else f"a list of {names[typing.get_args(hint)[0]]}s"
+        where = f"{origin}: {value!r}" if origin.startswith("--") else f"{origin}: {key} = {value!r}"
+        raise TinyTitanError(f"{where} is not {expected}") from None
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

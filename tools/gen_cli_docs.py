@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cli.md"
+SUBCOMMANDS = {"data": ("check",)}
 
 
 def help_text(argv: list[str]) -> str:
@@ -36,6 +37,8 @@ def render() -> str:
              "```text\n$ tinytitan --help\n" + help_text([]) + "```\n"]
     for verb in VERBS:
         parts.append(f"## tinytitan {verb}\n\n```text\n$ tinytitan {verb} --help\n{help_text([verb])}```\n")
+        for action in SUBCOMMANDS.get(verb, ()):
+            parts.append(f"```text\n$ tinytitan {verb} {action} --help\n{help_text([verb, action])}```\n")
     return "\n".join(parts)
 
 
