@@ -171,6 +171,14 @@ def test_full_finetune_saves_weights(tiny, dataset, tmp_path):
     assert (run / "best" / "model.safetensors").exists() and (run / "best" / "config.json").exists()
 
 
+def test_unwritable_output_is_one_line(tiny, dataset, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli(*finetune_args(tiny, dataset, blocker / "run", "--max-steps", "1"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: cannot create the run folder {blocker / 'run'}: Not a directory"
+
+
 def test_checkpoint_write_failure_keeps_the_previous(tmp_path, monkeypatch):
     import errno
 

@@ -243,7 +243,10 @@ def _prepare_run_dir(run_dir: Path, config: FinetuneConfig, resume: bool) -> Non
     elif saved.exists():
         raise TinyTitanError(f"{run_dir}: a run already exists there; pass --resume to continue it "
                              f"or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TinyTitanError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
     _write_json(saved, config.as_dict())
 
 
@@ -290,8 +293,12 @@ class _Metrics:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as file:
-                file.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as file:
+                    file.write(json.dumps(record) + "\n")
+            except OSError as error:
+                raise TinyTitanError(f"cannot write {self.path}: {error.strerror or error} (the last "
+                                     f"checkpoint is intact; free space and resume with --resume)") from None
 
 
 def _progress(enabled: bool, total: int, done: int):
@@ -318,4 +325,7 @@ def _progress(enabled: bool, total: int, done: int):
 def _plot(run_dir: Path) -> None:
     from tinytitan.plots import loss_curve
 
-    loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    try:
+        loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    except OSError as error:
+        raise TinyTitanError(f"cannot write {run_dir / 'loss.png'}: {error.strerror or error}") from None
