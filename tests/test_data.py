@@ -144,3 +144,20 @@ def test_data_check_report_on_real_classification_data(tiny):
     report = json.loads(result.stdout)
     assert result.returncode == 0 and len(report["labels"]) == 77
     assert report["prompt_tokens"]["p50"] > 10 and report["truncated"] == 0
+
+
+def test_awkward_inputs_are_clean_errors(tmp_path, tiny):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"prompt": "a", "completion": {"x": 1}}\n{"prompt": "b", "completion": "plain"}\n')
+    result = run_cli("data", "check", str(mixed), "--model", str(tiny[0]), "--json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"\xef\xbb\xbfinput,label\nhello,greet\n")  # a spreadsheet's byte-order mark
+    assert load_examples(table).examples[0].messages[-1].content == "hello"
+    for template, message in [("{}: {label}", "name the columns in braces"), ("{input", "expected '}'"),
+                              ("{label.x}", "name columns in braces")]:
+        with pytest.raises(TinyTitanError, match=message):
+            load_examples(table, DataSpec(input_template=template, output_columns=("label",)))
+    huge = tmp_path / "huge.csv"
+    huge.write_text("input,label\n" + "word " * 40000 + ",long\n")
+    assert len(load_examples(huge).examples) == 1

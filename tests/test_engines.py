@@ -104,3 +104,24 @@ def test_bad_sampling_params_name_the_param(kwargs, param):
 def test_prompt_longer_than_context_is_an_error(tiny_llama):
     with pytest.raises(TinyTitanError, match="do not fit the context"):
         tiny_llama.generate([2] * 600, SamplingParams(max_tokens=4))
+
+
+def test_scoring_across_several_decode_batches(tiny, tiny_torch):
+    """llama.cpp decodes long inputs in n_batch pieces; scores must line up with the targets."""
+    from tinytitan.engines.llama import LlamaEngine
+    from tinytitan.models import resolve
+
+    ids = tiny_torch.tokenize("the cat sat on the mat and the dog sat on the cup " * 4, bos=True)[:70]
+    with LlamaEngine(resolve(str(tiny[0])), n_ctx=128, n_batch=16) as small_batches:
+        llama = small_batches.target_logprobs(ids, 5)
+        logits = small_batches.score(ids, 5)
+    expected = tiny_torch.target_logprobs(ids, 5)
+    assert llama.shape == expected.shape == (len(ids) - 6,) and logits.shape[0] == len(ids) - 5
+    np.testing.assert_allclose(llama, expected, atol=2e-2)
+
+
+def test_the_earliest_stop_string_wins():
+    from tinytitan.engines import _StopAwareText
+
+    text = _StopAwareText(["B", "A"])
+    assert text.feed("xAyB", final=False) == ("x", True)

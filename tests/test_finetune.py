@@ -221,3 +221,42 @@ def test_example_recipe_is_valid():
     assert recipe.read_text().splitlines()[0] == "# tinytitan finetune examples/ingredients-lora.toml"
     config = FinetuneConfig(**read_recipe(recipe))
     assert config.method == "lora" and config.max_rows == 2000
+
+
+def test_non_finite_settings_are_refused(dataset):
+    for flags in (("--epochs", "inf"), ("--weight-decay", "nan"), ("--split", "nan,0,0")):
+        result = run_cli("finetune", "--train", str(dataset), *flags)
+        assert result.returncode == 1 and "a finite number" in result.stderr, result.stderr
+
+
+def test_resume_refuses_changed_data(tiny, dataset, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(dataset.read_text())
+    run = tmp_path / "run"
+    assert run_cli(*finetune_args(tiny, data, run, "--max-steps", "2")).returncode == 0
+    data.write_text(dataset.read_text().replace('"cat', '"dog'))  # same file, new contents
+    result = run_cli(*finetune_args(tiny, data, run, "--max-steps", "2", "--resume"))
+    assert result.returncode == 1 and "the data or the model changed" in result.stderr
+    longer = run_cli(*finetune_args(tiny, data, run, "--max-steps", "4", "--resume"))
+    assert longer.returncode == 1 and "cannot resume with a different max_steps (was 2, now 4)" in longer.stderr
+
+
+def test_weights_folder_is_replaced_whole_and_damaged_checkpoints_are_skipped(tmp_path, capsys):
+    import torch
+
+    from tinytitan import checkpoint
+
+    target = tmp_path / "best"
+    checkpoint.write_atomic_dir(target, lambda d: (d / "w.txt").write_text("one"))
+    checkpoint.write_atomic_dir(target, lambda d: (d / "w.txt").write_text("two"))
+    assert (target / "w.txt").read_text() == "two" and checkpoint.is_complete(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # nothing left beside it
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(folder, 1, {"w": torch.ones(2)}, {"step": 1}, keep=3)
+    newest = checkpoint.save(folder, 2, {"w": torch.ones(2)}, {"step": 2}, keep=3)
+    data = bytearray((newest / "tensors.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes: only the checksum can tell
+    (newest / "tensors.safetensors").write_bytes(bytes(data))
+    _, state = checkpoint.load_latest(folder)
+    assert state == {"step": 1}
+    assert "checksum mismatch" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def as_messages(raw: Sequence[dict | Message]) -> list[Message]:
         if not isinstance(item, dict):
             raise TinyTitanError(f"messages[{index}]: expected an object with role and content")
         role, content = item.get("role"), item.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise TinyTitanError(f"messages[{index}].role: {role!r} is not one of system, user, assistant")
         if not isinstance(content, str):
             raise TinyTitanError(f"messages[{index}].content: expected text, got {type(content).__name__}")

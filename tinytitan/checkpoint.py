@@ -55,9 +55,7 @@ def write_atomic_dir(final: Path, write) -> Path:
         manifest = staging / "manifest.json"
         manifest.write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
         _fsync(manifest)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        _replace_dir(staging, final)
         _fsync(final.parent)
         return final
     except OSError as error:
@@ -68,6 +66,36 @@ def write_atomic_dir(final: Path, write) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Put folder `new` at `final`. If `final` exists, swap the two in one step (Linux renameat2
+    RENAME_EXCHANGE) and delete the old one, so no moment exists without a complete `final`.
+    Elsewhere: move the old one aside first (a crash in between leaves it under `.old-`)."""
+    if not final.exists():
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new)  # `new` now holds the previous contents
+        return
+    aside = final.with_name(f".old-{final.name}-{os.getpid()}")
+    os.rename(final, aside)
+    os.rename(new, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def is_complete(folder: Path) -> bool:
@@ -100,11 +128,28 @@ def save(checkpoints: Path, step: int, tensors: dict[str, torch.Tensor], state: 
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / "tensors.safetensors"))
         (folder / "state.json").write_text(json.dumps(state, indent=1))
 
+    if checkpoints.is_dir():  # temp folders of saves that a crash interrupted
+        for stale in checkpoints.glob(".step-*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     path = write_atomic_dir(step_dir(checkpoints, step), write)
     complete = sorted(p for p in checkpoints.iterdir() if p.name.startswith("step-") and is_complete(p))
     for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def load_latest(checkpoints: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The newest checkpoint that passes its checksums (a damaged newer one is skipped, with a note)."""
+    import sys
+
+    candidates = sorted((p for p in checkpoints.glob("step-*") if is_complete(p)), reverse=True) \
+        if checkpoints.is_dir() else []
+    for folder in candidates:
+        try:
+            return load(folder)
+        except TinyTitanError as error:
+            print(f"warning: {error}; trying an older checkpoint", file=sys.stderr)
+    raise TinyTitanError(f"{checkpoints.parent}: no complete checkpoint to resume from")
 
 
 def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,11 @@ class FinetuneConfig:
         def bad(key: str, expected: str):
             raise TinyTitanError(f"{key}: {getattr(self, key)!r} is not valid (expected {expected})")
 
+        for name, value in self.as_dict().items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(name, "a finite number")
+
         choices = {"format": ("auto", "jsonl", "csv", "tsv"), "method": ("lora", "full"),
                    "scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32")}
         for key, allowed in choices.items():
@@ -116,8 +122,8 @@ def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise TinyTitanError(f"{path}: no such recipe file")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".toml":
             import tomllib
 
@@ -130,6 +136,10 @@ def read_recipe(path: str | Path) -> dict:
             raise TinyTitanError(f"{path}: a recipe is a .toml or .yaml file")
     except TinyTitanError:
         raise
+    except OSError as error:
+        raise TinyTitanError(f"{path}: cannot read the recipe ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise TinyTitanError(f"{path}: the recipe is not UTF-8 text") from None
     except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError
         raise TinyTitanError(f"{path}: cannot parse the recipe ({str(error).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -82,6 +82,8 @@ def load_examples(path: str | Path, spec: DataSpec = DataSpec()) -> LoadReport:
     if not path.is_file():
         raise TinyTitanError(f"{path}: no such file (expected a JSONL, CSV or TSV dataset)")
     raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (spreadsheet exports) is not data
+        raw = raw[3:]
     if not raw.strip():
         raise TinyTitanError(f"{path}: the file is empty (expected a JSONL, CSV or TSV dataset)")
     fmt = spec.format if spec.format != "auto" else _detect_format(path, raw)
@@ -163,7 +165,10 @@ def _row_shape(row: dict) -> str | None:
 
 def _jsonl_example(row: dict, shape: str, source: str, key_order: list[str], system: str | None) -> Example:
     if shape == "messages":
-        return _messages_example(row["messages"], source)
+        example = _messages_example(row["messages"], source)
+        if system and example.messages[0].role != "system":
+            example = Example((Message("system", system), *example.messages), example.completion, source)
+        return example
     prompt_key, completion_key = ("prompt", "completion") if shape == "prompt/completion" else ("input", "output")
     for key in (prompt_key, completion_key):
         if key not in row:
@@ -249,7 +254,15 @@ def _type_name(value) -> str:
 
 def _load_table(path: Path, raw: bytes, spec: DataSpec, delimiter: str) -> LoadReport:
     text = raw.decode("utf-8", errors="surrogateescape")  # bad bytes become marked, rejected per row
+    csv.field_size_limit(2**31 - 1)  # long documents are data, not errors
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        return _read_table(path, reader, spec)
+    except csv.Error as error:
+        raise TinyTitanError(f"{path}:{reader.line_num}: unreadable CSV ({error})") from None
+
+
+def _read_table(path: Path, reader, spec: DataSpec) -> LoadReport:
     header = list(spec.columns) if spec.columns else next(reader, [])
     if len(set(header)) != len(header) or not all(header):
         raise TinyTitanError(f"{path}:1: the header needs unique, non-empty column names, got {header}")
@@ -297,7 +310,11 @@ def _table_columns(path: Path, header: list[str], spec: DataSpec) -> tuple[str |
 
     input_column = None
     if spec.input_template:
-        missing = [c for c in _template_fields(spec.input_template) if c not in header]
+        fields = _template_fields(spec.input_template)
+        if not fields or any(not f.isidentifier() and f not in header for f in fields):
+            raise TinyTitanError(f"--input-template {spec.input_template!r}: name columns in braces, "
+                                 f"like \"{{{header[0]}}}\"")
+        missing = [c for c in fields if c not in header]
         if missing:
             raise TinyTitanError(f"{path}: --input-template names {', '.join(missing)}, not columns of the file "
                                  f"({', '.join(header)})")
@@ -315,9 +332,16 @@ def _table_columns(path: Path, header: list[str], spec: DataSpec) -> tuple[str |
 
 
 def _template_fields(template: str) -> list[str]:
+    """Column names used by an input template; a malformed template is a user error."""
     import string
 
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise TinyTitanError(f"--input-template {template!r}: {error}") from None
+    if any(name == "" or name.isdigit() for name in names):
+        raise TinyTitanError(f"--input-template {template!r}: name the columns in braces, not {{}} or {{0}}")
+    return names
 
 
 def _reject_duplicates(report: LoadReport) -> None:

@@ -137,7 +137,12 @@ def field_distribution(completions: list[str], keys: list[str]) -> dict:
     present: Counter = Counter()
     values: dict[str, Counter] = {k: Counter() for k in keys}
     for text in completions:
-        record = json.loads(text)
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue  # a plain-text completion in a file of JSON ones: no fields to count
+        if not isinstance(record, dict):
+            continue
         for key in keys:
             value = record.get(key)
             if value not in (None, "", [], {}):

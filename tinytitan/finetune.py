@@ -34,9 +34,9 @@ from tinytitan.errors import TinyTitanError
 from tinytitan.training import (Distributed, CompletionLoss, build_model, make_scheduler, save_weights,
                                 trainable_state, load_trainable_state)
 
-# keys that may change between a run and its resumption (they do not change the computation)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stopping", "eval_every", "save_every", "keep_checkpoints",
-                     "threads", "output"}
+# keys that may change between a run and its resumption: they do not change the weights' updates.
+# (threads may: a resume bit-identical to the uninterrupted run needs the same number of threads.)
+RESUMABLE_CHANGES = {"early_stopping", "save_every", "keep_checkpoints", "threads", "output"}
 
 
 def add_arguments(parser) -> None:
@@ -84,9 +84,12 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     tokenizer = load_tokenizer(ref)
     prepared = prepare_data(config, tokenizer)
     train_set, val_set = prepared.splits["train"], prepared.splits["val"]
+    fingerprint = {**prepared.fingerprint, "model_sha256": ref.sha256}
+    _check_run_dir(run_dir, config, fingerprint, resume)  # every process: all fail alike, none waits
+    dist.barrier()  # all have looked before the first one writes
     if dist.is_main:
-        _prepare_run_dir(run_dir, config, resume)
-        _write_json(run_dir / "data_fingerprint.json", {**prepared.fingerprint, "model_sha256": ref.sha256})
+        _create_run_dir(run_dir, config, fingerprint)
+    dist.barrier()
 
     torch.manual_seed(config.seed)
     bf16 = _use_bf16(config.precision)
@@ -218,10 +221,7 @@ def _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos: Position, 
 
 
 def _restore(run_dir: Path, model, optimizer, scheduler) -> Position:
-    latest = checkpoint.latest(run_dir / "checkpoints")
-    if latest is None:
-        raise TinyTitanError(f"{run_dir}: no complete checkpoint to resume from")
-    tensors, state = checkpoint.load(latest)
+    tensors, state = checkpoint.load_latest(run_dir / "checkpoints")
     load_trainable_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     checkpoint.optimizer_from_flat(optimizer, tensors, state["optimizer"])
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
@@ -229,25 +229,38 @@ def _restore(run_dir: Path, model, optimizer, scheduler) -> Position:
     return Position(**state["position"])
 
 
-def _prepare_run_dir(run_dir: Path, config: FinetuneConfig, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict, resume: bool) -> None:
     saved = run_dir / "config.json"
-    if resume:
-        if not saved.exists():
-            raise TinyTitanError(f"{run_dir}: nothing to resume (no config.json)")
-        before = json.loads(saved.read_text())
-        changed = sorted(k for k, v in config.as_dict().items()
-                         if k not in RESUMABLE_CHANGES and before.get(k) != v)
-        if changed:
-            raise TinyTitanError(f"{run_dir}: cannot resume with a different {changed[0]} "
-                                 f"(was {before.get(changed[0])!r}, now {getattr(config, changed[0])!r})")
-    elif saved.exists():
-        raise TinyTitanError(f"{run_dir}: a run already exists there; pass --resume to continue it "
-                             f"or choose another --output")
+    if not resume:
+        if saved.exists():
+            raise TinyTitanError(f"{run_dir}: a run already exists there; pass --resume to continue it "
+                                 f"or choose another --output")
+        return
+    if not saved.exists():
+        raise TinyTitanError(f"{run_dir}: nothing to resume (no config.json)")
+    before = json.loads(saved.read_text())
+    changed = sorted(k for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES and before.get(k) != v)
+    if changed:
+        raise TinyTitanError(f"{run_dir}: cannot resume with a different {changed[0]} "
+                             f"(was {before.get(changed[0])!r}, now {getattr(config, changed[0])!r})")
+    try:
+        old = json.loads((run_dir / "data_fingerprint.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    same = {k: old.get(k) for k in ("tokens_sha256", "model_sha256")} == \
+        {k: fingerprint[k] for k in ("tokens_sha256", "model_sha256")}
+    if not same:
+        raise TinyTitanError(f"{run_dir}: cannot resume: the data or the model changed since the run started "
+                             f"(data_fingerprint.json differs)")
+
+
+def _create_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TinyTitanError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
-    _write_json(saved, config.as_dict())
+    _write_json(run_dir / "config.json", config.as_dict())
+    _write_json(run_dir / "data_fingerprint.json", fingerprint)
 
 
 def _write_json(path: Path, value) -> None:

@@ -13,6 +13,7 @@ Writing goes through `gguf.GGUFWriter` (see `convert.write_gemma3_gguf`).
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
     @property
     def type_name(self) -> str:
@@ -286,7 +287,7 @@ def _parse(buf, path: Path) -> GGUFFile:
     tensors = []
     for name, shape, ggml_type, offset in entries:
         block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-        n_elements = int(np.prod(shape, dtype=np.uint64))
+        n_elements = math.prod(shape)  # Python ints: a corrupt shape cannot wrap around
         if any(d == 0 for d in shape) or shape[0] % block_size:
             reader.fail(f"corrupt GGUF: tensor {name!r} has shape {list(shape)}, not whole "
                         f"{ggml_type.name} blocks of {block_size}")

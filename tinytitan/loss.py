@@ -16,10 +16,12 @@ while log-sum-exp, the loss and the softmax are fp32.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 _WORKSPACE: dict[tuple, torch.Tensor] = {}
-_WEIGHT_CACHE: dict[int, tuple[int, torch.Tensor]] = {}
+_WEIGHT_CACHE: dict[int, tuple] = {}  # id -> (weakref to the weight, its version, converted copy)
 
 
 def _buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -35,11 +37,13 @@ def _compute_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == weight.dtype:
         return weight.detach()
     cached = _WEIGHT_CACHE.get(id(weight))
-    if cached is not None and cached[0] == weight._version and not weight.requires_grad:
-        return cached[1]
+    if (cached is not None and cached[0]() is weight and cached[1] == weight._version
+            and cached[2].dtype == dtype and not weight.requires_grad):
+        return cached[2]
     converted = weight.detach().to(dtype)
     _WEIGHT_CACHE.clear()
-    _WEIGHT_CACHE[id(weight)] = (weight._version, converted)
+    if not weight.requires_grad:
+        _WEIGHT_CACHE[id(weight)] = (weakref.ref(weight), weight._version, converted)
     return converted
 
 

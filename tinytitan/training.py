@@ -129,11 +129,16 @@ class Distributed:
         use_cuda = torch.cuda.is_available()
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if use_cuda else torch.device("cpu")
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
+        if use_cuda:
+            torch.cuda.set_device(device)
         if world > 1:
+            from datetime import timedelta
+
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+                # torchrun stops every process when one fails; the timeout covers other launchers
+                dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10))
         return cls(rank, world, device)
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:

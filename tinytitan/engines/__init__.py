@@ -180,12 +180,12 @@ class _StopAwareText:
         self.emitted = 0
 
     def feed(self, text: str, final: bool) -> tuple[str, bool]:
-        for stop in self.stops:
-            at = text.find(stop)
-            if at != -1:
-                piece = text[self.emitted:at] if at >= self.emitted else ""
-                self.emitted = max(self.emitted, at)
-                return piece, True
+        hits = [at for at in (text.find(stop) for stop in self.stops) if at != -1]
+        if hits:
+            at = min(hits)  # the earliest stop in the text, whichever it is in the list
+            piece = text[self.emitted:at] if at >= self.emitted else ""
+            self.emitted = max(self.emitted, at)
+            return piece, True
         if final:
             end = len(text)
         else:

@@ -91,16 +91,19 @@ class LlamaEngine(Engine):
 
     def score(self, ids: Sequence[int], first: int) -> np.ndarray:
         """Logits at positions first..len(ids)-1, from one fresh pass over `ids`."""
-        return self._with_logits(ids, first, lambda view: view.copy())
+        return self._with_logits(ids, first, lambda view, row: view.copy())
 
     def target_logprobs(self, ids: Sequence[int], first: int) -> np.ndarray:
         # computed on llama.cpp's own logits buffer: no copy of [positions x vocab] floats
         ids = list(ids)
-        return self._with_logits(ids[:-1], first, lambda view: target_logprobs_of(view, ids[first + 1:]))
+        targets = ids[first + 1:]
+        return self._with_logits(ids[:-1], first,
+                                 lambda view, row: target_logprobs_of(view, targets[row:row + len(view)]))
 
     def _with_logits(self, ids: Sequence[int], first: int, use):
-        """Decode `ids` from an empty cache with logits at positions >= first; `use(view)` reads them
-        (view: [outputs, vocab] float32 over llama.cpp's buffer, valid only inside `use`)."""
+        """Decode `ids` from an empty cache with logits at positions >= first; `use(view, row)` reads
+        them batch by batch (view: [outputs, vocab] float32 over llama.cpp's buffer, valid only inside
+        `use`; row: the index of its first output among all outputs)."""
         import llama_cpp
 
         ids = list(ids)
@@ -111,6 +114,7 @@ class LlamaEngine(Engine):
         llama_cpp.llama_memory_clear(memory, True)
         self.llm.n_tokens = 0  # the high-level object's view of the cache, now empty
         results = []
+        row = 0
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         try:
             for start in range(0, n, self.n_batch):
@@ -127,7 +131,8 @@ class LlamaEngine(Engine):
                 n_out = len(part) - max(0, min(len(part), first - start))
                 if n_out:
                     pointer = ctypes.cast(llama_cpp.llama_get_logits(ctx), ctypes.POINTER(ctypes.c_float))
-                    results.append(use(np.ctypeslib.as_array(pointer, shape=(n_out, self.vocab_size))))
+                    results.append(use(np.ctypeslib.as_array(pointer, shape=(n_out, self.vocab_size)), row))
+                    row += n_out
         finally:
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_memory_clear(memory, True)
