@@ -1,7 +1,7 @@
 """Decode speed: `tinytitan generate --engine llama` vs native `llama-bench` tg128, same file and threads.
 
 Native llama-bench is built from the llama.cpp source that llama-cpp-python vendors
-(bench/llama_tools.py). Rounds alternate native and ours, so machine noise hits both; the report
+(tinytitan/native_tools.py). Rounds alternate native and ours, so machine noise hits both; the report
 gives the median of each and their ratio (target >= 0.9). Our figure is the `generation_tps`
 that `tinytitan generate --json` reports: decode steps per second after the first token, with
 sampling, detokenization and stop handling included. The last line is one JSON document.
@@ -19,8 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import find_tool  # noqa: E402
+from tinytitan.native_tools import find_tool
 
 # a base model keeps writing after this for well over 128 tokens
 PROMPT = "Chapter 1\n\nThe old lighthouse keeper had lived on the island for forty years, and every night he"

@@ -2,7 +2,7 @@
 
 Both score the first N chunks (default 100) of 512 tokens of WikiText-2 test with the same GGUF
 and threads; the native tool is built from the llama.cpp source that llama-cpp-python vendors
-(bench/llama_tools.py). Prints both perplexities, their relative difference, both wall times and
+(tinytitan/native_tools.py). Prints both perplexities, their relative difference, both wall times and
 their ratio. The last line is one JSON document.
 
     python bench/perplexity_vs_native.py [--chunks 100] [--threads 2] [--model PATH] [--file PATH]
@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import find_tool  # noqa: E402
+from tinytitan.native_tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"

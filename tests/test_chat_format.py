@@ -68,3 +68,19 @@ def test_turn_layout(tiny_torch):
 def test_bad_messages_are_named(tiny_torch, messages, message):
     with pytest.raises(TinyTitanError, match=message):
         encode_chat(tiny_torch, messages)
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": " two cups\n"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+])
+def test_jinja_template_renders_the_same_conversation(messages):
+    """The template written into exported GGUFs matches the format tinytitan builds itself."""
+    import jinja2
+
+    from tinytitan.chat_format import JINJA_TEMPLATE
+
+    rendered = jinja2.Environment().from_string(JINJA_TEMPLATE).render(
+        messages=messages, bos_token="<bos>", add_generation_prompt=True)
+    assert rendered == render_text(messages)

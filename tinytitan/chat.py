@@ -39,7 +39,7 @@ def run(args) -> None:
 
     params = options.sampling_from(args)
     interactive = sys.stdin.isatty()
-    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx) as engine:
+    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx, lora=args.lora) as engine:
         if is_base_model(engine.ref.gguf):
             print(BASE_MODEL_NOTE.format(name=engine.ref.name), file=sys.stderr)
         if interactive:

@@ -25,6 +25,27 @@ START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 ROLES = {"system": None, "user": "user", "assistant": "model", "model": "model"}
 
+# The same format as a Jinja template, written into exported GGUFs (`tokenizer.chat_template`) for
+# runtimes that render templates; tinytitan itself never renders it (tests check the two agree).
+JINJA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set ns.system = messages[0]['content'] | trim -%}{%- set messages = messages[1:] -%}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{%- if loop.first and ns.system -%}{{ ns.system + '\n\n' }}{%- endif -%}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+# Ollama's Go template for one turn (task specialists are single-turn), and its stop word.
+OLLAMA_TEMPLATE = (
+    "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
+    "<start_of_turn>model\n{{ .Response }}<end_of_turn>\n"
+)
+
 
 class Tokenizes(Protocol):
     bos_id: int

@@ -46,6 +46,7 @@ def write_atomic_dir(final: Path, write) -> Path:
     """Create `final` atomically: `write(tmp_dir)` fills a temp folder, then manifest, fsync, rename."""
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be an ordinary folder
     try:
         write(staging)
         files = {}
@@ -66,6 +67,12 @@ def write_atomic_dir(final: Path, write) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace_dir(new: Path, final: Path) -> None:

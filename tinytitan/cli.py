@@ -22,6 +22,7 @@ VERBS = {
     "parity": ("tinytitan.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
     "data": ("tinytitan.data_check", "Check a dataset before training: bad rows, lengths, labels."),
     "finetune": ("tinytitan.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
+    "export": ("tinytitan.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
 }
 
 

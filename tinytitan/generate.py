@@ -48,7 +48,7 @@ def run(args) -> None:
 
     params = options.sampling_from(args)
     text = read_prompt(args)
-    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx) as engine:
+    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx, lora=args.lora) as engine:
         ids = prompt_ids(engine, args, text)
         output, last = "", None
         for chunk in engine.stream(ids, params):

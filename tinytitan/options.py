@@ -21,6 +21,8 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", "-t", type=positive_int, default=None,
                         help="CPU threads (default: all cores)")
     parser.add_argument("--ctx", type=positive_int, default=4096, help="context size in tokens (llama engine)")
+    parser.add_argument("--lora", default=None, metavar="ADAPTER.gguf",
+                        help="apply a GGUF LoRA adapter to the model (llama engine)")
 
 
 def add_sampling(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None:

@@ -127,8 +127,8 @@ def run(args) -> None:
     from tinytitan.progress import progress_bar
 
     text = read_text(args.file)
-    with load_engine(args.engine, args.model, threads=args.threads,
-                     n_ctx=max(args.ctx, args.chunk_size)) as engine:
+    with load_engine(args.engine, args.model, threads=args.threads, n_ctx=max(args.ctx, args.chunk_size),
+                     lora=args.lora) as engine:
         with progress_bar("perplexity") as progress:
             task = progress.add_task("chunks", total=None, note="")
 

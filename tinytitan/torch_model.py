@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from tinytitan import convert
 from tinytitan.models import ModelRef, home
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+# transformers' deprecation notices (raised from inside PEFT and generate) are not the user's business
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 FORMAT_VERSION = 1
 

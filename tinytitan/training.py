@@ -18,12 +18,8 @@ from tinytitan.loss import chunked_head_loss, completion_positions
 
 def build_model(ref, config, device: torch.device):
     """The fp32 `Gemma3ForCausalLM` with only the trainable part requiring grad."""
-    import warnings
-
     from tinytitan.torch_model import load_torch_model
 
-    # transformers' deprecation notices from inside PEFT are not the user's business
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     model = load_torch_model(ref, dtype="float32").to(device)
     model.config.use_cache = False
     if config.method == "lora":

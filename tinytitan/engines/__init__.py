@@ -201,7 +201,7 @@ class _StopAwareText:
 
 
 def load_engine(name: str, model: str | None = None, *, threads: int | None = None, n_ctx: int = 4096,
-                dtype: str = "float32"):
+                dtype: str = "float32", lora: str | None = None):
     """An engine by name (`llama` or `torch`) on a model (`gemma-3-270m` or a GGUF path)."""
     from tinytitan.models import resolve
 
@@ -211,7 +211,9 @@ def load_engine(name: str, model: str | None = None, *, threads: int | None = No
     if name == "llama":
         from tinytitan.engines.llama import LlamaEngine
 
-        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx)
+        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=lora)
+    if lora:
+        raise TinyTitanError("a GGUF LoRA adapter runs in the llama engine (--engine llama)")
     from tinytitan.engines.torch import TorchEngine
 
     return TorchEngine(ref, threads=threads, dtype=dtype)

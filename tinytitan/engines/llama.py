@@ -22,13 +22,30 @@ from tinytitan.models import ModelRef
 END_PIECES = ("<eos>", "<end_of_turn>")
 
 
+def check_adapter(path: str, base: ModelRef):
+    """A LoRA adapter GGUF for this base: validated here, before llama.cpp sees it."""
+    from pathlib import Path
+
+    from tinytitan.gguf_files import read_gguf
+
+    adapter = read_gguf(Path(path))
+    if adapter.get("general.type") != "adapter" or adapter.get("adapter.type") != "lora":
+        raise ModelFileError(f"{path}: not a LoRA adapter GGUF (general.type is {adapter.get('general.type')!r})")
+    if adapter.architecture != base.gguf.architecture:
+        raise ModelFileError(f"{path}: an adapter for {adapter.architecture!r}, but the base model is "
+                             f"{base.gguf.architecture!r}")
+    return adapter.path
+
+
 class LlamaEngine(Engine):
     name = "llama"
 
-    def __init__(self, ref: ModelRef, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512):
+    def __init__(self, ref: ModelRef, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512,
+                 lora: str | None = None, lora_scale: float = 1.0):
         import llama_cpp
 
         self.ref = ref
+        self.lora = check_adapter(lora, ref) if lora else None
         self.threads = threads or os.cpu_count() or 1
         trained = ref.gguf.arch_key("context_length")
         if trained:  # a longer context than the model was trained for only produces garbage
@@ -37,10 +54,11 @@ class LlamaEngine(Engine):
             self.llm = llama_cpp.Llama(
                 model_path=str(ref.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                 n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, flash_attn=True,
-                verbose=False,
+                verbose=False, lora_path=str(self.lora) if self.lora else None, lora_scale=lora_scale,
             )
         except ValueError as error:  # llama-cpp-python reports load failures as ValueError
-            raise ModelFileError(f"{ref.path}: llama.cpp cannot load this model ({error})") from None
+            what = f"this model with the adapter {self.lora}" if self.lora else "this model"
+            raise ModelFileError(f"{ref.path}: llama.cpp cannot load {what} ({error})") from None
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.vocab_size = self.llm.n_vocab()

@@ -30,6 +30,7 @@ class TorchEngine(Engine):
         if model is None:
             model = load_torch_model(ref, dtype=dtype)
         self.ref, self.model = ref, model
+        self.lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # inside a PEFT wrapper
         self.tokenizer = tokenizer or load_tokenizer(ref)
         config = model.config
         self.vocab_size = config.vocab_size
@@ -85,13 +86,13 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def score(self, ids: Sequence[int], first: int, chunk: int = 128) -> np.ndarray:
-        hidden = self.model.model(input_ids=torch.tensor([list(ids)])).last_hidden_state[0, first:]
+        hidden = self.lm.model(input_ids=torch.tensor([list(ids)])).last_hidden_state[0, first:]
         rows = [self._head(hidden[i:i + chunk]) for i in range(0, hidden.shape[0], chunk)]
         return torch.cat(rows).float().numpy()
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_head(hidden)  # (rows, vocab)
-        cap = self.model.config.final_logit_softcapping
+        logits = self.lm.lm_head(hidden)  # (rows, vocab)
+        cap = self.lm.config.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits

@@ -1,11 +1,13 @@
-"""Find or build llama.cpp's native tools (llama-bench, llama-perplexity, ...) from the source that
-llama-cpp-python vendors, so that benchmarks compare us with the same llama.cpp we run.
+"""llama.cpp's native tools (llama-quantize for export; llama-bench, llama-perplexity and
+llama-imatrix for benchmarks), built from the very source llama-cpp-python vendors, so that what
+we quantize with and compare against is the llama.cpp we run.
 
 The sdist of the pinned llama-cpp-python is fetched with pip (from the package registry, or pip's
 cache) and built with cmake using the same safe CPU flags as our wheel (tools/cpu_flags.py).
-Binaries land in <cache>/llama.cpp-tools/<version>-<flags key>/bin and are reused.
+Binaries land in ~/.cache/tinytitan/llama.cpp-tools/<version>-<flags key>/bin and are reused;
+`make demo` / `make test` build them during set-up (about 5 minutes, once per machine).
 
-    python bench/llama_tools.py            # build if needed, print the bin directory
+    python -m tinytitan.native_tools       # build if needed, print the bin directory
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tinytitan.errors import TinyTitanError
+
+ROOT = Path(__file__).resolve().parents[1]  # tools/cpu_flags.py lives beside the package
 TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
 
 
 def _cpu_flags() -> tuple[str, str]:
-    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "tools" / "cpu_flags.py"), *a],
+    script = ROOT / "tools" / "cpu_flags.py"
+    if not script.exists():
+        raise TinyTitanError(f"{script} is missing: the native llama.cpp tools are built from a source checkout")
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a],
                                     check=True, capture_output=True, text=True).stdout.strip()
     return run(), run("--key")
 
@@ -39,7 +46,11 @@ def find_tool(name: str) -> Path:
     """Path to a native tool, building all of them on first use (about 5 minutes on 2 cores)."""
     path = tools_dir() / "bin" / name
     if not path.exists():
-        build()
+        try:
+            build()
+        except (subprocess.CalledProcessError, OSError) as error:
+            raise TinyTitanError(f"could not build llama.cpp's {name} ({error}); it needs cmake and a C++ "
+                                 f"compiler, and pip access to the llama-cpp-python sdist") from None
     return path
 
 

@@ -1,0 +1,101 @@
+"""The parity gate: an exported artifact is checked against the trained model before anyone gets it.
+
+Each artifact is reloaded through the engine that will run it (llama.cpp for GGUF files and GGUF
+adapters, transformers / PEFT for Hugging Face folders) and compared with the trained PyTorch model
+on held-out rows of the run:
+- teacher-forced on the reference completions: mean KL(torch || artifact) of the next-token
+  distributions and top-1 agreement, at every completion position;
+- greedy decoding of the prompts: agreement with torch's greedy output, and the task's exact-match
+  rate against the references (JSON completions compare as parsed records).
+The reference side is computed once, row by row, while every artifact is scored on the same row,
+so no [positions x 262,144] tensor is kept. Thresholds are per type (`THRESHOLDS`), set from what
+was measured on the ingredient LoRA run with margin (see docs/export.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tinytitan.engines import SamplingParams
+
+# artifact type -> (max mean KL, min top-1 agreement, min greedy agreement with torch)
+THRESHOLDS = {
+    "exact": (0.001, 0.995, 0.98),  # HF / PEFT folders: the same fp32 weights
+    "F32": (0.005, 0.98, 0.95), "F16": (0.005, 0.98, 0.95), "BF16": (0.01, 0.97, 0.93),
+    "ADAPTER": (0.01, 0.97, 0.95),
+    "Q8_0": (0.02, 0.96, 0.90), "Q6_K": (0.04, 0.95, 0.85),
+    "Q5_K_M": (0.07, 0.93, 0.80), "Q5_K_S": (0.07, 0.93, 0.80), "Q5_0": (0.07, 0.93, 0.80), "Q5_1": (0.07, 0.93, 0.80),
+    "Q4_K_M": (0.15, 0.90, 0.70), "Q4_K_S": (0.15, 0.90, 0.70), "Q4_0": (0.20, 0.88, 0.65), "Q4_1": (0.20, 0.88, 0.65),
+    "IQ4_NL": (0.15, 0.90, 0.70), "IQ4_XS": (0.15, 0.90, 0.70),
+    "Q3_K_L": (0.35, 0.85, 0.50), "Q3_K_M": (0.35, 0.85, 0.50), "Q3_K_S": (0.45, 0.80, 0.40), "Q2_K": (0.7, 0.7, 0.25),
+}
+
+
+@dataclass
+class Candidate:
+    label: str  # e.g. "q4_k_m", "adapter", "hf"
+    kind: str  # key of THRESHOLDS
+    engine: object  # has score(ids, first) and generate(ids, params)
+    kl: list[float] = field(default_factory=list)
+    top1: list[bool] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
+    exact: list[bool] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def report(self) -> dict:
+        max_kl, min_top1, min_agree = THRESHOLDS[self.kind]
+        figures = {"kl_mean": float(np.mean(self.kl)) if self.kl else None,
+                   "top1": float(np.mean(self.top1)) if self.top1 else None,
+                   "greedy_agreement": float(np.mean(self.agree)) if self.agree else None,
+                   "exact_match": float(np.mean(self.exact)) if self.exact else None,
+                   "rows": len(self.agree)}
+        failures = []
+        if figures["kl_mean"] is not None and figures["kl_mean"] > max_kl:
+            failures.append(f"mean KL {figures['kl_mean']:.4f} > {max_kl}")
+        if figures["top1"] is not None and figures["top1"] < min_top1:
+            failures.append(f"top-1 {figures['top1']:.1%} < {min_top1:.0%}")
+        if figures["greedy_agreement"] is not None and figures["greedy_agreement"] < min_agree:
+            failures.append(f"greedy agreement {figures['greedy_agreement']:.1%} < {min_agree:.0%}")
+        return {**figures, "thresholds": {"max_kl": max_kl, "min_top1": min_top1, "min_greedy_agreement": min_agree},
+                "passed": not failures, "failures": failures}
+
+
+def same_output(output: str, reference: str) -> bool:
+    """Exact match; JSON completions compare as parsed values (key order and spacing aside)."""
+    if output == reference:
+        return True
+    try:
+        return json.loads(output) == json.loads(reference)
+    except ValueError:
+        return False
+
+
+def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens: int, on_row=None) -> None:
+    """Score every candidate on `rows` (TokenizedExample: prompt + reference completion)."""
+    params = SamplingParams(max_tokens=max_tokens)
+    prompts = [list(row.ids[:row.completion_start]) for row in rows]
+    reference_outputs = reference_engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
+    batched = {id(c): c.engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
+               for c in candidates if hasattr(c.engine, "generate_greedy_batch")}  # torch: batches, not rows
+    for index, row in enumerate(rows):
+        ids, first = list(row.ids), row.completion_start - 1  # positions predicting completion tokens
+        ref_logp = torch.log_softmax(torch.from_numpy(reference_engine.score(ids[:-1], first)), dim=-1)
+        reference_text = reference_engine.detokenize(ids[row.completion_start:])
+        for candidate in candidates:
+            logp = torch.log_softmax(torch.from_numpy(candidate.engine.score(ids[:-1], first)), dim=-1)
+            candidate.kl += (ref_logp.exp() * (ref_logp - logp)).sum(-1).tolist()
+            candidate.top1 += (ref_logp.argmax(-1) == logp.argmax(-1)).tolist()
+            if id(candidate) in batched:
+                output = batched[id(candidate)][index]
+            else:
+                output = candidate.engine.generate(prompts[index], params).text
+            candidate.outputs.append(output)
+            candidate.agree.append(output == reference_outputs[index])
+            candidate.exact.append(same_output(output, reference_text))
+        if on_row:
+            on_row(index + 1, len(rows))
