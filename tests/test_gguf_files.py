@@ -101,3 +101,87 @@ def test_unknown_model_name_is_an_error():
     result = run_cli("info", "gemma-9-huge")
     assert result.returncode == 1
     assert "unknown model" in result.stderr and "gemma-3-270m" in result.stderr
+
+
+def read_gguf_from_bytes(data: bytes):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.gguf"
+        path.write_bytes(data)
+        return read_gguf(path)
+
+
+def malformed_corpus(good: bytes) -> dict[str, bytes]:
+    """>= 15 broken variants of a valid GGUF: truncations at every section, and corrupt fields."""
+    g = read_gguf_from_bytes(good)
+    data_start = min(t.offset for t in g.tensors)
+    first_key_len = struct.unpack_from("<Q", good, 24)[0]
+    first_value_type_at = 24 + 8 + first_key_len
+    name = g.tensors[0].name.encode()
+    info_at = good.index(struct.pack("<Q", len(name)) + name)
+    n_dims_at = info_at + 8 + len(name)
+    n_dims = struct.unpack_from("<I", good, n_dims_at)[0]
+    dims_at, type_at = n_dims_at + 4, n_dims_at + 4 + 8 * n_dims
+    offset_at = type_at + 4
+
+    def patch(at: int, fmt: str, value) -> bytes:
+        out = bytearray(good)
+        struct.pack_into(fmt, out, at, value)
+        return bytes(out)
+
+    return {
+        "magic only": good[:4],
+        "truncated in header": good[:16],
+        "truncated in first key": good[:30],
+        "truncated in metadata": good[:info_at - 100],
+        "truncated in tensor infos": good[:info_at + 10],
+        "truncated before data": good[:data_start],
+        "truncated in data": good[:data_start + (len(good) - data_start) // 2],
+        "bad magic": b"GGUX" + good[4:],
+        "bad version": patch(4, "<I", 7),
+        "huge tensor count": patch(8, "<Q", 2**62),
+        "huge metadata count": patch(16, "<Q", 2**62),
+        "string length 2^63": patch(24, "<Q", 2**63),
+        "unknown value type": patch(first_value_type_at, "<I", 99),
+        "zero dimensions": patch(n_dims_at, "<I", 0),
+        "five dimensions": patch(n_dims_at, "<I", 5),
+        "dims that overflow": _every_dim(good, dims_at, n_dims, 2**40),
+        "unknown ggml type": patch(type_at, "<I", 12345),
+        "offset past end of file": patch(offset_at, "<Q", len(good) * 4 // 32 * 32),
+        "misaligned offset": patch(offset_at, "<Q", struct.unpack_from("<Q", good, offset_at)[0] + 1),
+    }
+
+
+def _every_dim(good: bytes, dims_at: int, n_dims: int, value: int) -> bytes:
+    out = bytearray(good)
+    for d in range(n_dims):
+        struct.pack_into("<Q", out, dims_at + 8 * d, value)
+    return bytes(out)
+
+
+def test_malformed_gguf_corpus(tiny, tmp_path):
+    """Every broken file is a one-line ModelFileError in well under 2 s; the process survives."""
+    import time
+
+    corpus = malformed_corpus(tiny[0].read_bytes())
+    assert len(corpus) >= 15
+    for label, data in corpus.items():
+        path = tmp_path / f"{label.replace(' ', '_')}.gguf"
+        path.write_bytes(data)
+        start = time.perf_counter()
+        with pytest.raises(ModelFileError) as caught:
+            read_gguf(path)
+        assert time.perf_counter() - start < 2.0, label
+        message = str(caught.value)
+        assert message.startswith(str(path)) and "\n" not in message, (label, message)
+
+
+def test_malformed_corpus_never_reaches_llama_cpp(tiny, tmp_path):
+    corpus = malformed_corpus(tiny[0].read_bytes())
+    for label in ("dims that overflow", "offset past end of file", "unknown ggml type", "string length 2^63"):
+        path = tmp_path / f"{label.replace(' ', '_')}.gguf"
+        path.write_bytes(corpus[label])
+        result = run_cli("generate", "hi", "--model", str(path))
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, label

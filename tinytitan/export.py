@@ -252,7 +252,8 @@ def _publish(built, candidates, out: Path, run: Path, ref, weights, force) -> li
         if not parity["passed"] and not force:
             _remove(final)  # an artifact of that name from an earlier export is not this model
             _remove(out / f"{final.name}.manifest.json")
-            published.append({"artifact": final.name, "path": None, "parity": parity})
+            published.append({"artifact": final.name, "path": None, "kind": item["label"], "quant": item["quant"],
+                              "bytes": _digest(item["path"])["bytes"], "status": "failed", "parity": parity})
             continue
         manifest = {"artifact": final.name, "kind": item["label"], "quant": item["quant"], "imatrix": item["imatrix"],
                     **_digest(item["path"]), "source_run": str(run.resolve()), "weights": weights,

@@ -77,9 +77,10 @@ def same_output(output: str, reference: str) -> bool:
 
 def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens: int, on_row=None) -> None:
     """Score every candidate on `rows` (TokenizedExample: prompt + reference completion)."""
-    params = SamplingParams(max_tokens=max_tokens)
     prompts = [list(row.ids[:row.completion_start]) for row in rows]
     reference_outputs = reference_engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
+    # a candidate that runs 2 tokens past the reference's output already disagrees: stop it there
+    budgets = [min(max_tokens, len(reference_engine.tokenize(text)) + 2) for text in reference_outputs]
     batched = {id(c): c.engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
                for c in candidates if hasattr(c.engine, "generate_greedy_batch")}  # torch: batches, not rows
     for index, row in enumerate(rows):
@@ -93,7 +94,7 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
             if id(candidate) in batched:
                 output = batched[id(candidate)][index]
             else:
-                output = candidate.engine.generate(prompts[index], params).text
+                output = candidate.engine.generate(prompts[index], SamplingParams(max_tokens=budgets[index])).text
             candidate.outputs.append(output)
             candidate.agree.append(output == reference_outputs[index])
             candidate.exact.append(same_output(output, reference_text))

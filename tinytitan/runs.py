@@ -21,6 +21,12 @@ def load_run_model(run: str | Path, which: str = "best"):
     weights = run / which
     if not (weights / "manifest.json").exists():
         raise TinyTitanError(f"{weights}: missing or incomplete (the run saved no {which} weights)")
+    weights_file = weights / ("adapter_model.safetensors" if config["method"] == "lora" else "model.safetensors")
+    if not weights_file.exists():
+        pickles = sorted(p.name for p in weights.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+        detail = f"it holds pickle weights ({pickles[0]}), which tinytitan refuses to load (they can run code)" \
+            if pickles else "missing"
+        raise TinyTitanError(f"{weights_file}: {detail}")
     ref = resolve(config["model"])
     if config["method"] == "lora":
         from peft import PeftModel

@@ -9,6 +9,7 @@ The sliding-window layers keep a window-sized KV cache (`swa_full=False`): at 32
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,27 @@ from tinytitan.errors import ModelFileError, TinyTitanError
 from tinytitan.models import ModelRef
 
 END_PIECES = ("<eos>", "<end_of_turn>")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """llama.cpp prints load-time notes (e.g. per-tensor adapter placement) straight to fd 2; a CLI
+    user gets one line per problem instead. TINYTITAN_DEBUG=1 keeps them."""
+    if os.environ.get("TINYTITAN_DEBUG"):
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def check_adapter(path: str, base: ModelRef):
@@ -51,11 +73,12 @@ class LlamaEngine(Engine):
         if trained:  # a longer context than the model was trained for only produces garbage
             n_ctx = min(n_ctx, int(trained))
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(ref.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, flash_attn=True,
-                verbose=False, lora_path=str(self.lora) if self.lora else None, lora_scale=lora_scale,
-            )
+            with quiet_native_stderr():
+                self.llm = llama_cpp.Llama(
+                    model_path=str(ref.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                    n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, flash_attn=True,
+                    verbose=False, lora_path=str(self.lora) if self.lora else None, lora_scale=lora_scale,
+                )
         except ValueError as error:  # llama-cpp-python reports load failures as ValueError
             what = f"this model with the adapter {self.lora}" if self.lora else "this model"
             raise ModelFileError(f"{ref.path}: llama.cpp cannot load {what} ({error})") from None
