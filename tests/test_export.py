@@ -154,6 +154,8 @@ def test_export_cli_failure_exit_and_bad_flags(tiny_run, tmp_path):
     assert result.returncode == 1 and "--to: ['zip'] not among" in result.stderr
     result = run_cli("export", str(tmp_path))
     assert result.returncode == 1 and "not a fine-tuning run" in result.stderr
+    result = run_cli("export", str(tiny_run), "--to", "ollama")
+    assert result.returncode == 1 and "add gguf or adapter to --to" in result.stderr
 
 
 def test_pickle_weights_are_refused(tiny_run, tmp_path):

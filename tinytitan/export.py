@@ -48,6 +48,8 @@ def run(args) -> None:
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
         raise TinyTitanError(f"--to: {unknown or '(empty)'} not among {', '.join(TARGETS)}")
+    if "ollama" in targets and not {"gguf", "adapter"} & set(targets):
+        raise TinyTitanError("--to ollama writes a Modelfile for a GGUF: add gguf or adapter to --to")
     from tinytitan.quantize import parse_quants
 
     quants = parse_quants(args.quant) if "gguf" in targets else []
@@ -80,7 +82,7 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
     staging.mkdir(parents=True)
     try:
         built = _build(run, config, ref, model, tokenizer, targets, quants, staging, weights, train_rows, threads)
-        candidates = _candidates(built, ref, threads)
+        candidates = _candidates(built, ref, threads, n_ctx=max(512, int(config["max_length"]) + max_tokens))
         from tinytitan.gate import run_gate
         from tinytitan.progress import progress_bar
 
@@ -207,7 +209,7 @@ def _copy_tokenizer(ref, folder: Path) -> None:
             shutil.copy2(source / name, folder / name)
 
 
-def _candidates(built, ref, threads):
+def _candidates(built, ref, threads, n_ctx: int):
     from tinytitan.engines.llama import LlamaEngine
     from tinytitan.engines.torch import TorchEngine
     from tinytitan.gate import Candidate
@@ -219,11 +221,11 @@ def _candidates(built, ref, threads):
         if item["kind"] is None:
             continue
         if item["label"] == "adapter":
-            engine = LlamaEngine(ref, threads=threads, n_ctx=2048, lora=str(item["path"]))
+            engine = LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=str(item["path"]))
         elif item["label"] in ("hf", "peft"):
             engine = TorchEngine(ref, model=_load_folder(item, ref), tokenizer=load_tokenizer(ref), threads=threads)
         else:
-            engine = LlamaEngine(resolve(str(item["path"])), threads=threads, n_ctx=2048)
+            engine = LlamaEngine(resolve(str(item["path"])), threads=threads, n_ctx=n_ctx)
         candidates.append(Candidate(item["label"], item["kind"], engine))
     return candidates
 
