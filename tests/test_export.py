@@ -166,3 +166,27 @@ def test_pickle_weights_are_refused(tiny_run, tmp_path):
     (run / "best" / "adapter_model.safetensors").rename(run / "best" / "adapter_model.bin")
     result = run_cli("export", str(run), "--quant", "f16")
     assert result.returncode == 1 and "pickle weights (adapter_model.bin)" in result.stderr
+
+
+def test_importance_matrix_matches_the_matmul_inputs(tiny, tmp_path):
+    """imatrix entries are the column sums of squared inputs of every matmul, the head's included."""
+    import gguf
+
+    from tinytitan.gguf_export import compute_imatrix
+
+    model = tiny[1].eval()
+    sequences = [[2, 300, 301, 302, 310], [2, 320, 330, 340, 350, 360, 370]]
+    seen = {}
+    hooks = [module.register_forward_hook(lambda _m, inputs, _o, name=name: seen.setdefault(name, []).append(inputs[0]))
+             for name, module in model.named_modules() if name in ("lm_head", "model.layers.1.mlp.down_proj")]
+    with torch.no_grad():
+        for ids in sequences:
+            model(input_ids=torch.tensor([ids]))
+    for handle in hooks:
+        handle.remove()
+    path = compute_imatrix(model, sequences, tmp_path / "imatrix.gguf", "test rows", bf16=False)
+    tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(path)).tensors}
+    for name, gguf_name in (("lm_head", "token_embd.weight"), ("model.layers.1.mlp.down_proj", "blk.1.ffn_down.weight")):
+        expected = sum((x.reshape(-1, x.shape[-1]).double() ** 2).sum(0) for x in seen[name]).float().numpy()
+        np.testing.assert_allclose(tensors[f"{gguf_name}.in_sum2"].reshape(-1), expected, rtol=1e-5)
+        assert tensors[f"{gguf_name}.counts"].reshape(-1)[0] == 12

@@ -23,6 +23,9 @@ VERBS = {
     "data": ("tinytitan.data_check", "Check a dataset before training: bad rows, lengths, labels."),
     "finetune": ("tinytitan.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
     "export": ("tinytitan.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
+    "eval": ("tinytitan.evaluate", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),
+    "bench": ("tinytitan.bench", "Speed, memory, context scaling and energy per conversation of GGUF artifacts."),
+    "report": ("tinytitan.report", "One Markdown + HTML report of a run: every artifact's quality, speed, energy."),
 }
 
 

@@ -77,6 +77,7 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
     tokenizer = load_tokenizer(ref)
     reference = TorchEngine(ref, model=model, tokenizer=tokenizer, threads=threads)
     held_out, train_rows = _rows(config, tokenizer, gate_data, gate_rows)
+    _remove_stale_staging(out)
     staging = out / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -98,6 +99,24 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"run": str(run), "out": str(out), "gate_rows": len(held_out), "artifacts": artifacts, **cross}
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders left by exports that were killed (their process no longer exists)."""
+    for folder in out.glob(".staging-*"):
+        pid = folder.name.removeprefix(".staging-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _adapter_vs_merged(candidates) -> dict:

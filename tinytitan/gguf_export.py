@@ -111,17 +111,16 @@ def compute_imatrix(model, sequences: Sequence[Sequence[int]], path: Path, datas
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
+    def add(target: str, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1, x.shape[-1])  # (tokens, in)
+        sums[target] = sums.get(target, 0) + (x.double() ** 2).sum(0)
+        counts[target] = counts.get(target, 0) + x.shape[0]
+
+    head = "token_embd.weight" if model.config.tie_word_embeddings else "output.weight"
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            target = "token_embd.weight" if name == "lm_head" and model.config.tie_word_embeddings \
-                else to_gguf(name + ".weight")
-
-            def hook(_module, inputs, _output, target=target):
-                x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])  # (tokens, in)
-                sums[target] = sums.get(target, 0) + (x.double() ** 2).sum(0)
-                counts[target] = counts.get(target, 0) + x.shape[0]
-
-            hooks.append(module.register_forward_hook(hook))
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            hooks.append(module.register_forward_hook(
+                lambda _module, inputs, _output, target=to_gguf(name + ".weight"): add(target, inputs[0])))
     seen = 0
     try:
         model.eval()
@@ -129,7 +128,9 @@ def compute_imatrix(model, sequences: Sequence[Sequence[int]], path: Path, datas
             if seen >= max_tokens:
                 break
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                model(input_ids=torch.tensor([list(ids)]), logits_to_keep=0)
+                # the head's input is the final hidden state: its statistics without computing
+                # [tokens x 262,144] logits nobody reads
+                add(head, model.model(input_ids=torch.tensor([list(ids)])).last_hidden_state)
             seen += len(ids)
     finally:
         for handle in hooks:

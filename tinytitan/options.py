@@ -43,6 +43,26 @@ def sampling_from(args):
                           top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
 
 
+def add_data_spec(parser: argparse.ArgumentParser) -> None:
+    """How to read a CSV/TSV dataset (JSONL rows describe themselves)."""
+    group = parser.add_argument_group("data columns (CSV/TSV)")
+    group.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv", "tsv"))
+    group.add_argument("--input-column", default="", help="the input column")
+    group.add_argument("--output-columns", default="", help="output column(s), comma-separated")
+    group.add_argument("--input-template", default="", help='input built from columns, e.g. "{title}: {body}"')
+    group.add_argument("--columns", default="", help="the column names of a file without a header")
+    group.add_argument("--system", default="", help="system prompt for rows that have none")
+
+
+def data_spec_from(args):
+    from tinytitan.data import DataSpec
+
+    return DataSpec(format=args.format, input_column=args.input_column or None,
+                    output_columns=tuple(c for c in args.output_columns.split(",") if c),
+                    input_template=args.input_template or None,
+                    columns=tuple(c for c in args.columns.split(",") if c), system=args.system or None)
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 

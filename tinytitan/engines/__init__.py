@@ -110,6 +110,10 @@ class Engine:
         ids = list(ids)
         return target_logprobs_of(self.score(ids[:-1], first), ids[first + 1:])
 
+    def logprob_sums(self, requests: Sequence[tuple[Sequence[int], int]]) -> list[float]:
+        """For each `(ids, first)`: sum of log P(ids[i] | ids[:i]) over i >= first (first >= 1)."""
+        return [float(self.target_logprobs(ids, first - 1).sum()) for ids, first in requests]
+
     def close(self) -> None:
         pass
 
@@ -201,7 +205,7 @@ class _StopAwareText:
 
 
 def load_engine(name: str, model: str | None = None, *, threads: int | None = None, n_ctx: int = 4096,
-                dtype: str = "float32", lora: str | None = None):
+                dtype: str = "float32", lora: str | None = None, swa_full: bool = False):
     """An engine by name (`llama` or `torch`) on a model (`gemma-3-270m` or a GGUF path)."""
     from tinytitan.models import resolve
 
@@ -211,7 +215,7 @@ def load_engine(name: str, model: str | None = None, *, threads: int | None = No
     if name == "llama":
         from tinytitan.engines.llama import LlamaEngine
 
-        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=lora)
+        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=lora, swa_full=swa_full)
     if lora:
         raise TinyTitanError("a GGUF LoRA adapter runs in the llama engine (--engine llama)")
     from tinytitan.engines.torch import TorchEngine

@@ -4,7 +4,9 @@ Generation uses `Llama.generate` (llama.cpp's own sampler chain, KV-cache prefix
 Scoring uses the C API directly: one batch whose logits flags are set only at the positions to
 score, so the 262,144-wide LM head runs only there (as `llama-perplexity` does).
 The sliding-window layers keep a window-sized KV cache (`swa_full=False`): at 32K tokens the
-270M model's cache stays near 100 MB instead of growing for every layer.
+270M model's cache stays near 100 MB instead of growing for every layer. Likelihood scoring of
+many related sequences (`logprob_sums`, benchmarks) asks for the full-size cache instead, so the
+prefix shared with the previous sequence is decoded once.
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ def check_adapter(path: str, base: ModelRef):
     if adapter.architecture != base.gguf.architecture:
         raise ModelFileError(f"{path}: an adapter for {adapter.architecture!r}, but the base model is "
                              f"{base.gguf.architecture!r}")
+    # llama.cpp crashes on an adapter whose matrices do not fit the base's (e.g. made for another size)
+    shapes = {t.name: t.shape for t in base.gguf.tensors}
+    for tensor in adapter.tensors:
+        if not tensor.name.endswith((".lora_a", ".lora_b")):
+            continue
+        target = tensor.name.rsplit(".", 1)[0]
+        if target not in shapes:
+            raise ModelFileError(f"{path}: adapts {target}, which the base model {base.path} does not have")
+        expected = shapes[target][0] if tensor.name.endswith(".lora_a") else shapes[target][1]
+        got = tensor.shape[0] if tensor.name.endswith(".lora_a") else tensor.shape[1]
+        if got != expected:
+            raise ModelFileError(f"{path}: {tensor.name} has shape {list(tensor.shape)}, which does not fit "
+                                 f"{target} {list(shapes[target])} of {base.path} (an adapter for another model?)")
     return adapter.path
 
 
@@ -63,7 +78,7 @@ class LlamaEngine(Engine):
     name = "llama"
 
     def __init__(self, ref: ModelRef, *, threads: int | None = None, n_ctx: int = 4096, n_batch: int = 512,
-                 lora: str | None = None, lora_scale: float = 1.0):
+                 lora: str | None = None, lora_scale: float = 1.0, swa_full: bool = False):
         import llama_cpp
 
         self.ref = ref
@@ -76,7 +91,7 @@ class LlamaEngine(Engine):
             with quiet_native_stderr():
                 self.llm = llama_cpp.Llama(
                     model_path=str(ref.path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                    n_threads=self.threads, n_threads_batch=self.threads, swa_full=False, flash_attn=True,
+                    n_threads=self.threads, n_threads_batch=self.threads, swa_full=swa_full, flash_attn=True,
                     verbose=False, lora_path=str(self.lora) if self.lora else None, lora_scale=lora_scale,
                 )
         except ValueError as error:  # llama-cpp-python reports load failures as ValueError
@@ -88,6 +103,8 @@ class LlamaEngine(Engine):
         self.bos_id = self.llm.token_bos()
         self.end_ids = frozenset(i for i in (self.token_id(p) for p in END_PIECES) if i is not None)
         self._pieces: dict[str, int] | None = None
+        self.swa_full = swa_full  # a full-size sliding-window cache allows prefix reuse while scoring
+        self._scored: list[int] = []  # tokens the cache holds from the last `logprob_sums`
 
     def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
         import llama_cpp
@@ -148,18 +165,29 @@ class LlamaEngine(Engine):
         import llama_cpp
 
         ids = list(ids)
-        n = len(ids)
-        self._check_length(n)
-        ctx = self.llm.ctx
-        memory = llama_cpp.llama_get_memory(ctx)
+        self._check_length(len(ids))
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
         llama_cpp.llama_memory_clear(memory, True)
         self.llm.n_tokens = 0  # the high-level object's view of the cache, now empty
-        results = []
-        row = 0
+        self._scored = []
+        try:
+            results = self._decode(ids, 0, first, use)
+        finally:
+            llama_cpp.llama_memory_clear(memory, True)
+        if not results:
+            return np.zeros((0, self.vocab_size), np.float32)
+        return np.concatenate(results)
+
+    def _decode(self, ids: Sequence[int], start_pos: int, first: int, use) -> list:
+        """Decode `ids` at positions start_pos.. onto the cache, logits at positions >= first."""
+        import llama_cpp
+
+        results, row = [], 0
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         try:
-            for start in range(0, n, self.n_batch):
-                part = ids[start:start + self.n_batch]
+            for offset in range(0, len(ids), self.n_batch):
+                part = ids[offset:offset + self.n_batch]
+                start = start_pos + offset
                 for i, token in enumerate(part):
                     batch.token[i] = token
                     batch.pos[i] = start + i
@@ -167,19 +195,51 @@ class LlamaEngine(Engine):
                     batch.seq_id[i][0] = 0
                     batch.logits[i] = start + i >= first
                 batch.n_tokens = len(part)
-                if llama_cpp.llama_decode(ctx, batch) != 0:
+                if llama_cpp.llama_decode(self.llm.ctx, batch) != 0:
                     raise TinyTitanError(f"llama.cpp failed to decode a batch of {len(part)} tokens")
                 n_out = len(part) - max(0, min(len(part), first - start))
                 if n_out:
-                    pointer = ctypes.cast(llama_cpp.llama_get_logits(ctx), ctypes.POINTER(ctypes.c_float))
+                    pointer = ctypes.cast(llama_cpp.llama_get_logits(self.llm.ctx), ctypes.POINTER(ctypes.c_float))
                     results.append(use(np.ctypeslib.as_array(pointer, shape=(n_out, self.vocab_size)), row))
                     row += n_out
         finally:
             llama_cpp.llama_batch_free(batch)
+        return results
+
+    def logprob_sums(self, requests: Sequence[tuple[Sequence[int], int]]) -> list[float]:
+        """For each `(ids, first)`: sum of log P(ids[i] | ids[:i]) over i >= first (first >= 1).
+
+        The cache is kept between requests: a request decodes only what follows the prefix it
+        shares with the previous one (the few-shot examples, the question before each choice),
+        from position first - 1 at the latest. Needs the full-size sliding-window cache."""
+        import llama_cpp
+
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        if self.llm.n_tokens or not self.swa_full:  # `generate` has used the cache since, or no reuse
             llama_cpp.llama_memory_clear(memory, True)
-        if not results:
-            return np.zeros((0, self.vocab_size), np.float32)
-        return np.concatenate(results)
+            self.llm.n_tokens = 0
+            self._scored = []
+        sums = []
+        for ids, first in requests:
+            ids = list(ids)
+            if not 1 <= first < len(ids):
+                raise TinyTitanError(f"nothing to score: first={first} for {len(ids)} tokens")
+            self._check_length(len(ids))
+            keep = 0
+            if self.swa_full:
+                limit = min(len(self._scored), first - 1)
+                while keep < limit and self._scored[keep] == ids[keep]:
+                    keep += 1
+            llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1)
+            self._scored = ids[:keep]
+            targets = ids[first:]
+            parts = self._decode(ids[keep:-1], keep, first - 1,
+                                 lambda view, row: target_logprobs_of(view, targets[row:row + len(view)]))
+            self._scored = ids[:-1] if self.swa_full else []
+            if not self.swa_full:
+                llama_cpp.llama_memory_clear(memory, True)
+            sums.append(float(np.concatenate(parts).sum()))
+        return sums
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tinytitan.engines import Engine, SamplingParams
+from tinytitan.errors import TinyTitanError
 from tinytitan.models import ModelRef
 from tinytitan.torch_model import load_tokenizer, load_torch_model
 
@@ -89,6 +90,26 @@ class TorchEngine(Engine):
         hidden = self.lm.model(input_ids=torch.tensor([list(ids)])).last_hidden_state[0, first:]
         rows = [self._head(hidden[i:i + chunk]) for i in range(0, hidden.shape[0], chunk)]
         return torch.cat(rows).float().numpy()
+
+    @torch.inference_mode()
+    def logprob_sums(self, requests: Sequence[tuple[Sequence[int], int]], batch_size: int = 16) -> list[float]:
+        """Right-padded batches; the LM head runs only at the positions that predict scored tokens."""
+        sums = []
+        for start in range(0, len(requests), batch_size):
+            group = [(list(ids), first) for ids, first in requests[start:start + batch_size]]
+            width = max(len(ids) - 1 for ids, _ in group)
+            inputs = torch.zeros((len(group), width), dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, (ids, first) in enumerate(group):
+                if not 1 <= first < len(ids):
+                    raise TinyTitanError(f"nothing to score: first={first} for {len(ids)} tokens")
+                inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+                mask[row, :len(ids) - 1] = 1
+            hidden = self.lm.model(input_ids=inputs, attention_mask=mask).last_hidden_state  # (B, T, H)
+            for row, (ids, first) in enumerate(group):
+                logp = torch.log_softmax(self._head(hidden[row, first - 1:len(ids) - 1]).float(), dim=-1)
+                sums.append(float(logp.gather(1, torch.tensor(ids[first:])[:, None]).sum()))
+        return sums
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm.lm_head(hidden)  # (rows, vocab)

@@ -1,0 +1,95 @@
+"""`tinytitan report` and `tinytitan bench` on a tiny run: every artifact in one table, files written."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def exported_run(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    rng = random.Random(3)
+    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
+    data = folder / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
+                                        "completion": {"w": rng.choice(words)}}) + "\n" for i in range(400)))
+    run = folder / "run"
+    trained = run_cli("finetune", "--model", str(tiny[0]), "--train", str(data), "--output", str(run),
+                      "--batch-tokens", "512", "--learning-rate", "2e-3", "--max-steps", "30", "--eval-every", "15",
+                      "--precision", "fp32")
+    assert trained.returncode == 0, trained.stderr
+    exported = run_cli("export", str(run), "--to", "gguf,adapter", "--quant", "f16,q8_0", "--gate-rows", "20")
+    assert exported.returncode == 0, exported.stderr
+    return run, data
+
+
+def test_report_covers_every_artifact(exported_run):
+    run, data = exported_run
+    result = run_cli("report", str(run), "--data", str(data), "--limit", "12", "--context", "64,128", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = {r["artifact"]: r for r in summary["rows"]}
+    assert set(rows) == {"torch (run)", "run-f16", "run-q8_0", "base+run-adapter-f16", "base (few-shot)"}
+    assert rows["torch (run)"]["kl"] < 1e-9 and rows["torch (run)"]["tg_tps"] is None  # the reference itself
+    for name in ("run-f16", "run-q8_0", "base+run-adapter-f16"):
+        row = rows[name]
+        assert row["kl"] < 0.05 and row["tg_tps"] > 0 and row["pp_tps"] > 0 and row["j_per_conversation"] > 0
+    report = (run / "report" / "report.md").read_text()
+    assert "| run-q8_0 |" in report and "![Task metric vs file size](metric_vs_size.png)" in report
+    for png in ("loss.png", "metric_vs_size.png", "context.png"):
+        assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (run / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "src='report" not in page
+    bench = json.loads((run / "report" / "bench.json").read_text())["result"]
+    base = next(b for b in bench if b["artifact"] == "base (few-shot)")
+    assert [c["depth"] for c in base["context"]] == [64, 128]
+    assert len(list((run / "report" / "examples").glob("*.jsonl"))) == 5
+    # the same inputs again: saved measurements are reused, nothing is measured twice
+    again = run_cli("report", str(run), "--data", str(data), "--limit", "12", "--context", "64,128", "--json")
+    assert again.returncode == 0 and "eval " not in again.stderr and "bench " not in again.stderr
+
+
+def test_bench_cli_json_last_line(tiny, tmp_path):
+    result = run_cli("bench", str(tiny[0]), "--threads", "1", "--pp", "32", "--tg", "8", "-r", "1",
+                     "--context", "64", "--profile", "phone", "--profile", "3.5")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (artifact,) = report["artifacts"]
+    (speed,) = artifact["speed"]
+    assert speed["threads"] == 1 and speed["pp_tps"] > 0 and speed["tg_tps"] > 0 and speed["ttft_s"] > 0
+    assert artifact["context"][0]["depth"] == 64 and artifact["context"][0]["kv_mb"] > 0
+    estimates = artifact["energy"]["estimates"]
+    assert [e["profile"] for e in estimates] == ["phone", "3.5 W/core"]
+    assert estimates[1]["j_per_decode_token"] == pytest.approx(speed["cpu_s_per_decode_token"] * 3.5)
+    assert "pp t/s" in result.stdout  # the table comes before the JSON line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--threads", "0"), "--threads"),
+    (("--context", "4k"), "--context"),
+    (("--conversation", "1,2"), "--conversation"),
+    (("--profile", "toaster"), "--profile"),
+    (("--battery-wh", "0"), "--battery-wh"),
+])
+def test_bench_bad_flags(tiny, args, expected):
+    result = run_cli("bench", str(tiny[0]), *args)
+    assert result.returncode == 1 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_report_needs_a_run_with_exports(tmp_path):
+    result = run_cli("report", str(tmp_path))
+    assert result.returncode == 1 and "not a fine-tuning run" in result.stderr
+
+
+def test_an_adapter_for_another_model_is_refused(exported_run):
+    """llama.cpp would crash on it: the shapes are checked first."""
+    run, data = exported_run
+    result = run_cli("eval", f"base+{run / 'export' / 'run-adapter-f16.gguf'}", "--data", str(data))
+    assert result.returncode == 1 and "does not fit" in result.stderr and "another model" in result.stderr

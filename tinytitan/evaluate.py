@@ -1,0 +1,311 @@
+"""`tinytitan eval ARTIFACT... --data test.jsonl` and `--benchmark piqa,...`: numbers on the user's task.
+
+Every artifact (base, a run's torch model, any GGUF, base + adapter; see `artifacts.py`) runs the
+same rows, and the results sit side by side:
+- extraction (JSON completions): JSON validity, record exact match, per-field exact match and
+  P/R/F1, the most common field errors;
+- classification (a small set of label completions): accuracy and macro-F1 twice, from the label
+  likelihoods after one prefill of the prompt (no free decoding) and from greedy generation;
+- generation: chrF, ROUGE-L;
+- for every task: the perplexity of the reference completions, a 95% bootstrap interval on the
+  headline metric, KL divergence against `--kl-reference` (cached top-k, `kl.py`), and one JSONL
+  line per example under `--out` so errors can be read.
+The base model has never seen the task's format, so it gets `--base-shots` solved examples as
+earlier turns of the conversation: the floor a fine-tune has to beat.
+Greedy decoding stops at the end of the turn, or at twice the reference's length + 8 tokens (a
+longer output is wrong for exact match anyway), capped by --max-tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinytitan import metrics, options
+from tinytitan.errors import TinyTitanError
+
+TASKS = ("auto", "extraction", "classification", "generation")
+HEADLINE = {"extraction": "exact_match", "classification": "accuracy", "generation": "chrf"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                        help="base | FILE.gguf | BASE.gguf+ADAPTER.gguf | base+ADAPTER.gguf | RUN folder[:last]")
+    parser.add_argument("--data", help="task rows to score (JSONL, CSV or TSV, as for finetune)")
+    parser.add_argument("--task", choices=TASKS, default="auto", help="task kind (default: detected from the data)")
+    parser.add_argument("--benchmark", help="comma-separated: piqa,arc_easy,arc_challenge,boolq,winogrande,hellaswag")
+    parser.add_argument("--benchmark-dir", default="benchmarks", help="folder with the benchmark files")
+    parser.add_argument("--shots", type=int, default=None, help="benchmark examples in the prompt (default: per benchmark)")
+    parser.add_argument("--limit", type=options.positive_int, default=None, help="score at most this many rows/items")
+    parser.add_argument("--base-shots", type=int, default=3, help="solved examples given to the base model")
+    parser.add_argument("--shots-data", default=None, help="where the base model's examples come from "
+                        "(default: drawn from --data and left out of every artifact's score)")
+    parser.add_argument("--kl-reference", default=None, metavar="ARTIFACT",
+                        help="also measure KL divergence against this artifact (e.g. the run folder)")
+    parser.add_argument("--max-tokens", type=options.positive_int, default=256, help="generation cap per row")
+    parser.add_argument("--out", default=None, help="folder for per-example JSONL files and eval.json")
+    parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the base model's examples")
+    options.add_data_spec(parser)
+    options.add_json(parser)
+
+
+def run(args) -> None:
+    from tinytitan.artifacts import parse_artifact
+
+    if not args.data and not args.benchmark:
+        raise TinyTitanError("nothing to evaluate: pass --data FILE and/or --benchmark NAMES")
+    if args.base_shots < 0 or (args.shots is not None and args.shots < 0):
+        raise TinyTitanError("--base-shots and --shots must be >= 0")
+    artifacts = [parse_artifact(spec) for spec in args.artifacts]
+    result: dict = {"artifacts": [a.label for a in artifacts]}
+    if args.data:
+        reference = parse_artifact(args.kl_reference) if args.kl_reference else None
+        result["task"] = evaluate_task(artifacts, args.data, task=args.task, spec=options.data_spec_from(args),
+                                       limit=args.limit, base_shots=args.base_shots, shots_data=args.shots_data,
+                                       kl_reference=reference, max_tokens=args.max_tokens, threads=args.threads,
+                                       seed=args.seed, out=Path(args.out) if args.out else None)
+    if args.benchmark:
+        result["benchmarks"] = evaluate_benchmarks(artifacts, args.benchmark, Path(args.benchmark_dir),
+                                                   args.shots, args.limit, args.threads)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "eval.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_result(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# task rows
+
+
+def load_rows(path: str, spec, limit: int | None = None):
+    from tinytitan.data import load_examples
+
+    report = load_examples(path, spec)
+    if report.rejected:
+        first = report.rejected[0]
+        raise TinyTitanError(f"{first} ({len(report.rejected)} bad rows in {path}; "
+                             f"`tinytitan data check {path}` lists them)")
+    return report.examples[:limit] if limit else report.examples
+
+
+def detect_task(completions: list[str]) -> str:
+    if all(metrics.parse_record(c) is not None for c in completions):
+        return "extraction"
+    distinct = set(completions)
+    if len(distinct) <= min(100, max(2, len(completions) // 2)) and all(len(c) <= 60 and "\n" not in c
+                                                                        for c in distinct):
+        return "classification"
+    return "generation"
+
+
+def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
+                  kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None) -> dict:
+    from tinytitan.data import DataSpec
+
+    spec = spec or DataSpec()
+    examples = load_rows(data, spec)
+    shots = []
+    if base_shots and any(a.is_base for a in artifacts):
+        if shots_data:
+            shots = load_rows(shots_data, spec)[:base_shots]
+        else:  # drawn from the data and left out of every artifact's rows, so all score the same rows
+            if base_shots >= len(examples):
+                raise TinyTitanError(f"{data}: {len(examples)} rows leave none to score after {base_shots} "
+                                     f"examples for the base model (lower --base-shots or pass --shots-data)")
+            picked = set(random.Random(seed).sample(range(len(examples)), base_shots))
+            shots = [examples[i] for i in sorted(picked)]
+            examples = [e for i, e in enumerate(examples) if i not in picked]
+    examples = examples[:limit] if limit else examples
+    task = detect_task([e.completion for e in examples]) if task == "auto" else task
+    labels = sorted({e.completion for e in examples}) if task == "classification" else []
+    results = []
+    reference_topk = None
+    for artifact in artifacts:
+        from tinytitan.progress import progress_bar
+
+        engine = artifact.open(threads=threads)
+        try:
+            rows = _encode(engine, examples, shots if artifact.is_base else [])
+            if kl_reference is not None and reference_topk is None:
+                reference_topk = _reference(kl_reference, rows, threads)
+            with progress_bar(f"eval {artifact.label}") as progress:
+                bar = progress.add_task("rows", total=len(rows))
+                figures, per_example = _score(engine, task, rows, examples, labels, max_tokens,
+                                              lambda done: progress.update(bar, completed=done))
+            if reference_topk is not None:
+                from tinytitan.kl import kl_against
+
+                figures["kl"] = kl_against(reference_topk, engine, [(r["ids"], r["first"]) for r in rows])
+        finally:
+            engine.close()
+        # headline and interval as fractions (chrF's 0-100 scale too)
+        headline = figures["likelihood"]["accuracy"] if task == "classification" else \
+            figures["chrf"] / 100 if task == "generation" else figures[HEADLINE[task]]
+        values = [v / 100 for v in per_example["chrf"]] if task == "generation" else per_example["correct"]
+        low, high = metrics.bootstrap_ci(values, seed=seed)
+        figures.update(artifact=artifact.label, spec=artifact.spec, size_mb=artifact.size_bytes() / 2**20,
+                       headline=HEADLINE[task], score=headline, ci95=[low, high],
+                       few_shot=len(shots) if artifact.is_base else 0)
+        results.append(figures)
+        if out:
+            _write_examples(out / f"{_file_name(artifact.label)}.jsonl", examples, per_example)
+    return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results}
+
+
+def _encode(engine, examples, shots) -> list[dict]:
+    from tinytitan.chat_format import END_OF_TURN, Message, encode_chat
+
+    history = []
+    for shot in shots:
+        history += [*shot.messages, Message("assistant", shot.completion)]
+    end = engine.token_id(END_OF_TURN)
+    rows = []
+    for example in examples:
+        prompt = encode_chat(engine, [*history, *example.messages])
+        completion = engine.tokenize(example.completion) + [end]
+        rows.append({"prompt": prompt, "ids": prompt + completion, "first": len(prompt),
+                     "budget": 2 * len(completion) + 8})
+    return rows
+
+
+def _score(engine, task, rows, examples, labels, max_tokens, on_row) -> tuple[dict, dict]:
+    started = time.perf_counter()
+    references = [e.completion for e in examples]
+    nll, tokens = 0.0, 0
+    outputs, label_picks = [], []
+    batched = None
+    if hasattr(engine, "generate_greedy_batch"):  # torch: batches, not rows
+        batched = engine.generate_greedy_batch([r["prompt"] for r in rows],
+                                               max_tokens=min(max_tokens, max(r["budget"] for r in rows)))
+    from tinytitan.engines import SamplingParams
+    from tinytitan.chat_format import END_OF_TURN
+
+    end = engine.token_id(END_OF_TURN)
+    label_ids = [engine.tokenize(label) + [end] for label in labels]
+    for index, row in enumerate(rows):
+        reference_logp = engine.target_logprobs(row["ids"], row["first"] - 1)
+        nll -= float(reference_logp.sum())
+        tokens += len(reference_logp)
+        if batched is not None:
+            outputs.append(batched[index])
+        else:
+            budget = min(max_tokens, row["budget"])
+            outputs.append(engine.generate(row["prompt"], SamplingParams(max_tokens=budget)).text)
+        if task == "classification":
+            sums = engine.logprob_sums([(row["prompt"] + ids, len(row["prompt"])) for ids in label_ids])
+            label_picks.append(labels[int(np.argmax(sums))])
+        on_row(index + 1)
+    seconds = time.perf_counter() - started
+    figures: dict = {"reference_perplexity": math.exp(nll / max(tokens, 1)), "seconds": round(seconds, 1)}
+    per_example: dict = {"output": outputs}
+    if task == "extraction":
+        found = metrics.extraction_metrics(outputs, references)
+        per_example["correct"] = found.pop("per_example")
+    elif task == "classification":
+        generated = metrics.classification_metrics([o.strip() for o in outputs], references)
+        likelihood = metrics.classification_metrics(label_picks, references)
+        per_example.update(correct=likelihood.pop("per_example"), label=label_picks)
+        generated.pop("per_example")
+        found = {"likelihood": likelihood, "generation": generated, "accuracy": likelihood["accuracy"]}
+    else:
+        found = metrics.generation_metrics(outputs, references)
+        per_example["chrf"] = found.pop("per_example")
+    return {**figures, **found}, per_example
+
+
+def _reference(artifact, rows, threads):
+    from tinytitan.kl import reference_topk
+    from tinytitan.progress import progress_bar
+
+    engine = artifact.open(threads=threads)
+    try:
+        with progress_bar(f"KL reference {artifact.label}") as progress:
+            bar = progress.add_task("rows", total=len(rows))
+            return reference_topk(engine, [(r["ids"], r["first"]) for r in rows], _identity(artifact),
+                                  on_row=lambda done, total: progress.update(bar, completed=done))
+    finally:
+        engine.close()
+
+
+def _identity(artifact) -> str:
+    """What the cached reference depends on: the files' sizes and modification times."""
+    from tinytitan.models import resolve
+
+    if artifact.kind == "run":
+        files = sorted((artifact.path / artifact.weights).glob("*.safetensors"))
+    else:
+        files = [resolve(str(artifact.path) if artifact.path else None).path] + ([artifact.adapter] if artifact.adapter else [])
+    return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+
+
+def _write_examples(path: Path, examples, per_example: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as file:
+        for index, example in enumerate(examples):
+            record = {"source": example.source, "prompt": example.messages[-1].content,
+                      "reference": example.completion,
+                      **{key: values[index] for key, values in per_example.items()}}
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _file_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label).strip("_")
+
+
+# ---------------------------------------------------------------------------------------------
+# standard benchmarks
+
+
+def evaluate_benchmarks(artifacts, names: str, folder: Path, shots, limit, threads) -> list[dict]:
+    from tinytitan.benchmarks import load_items, parse_names, run_benchmark
+    from tinytitan.progress import progress_bar
+
+    chosen = parse_names(names)
+    for name in chosen:  # every file is checked before hours of scoring start
+        load_items(name, folder)
+    results = []
+    for artifact in artifacts:
+        engine = artifact.open(threads=threads, n_ctx=8192)
+        try:
+            for name in chosen:
+                with progress_bar(f"{name} {artifact.label}") as progress:
+                    bar = progress.add_task("items", total=None)
+                    found = run_benchmark(engine, name, folder, shots, limit,
+                                          on_item=lambda done, total: progress.update(bar, completed=done, total=total))
+                results.append({"artifact": artifact.label, **found})
+        finally:
+            engine.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def print_result(result: dict) -> None:
+    task = result.get("task")
+    if task:
+        print(f"{task['data']}: {task['task']}, {task['rows']} rows")
+        header = f"{'artifact':<34} {'size MB':>8} {task['results'][0]['headline']:>12} {'95% CI':>15} " \
+                 f"{'ref ppl':>8} {'KL':>8} {'seconds':>8}"
+        print(header)
+        for r in task["results"]:
+            kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
+            print(f"{r['artifact'][:34]:<34} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% "
+                  f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}% {r['reference_perplexity']:>8.3f} "
+                  f"{kl:>8} {r['seconds']:>8.1f}")
+    for b in result.get("benchmarks", []):
+        print(f"{b['artifact']:<24} {b['benchmark']:<14} {b['shots']:>2}-shot {b['items']:>5} items  "
+              f"acc {b['acc']:5.1f}  acc_norm {b['acc_norm']:5.1f}  (published {b['published']}, "
+              f"{b['headline']})  {b['seconds']:.0f} s")
+    sys.stdout.flush()

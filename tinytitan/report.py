@@ -1,0 +1,286 @@
+"""`tinytitan report RUN --data test.jsonl`: one Markdown + self-contained HTML report of a run.
+
+It evaluates every artifact of the run side by side on the same rows (`evaluate.evaluate_task`):
+the trained torch model, each exported GGUF, base + GGUF adapter, and the base model with a
+few-shot prompt as the floor; measures the GGUF artifacts' speed, memory and energy
+(`bench.bench_artifact`, 2 threads) and the base model's context scaling; then writes
+`RUN/report/`: report.md, report.html (plots inlined), the PNG plots (loss curves, metric vs file
+size, decode speed vs context length), eval.json / bench.json and per-example JSONL files.
+Finished measurements are reused when the report is made again with the same inputs (`--fresh`
+measures again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+from pathlib import Path
+
+from tinytitan import options
+from tinytitan.errors import TinyTitanError
+
+ENERGY_PROFILE = "phone"  # the J/conversation column: the edge device this tool ships to
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run", help="a fine-tuning run folder (with export/ from `tinytitan export`)")
+    parser.add_argument("--data", default=None, help="held-out task rows (default: the run's test file)")
+    parser.add_argument("--limit", type=options.positive_int, default=None, help="score at most this many rows")
+    parser.add_argument("--base-shots", type=int, default=3, help="solved examples in the base model's prompt")
+    parser.add_argument("--context", default="1024,4096,16384,32768",
+                        help="context lengths for the base model's scaling curve, or 'none'")
+    parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure speed, memory and energy (off: quality only)")
+    parser.add_argument("--out", default=None, help="report folder (default: RUN/report)")
+    parser.add_argument("--fresh", action="store_true", help="measure again even if results are saved")
+    parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
+    options.add_json(parser)
+
+
+def run(args) -> None:
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file():
+        raise TinyTitanError(f"{run_dir}: not a fine-tuning run (no config.json)")
+    config = json.loads((run_dir / "config.json").read_text())
+    data = args.data or config.get("test") or None
+    if not data:
+        raise TinyTitanError(f"{run_dir}: the run has no test file; pass --data with held-out rows")
+    out = Path(args.out) if args.out else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts = run_artifacts(run_dir)
+    evaluation = _cached(out / "eval.json", {"data": str(Path(data).resolve()), "limit": args.limit,
+                                             "base_shots": args.base_shots, "artifacts": [a.spec for a in artifacts]},
+                         args.fresh, lambda: _evaluate(artifacts, data, args, run_dir, out))
+    bench = None
+    if args.bench:
+        ggufs = [a for a in artifacts if a.kind != "run"]
+        bench = _cached(out / "bench.json", {"artifacts": [a.spec for a in ggufs], "context": args.context},
+                        args.fresh, lambda: _bench(ggufs, args.context, data))
+    paths = write_report(run_dir, out, evaluation, bench)
+    summary = {"report": str(paths["md"]), "html": str(paths["html"]), "rows": table_rows(evaluation, bench)}
+    print(json.dumps(summary) if args.json else f"wrote {paths['md']} and {paths['html']}")
+
+
+def run_artifacts(run_dir: Path) -> list:
+    """The trained model, every exported GGUF that passed its gate, base + adapter, and the base."""
+    from dataclasses import astuple
+
+    from tinytitan.artifacts import Artifact, parse_artifact
+    from tinytitan.models import DEFAULT_MODEL
+
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    base_spec = "base" if model == DEFAULT_MODEL else model  # the model the run was trained from
+    found = [parse_artifact(str(run_dir))]
+    export = run_dir / "export"
+    ggufs = sorted(export.glob("*.gguf"), key=lambda f: -f.stat().st_size) if export.is_dir() else []
+    for gguf in ggufs:  # the largest first: F16 down to the smallest quant, then the adapter
+        if gguf.name == "imatrix.gguf":
+            continue
+        manifest = gguf.with_name(gguf.name + ".manifest.json")
+        if manifest.exists() and not json.loads(manifest.read_text()).get("parity", {}).get("passed", True):
+            continue  # kept with --force, marked failed: not something to report as a candidate
+        artifact = parse_artifact(str(gguf))
+        if artifact.kind == "adapter":
+            artifact = parse_artifact(f"{base_spec}+{gguf}")
+            artifact = Artifact(artifact.spec, f"base+{gguf.stem}", *astuple(artifact)[2:])
+        found.append(artifact)
+    if len(found) == 1:
+        raise TinyTitanError(f"{export}: no exported GGUF files (run `tinytitan export {run_dir}` first)")
+    found.append(Artifact(base_spec, "base (few-shot)", "gguf", None if base_spec == "base" else Path(model),
+                          is_base=True))
+    return found
+
+
+def _cached(path: Path, key: dict, fresh: bool, compute):
+    if path.exists() and not fresh:
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = compute()
+    path.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    return result
+
+
+def _evaluate(artifacts, data, args, run_dir: Path, out: Path) -> dict:
+    from tinytitan.artifacts import parse_artifact
+    from tinytitan.evaluate import evaluate_task
+
+    return evaluate_task(artifacts, data, limit=args.limit, base_shots=args.base_shots,
+                         kl_reference=parse_artifact(str(run_dir)), threads=args.threads, out=out / "examples")
+
+
+def _bench(artifacts, context: str, data: str) -> list[dict]:
+    from tinytitan import energy
+    from tinytitan.bench import _int_list, _task_prompt, bench_artifact
+
+    contexts = [] if context == "none" else _int_list(context, "--context")
+    prompt = _task_prompt(data)
+    profiles = [energy.profile(p) for p in energy.PROFILES]
+    results = []
+    for artifact in artifacts:
+        scaling = contexts if artifact.is_base else []
+        results.append(bench_artifact(artifact, [2], 512, 128, 3, scaling, prompt, True, profiles, [200, 100, 5],
+                                      25, energy.DEFAULT_BATTERY_WH))
+    return results
+
+
+def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
+    speeds = {b["artifact"]: b for b in bench or []}
+    rows = []
+    for r in evaluation["results"]:
+        b = speeds.get(r["artifact"])
+        speed = b["speed"][0] if b else None
+        conversation = next((e["conversation"] for e in b["energy"]["estimates"] if e["profile"] == ENERGY_PROFILE),
+                            None) if b else None
+        rows.append({"artifact": r["artifact"], "size_mb": r["size_mb"], "metric": r["headline"],
+                     "score": r["score"], "ci95": r["ci95"], "kl": r.get("kl", {}).get("kl_mean"),
+                     "pp_tps": speed and speed["pp_tps"], "tg_tps": speed and speed["tg_tps"],
+                     "rss_mb": speed and speed["peak_rss_mb"],
+                     "j_per_conversation": conversation and conversation["joules"]})
+    return rows
+
+
+def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None) -> dict:
+    from tinytitan import report_plots
+
+    plots = {}
+    if (run_dir / "metrics.jsonl").exists():
+        from tinytitan.plots import loss_curve
+
+        loss_curve(run_dir / "metrics.jsonl", out / "loss.png")
+        plots["Training and validation loss"] = out / "loss.png"
+    plots["Task metric vs file size"] = report_plots.metric_vs_size(table_rows(evaluation, bench), out / "metric_vs_size.png")
+    scaling = next((b for b in bench or [] if b["context"]), None)
+    if scaling:
+        plots["Decode speed and KV cache vs context length"] = report_plots.context_scaling(scaling, out / "context.png")
+    sections = _sections(run_dir, evaluation, bench, out)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md = [f"# tinytitan report: {run_dir.name}", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", *body, ""]
+    md += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()]
+    md_path.write_text("\n".join(md) + "\n")
+    html_path.write_text(_html(run_dir.name, sections, plots))
+    return {"md": md_path, "html": html_path}
+
+
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _sections(run_dir: Path, evaluation: dict, bench, out: Path) -> list[tuple[str, list[str]]]:
+    rows = table_rows(evaluation, bench)
+    metric = rows[0]["metric"].replace("_", " ")
+    table = [f"| artifact | size MB | {metric} (95% CI) | KL vs torch | prefill tok/s | decode tok/s | peak RSS MB "
+             f"| J/conversation ({ENERGY_PROFILE}, estimate) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['artifact']} | {r['size_mb']:.1f} | {100 * r['score']:.1f}% "
+                     f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) | {_fmt(r['kl'], '{:.4f}')} | "
+                     f"{_fmt(r['pp_tps'], '{:.0f}')} | {_fmt(r['tg_tps'], '{:.1f}')} | {_fmt(r['rss_mb'], '{:.0f}')} | "
+                     f"{_fmt(r['j_per_conversation'], '{:.3g}')} |")
+    about = [f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of `{evaluation['data']}`. "
+             f"The base model gets {next((r['few_shot'] for r in evaluation['results'] if r['few_shot']), 0)} solved "
+             f"examples in its prompt (the floor). KL is measured on the reference completions against the trained "
+             f"torch model (top-64 cache). Speed: 2 threads, pp512 / tg128 as llama-bench measures them. Energy: an "
+             f"**estimate**, this machine's CPU-seconds x {ENERGY_PROFILE} profile watts, for a conversation of 5 "
+             f"turns of 200 prompt + 100 reply tokens; see bench.json for every profile and its assumptions."]
+    sections = [("Comparison", about + [""] + table)]
+    details = _details(evaluation)
+    if details:
+        sections.append(("Where the errors are", details))
+    sections.append(("Samples and worst errors", _samples(evaluation, out)))
+    return sections
+
+
+def _deployed(evaluation: dict) -> dict:
+    """The smallest artifact one would ship (not the torch reference, not the few-shot floor)."""
+    shipped = [r for r in evaluation["results"] if not r["few_shot"] and not r["artifact"].startswith("torch")]
+    return min(shipped, key=lambda r: r["size_mb"], default=evaluation["results"][0])
+
+
+def _details(evaluation: dict) -> list[str]:
+    best = _deployed(evaluation)
+    lines = []
+    if "fields" in best:
+        lines += [f"Per-field scores of {best['artifact']}:", "", "| field | exact match | precision | recall | F1 |",
+                  "|---|---|---|---|---|"]
+        for name, f in best["fields"].items():
+            lines.append(f"| {name} | {100 * f['exact_match']:.1f}% | {f['precision']:.3f} | {f['recall']:.3f} | "
+                         f"{f['f1']:.3f} |")
+        lines += ["", "Most common field errors: " + ", ".join(
+            f"{e['field']} {e['error']} ({e['count']})" for e in best["top_errors"][:8])]
+    if "likelihood" in best:
+        lines += [f"{best['artifact']}: accuracy {100 * best['likelihood']['accuracy']:.1f}% by label likelihood, "
+                  f"{100 * best['generation']['accuracy']:.1f}% by generation; macro-F1 "
+                  f"{best['likelihood']['macro_f1']:.3f}. Top confusions: " + ", ".join(
+                      f"{c['gold']} -> {c['predicted']} ({c['count']})" for c in best["likelihood"]["top_confusions"][:8])]
+    return lines
+
+
+def _samples(evaluation: dict, out: Path) -> list[str]:
+    """The first outputs of the deployed artifact, and its worst errors (least like the reference)."""
+    from tinytitan.evaluate import _file_name
+    from tinytitan.metrics import chrf
+
+    deployed = _deployed(evaluation)
+    path = out / "examples" / f"{_file_name(deployed['artifact'])}.jsonl"
+    if not path.exists():
+        return ["(no per-example file)"]
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    wrong = [r for r in records[3:] if not r.get("correct", r.get("chrf", 100) >= 50)]
+    wrong.sort(key=lambda r: chrf(r["output"], r["reference"]))
+    lines = [f"From `{path.relative_to(out)}` ({deployed['artifact']}; "
+             f"{sum(not r.get('correct', r.get('chrf', 100) >= 50) for r in records)} of {len(records)} rows wrong):",
+             "", "| | input | reference | output |", "|---|---|---|---|"]
+    for kind, items in (("sample", records[:3]), ("worst error", wrong[:8])):
+        for r in items:
+            lines.append(f"| {kind} | {_cell(r['prompt'])} | {_cell(r['reference'])} | {_cell(r['output'])} |")
+    return lines
+
+
+def _cell(text: str, width: int = 160) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[:width] + "…"
+
+
+def _html(title: str, sections, plots: dict) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinytitan report: {html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "img{max-width:100%}</style></head><body>", f"<h1>tinytitan report: {html.escape(title)}</h1>"]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(_markdown_block(body))
+    parts.append("<h2>Plots</h2>")
+    for caption, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return "\n".join(parts + ["</body></html>"]) + "\n"
+
+
+def _markdown_block(lines: list[str]) -> str:
+    """The report's own Markdown (paragraphs and pipe tables) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [[html.escape(c.strip().replace("\\|", "|")) for c in line.strip("|").split(" | ")]
+                    for line in table if not set(line) <= set("|-")]
+            head, *body = rows
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" +
+                       "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body) + "</table>")
+            table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.strip():
+            text = html.escape(line)
+            out.append(f"<p>{text.replace('**', '')}</p>")
+    flush()
+    return "\n".join(out)
