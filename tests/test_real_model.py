@@ -47,3 +47,35 @@ def test_info_shows_real_quant_types():
     assert info["global_layers"] == 3 and info["sliding_layers"] == 15
     # "Q4_K_M" in name only: most tensors fall back to other types at hidden size 640
     assert set(info["types"]) == {"Q8_0", "Q5_0", "Q4_K", "Q6_K", "F32"}
+
+
+def test_piqa_sample_on_the_base_model(tmp_path):
+    """100 PIQA items, 0-shot, log-likelihood scoring: in the range of the published 67.7 (acc_norm).
+    The full-set figures are measured by `tinytitan eval base --benchmark ...` (docs/evaluate.md)."""
+    from tests.conftest import run_cli, shared_file
+
+    folder = shared_file("benchmarks", "piqa.jsonl").parent
+    result = run_cli("eval", "base", "--benchmark", "piqa", "--benchmark-dir", str(folder), "--limit", "100", "--json")
+    assert result.returncode == 0, result.stderr
+    (found,) = json.loads(result.stdout)["benchmarks"]
+    assert found["items"] == 100 and found["headline"] == "acc_norm"
+    assert 55.0 <= found["acc_norm"] <= 85.0 and found["ci95"][0] <= found["acc_norm"] <= found["ci95"][1]
+
+
+def test_label_likelihood_classification_on_sms_spam(tmp_path):
+    """The base model with 3 examples in its prompt, scored by label likelihood on real SMS rows."""
+    import csv
+
+    from tests.conftest import run_cli, shared_file
+
+    rows = list(csv.reader(shared_file("sms_spam", "sms.tsv").open(encoding="utf-8"), delimiter="\t"))
+    picked = [r for r in rows if r[0] == "spam"][:20] + [r for r in rows if r[0] == "ham"][:20]
+    data = tmp_path / "sms.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Spam or ham? {text}", "completion": label}) + "\n"
+                            for label, text in picked))
+    result = run_cli("eval", "base", "--data", str(data), "--base-shots", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    task = json.loads(result.stdout)["task"]
+    assert task["task"] == "classification" and task["rows"] == 36 and task["labels"] == 2
+    (figures,) = task["results"]
+    assert figures["likelihood"]["accuracy"] > 0.6  # two labels: chance is 0.5

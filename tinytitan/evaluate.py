@@ -138,14 +138,17 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
             rows = _encode(engine, examples, shots if artifact.is_base else [])
             if kl_reference is not None and reference_topk is None:
                 reference_topk = _reference(kl_reference, rows, threads)
+            kl = None
+            if reference_topk is not None:
+                from tinytitan.kl import KLAgainst
+
+                kl = KLAgainst(reference_topk)
             with progress_bar(f"eval {artifact.label}") as progress:
                 bar = progress.add_task("rows", total=len(rows))
-                figures, per_example = _score(engine, task, rows, examples, labels, max_tokens,
+                figures, per_example = _score(engine, task, rows, examples, labels, max_tokens, kl,
                                               lambda done: progress.update(bar, completed=done))
-            if reference_topk is not None:
-                from tinytitan.kl import kl_against
-
-                figures["kl"] = kl_against(reference_topk, engine, [(r["ids"], r["first"]) for r in rows])
+            if kl is not None:
+                figures["kl"] = kl.result()
         finally:
             engine.close()
         # headline and interval as fractions (chrF's 0-100 scale too)
@@ -178,7 +181,7 @@ def _encode(engine, examples, shots) -> list[dict]:
     return rows
 
 
-def _score(engine, task, rows, examples, labels, max_tokens, on_row) -> tuple[dict, dict]:
+def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row) -> tuple[dict, dict]:
     started = time.perf_counter()
     references = [e.completion for e in examples]
     nll, tokens = 0.0, 0
@@ -193,7 +196,14 @@ def _score(engine, task, rows, examples, labels, max_tokens, on_row) -> tuple[di
     end = engine.token_id(END_OF_TURN)
     label_ids = [engine.tokenize(label) + [end] for label in labels]
     for index, row in enumerate(rows):
-        reference_logp = engine.target_logprobs(row["ids"], row["first"] - 1)
+        if kl is not None:  # one pass gives the reference completion's likelihood and the KL
+            import torch
+
+            logp = torch.log_softmax(torch.from_numpy(engine.score(row["ids"][:-1], row["first"] - 1)), dim=-1)
+            kl.add(index, logp)
+            reference_logp = logp.gather(1, torch.tensor(row["ids"][row["first"]:])[:, None]).double().numpy()
+        else:
+            reference_logp = engine.target_logprobs(row["ids"], row["first"] - 1)
         nll -= float(reference_logp.sum())
         tokens += len(reference_logp)
         if batched is not None:

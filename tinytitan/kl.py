@@ -55,20 +55,39 @@ def reference_topk(engine, sequences: Sequence[tuple[Sequence[int], int]], refer
     return data
 
 
+class KLAgainst:
+    """Accumulates KL(reference || model) row by row, from the model's log-probs at the same positions."""
+
+    def __init__(self, reference: dict[str, np.ndarray]):
+        self.reference = reference
+        self.starts = np.concatenate([[0], np.cumsum(reference["rows"])])
+        self.kls: list[float] = []
+        self.top1: list[bool] = []
+        self.rest: list[float] = []
+
+    def add(self, row: int, logp: torch.Tensor) -> None:
+        """logp: (positions, vocab) log-probs predicting the row's scored tokens."""
+        start, end = self.starts[row], self.starts[row + 1]
+        if logp.shape[0] != end - start:
+            raise ValueError(f"row {row}: {logp.shape[0]} positions, the reference has {end - start}")
+        ref_ids = torch.from_numpy(self.reference["ids"][start:end]).long()
+        ref_logp = torch.from_numpy(self.reference["logp"][start:end]).double()
+        self.kls += topk_kl(ref_ids, ref_logp, logp.double()).tolist()
+        self.top1 += (logp.argmax(-1) == ref_ids[:, 0]).tolist()
+        self.rest += (1 - ref_logp.exp().sum(-1)).clamp(min=0).tolist()
+
+    def result(self) -> dict:
+        return {"kl_mean": float(np.mean(self.kls)), "kl_p99": float(np.quantile(self.kls, 0.99)),
+                "top1": float(np.mean(self.top1)), "rest_mass": float(np.mean(self.rest)),
+                "positions": len(self.kls), "top_k": int(self.reference["ids"].shape[1])}
+
+
 def kl_against(reference: dict[str, np.ndarray], engine, sequences: Sequence[tuple[Sequence[int], int]]) -> dict:
     """Mean KL(reference || engine) per scored position, top-1 agreement, and the leftover mass."""
-    kls, top1, rest = [], [], []
-    offset = 0
-    for (ids, first), n in zip(sequences, reference["rows"], strict=True):
-        ref_ids = torch.from_numpy(reference["ids"][offset:offset + n]).long()
-        ref_logp = torch.from_numpy(reference["logp"][offset:offset + n]).double()
-        offset += n
-        logp = torch.log_softmax(torch.from_numpy(engine.score(list(ids)[:-1], first - 1)).double(), dim=-1)
-        kls += topk_kl(ref_ids, ref_logp, logp).tolist()
-        top1 += (logp.argmax(-1) == ref_ids[:, 0]).tolist()
-        rest += (1 - ref_logp.exp().sum(-1)).clamp(min=0).tolist()
-    return {"kl_mean": float(np.mean(kls)), "kl_p99": float(np.quantile(kls, 0.99)),
-            "top1": float(np.mean(top1)), "rest_mass": float(np.mean(rest)), "positions": len(kls)}
+    accumulator = KLAgainst(reference)
+    for row, (ids, first) in enumerate(sequences):
+        accumulator.add(row, torch.log_softmax(torch.from_numpy(engine.score(list(ids)[:-1], first - 1)), dim=-1))
+    return accumulator.result()
 
 
 def topk_kl(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
                         help="context lengths for the base model's scaling curve, or 'none'")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
                         help="measure speed, memory and energy (off: quality only)")
+    parser.add_argument("--only", default=None,
+                        help="exported GGUFs to include, by name ending, e.g. f16,q8_0,q4_k_m,adapter-f16 (default: all)")
     parser.add_argument("--out", default=None, help="report folder (default: RUN/report)")
     parser.add_argument("--fresh", action="store_true", help="measure again even if results are saved")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
@@ -49,7 +51,7 @@ def run(args) -> None:
         raise TinyTitanError(f"{run_dir}: the run has no test file; pass --data with held-out rows")
     out = Path(args.out) if args.out else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    artifacts = run_artifacts(run_dir)
+    artifacts = run_artifacts(run_dir, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None)
     evaluation = _cached(out / "eval.json", {"data": str(Path(data).resolve()), "limit": args.limit,
                                              "base_shots": args.base_shots, "artifacts": [a.spec for a in artifacts]},
                          args.fresh, lambda: _evaluate(artifacts, data, args, run_dir, out))
@@ -63,8 +65,9 @@ def run(args) -> None:
     print(json.dumps(summary) if args.json else f"wrote {paths['md']} and {paths['html']}")
 
 
-def run_artifacts(run_dir: Path) -> list:
-    """The trained model, every exported GGUF that passed its gate, base + adapter, and the base."""
+def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list:
+    """The trained model, every exported GGUF (those kept with --force marked as failing the gate),
+    base + adapter, and the base."""
     from dataclasses import astuple
 
     from tinytitan.artifacts import Artifact, parse_artifact
@@ -76,18 +79,16 @@ def run_artifacts(run_dir: Path) -> list:
     export = run_dir / "export"
     ggufs = sorted(export.glob("*.gguf"), key=lambda f: -f.stat().st_size) if export.is_dir() else []
     for gguf in ggufs:  # the largest first: F16 down to the smallest quant, then the adapter
-        if gguf.name == "imatrix.gguf":
+        if gguf.name == "imatrix.gguf" or (only and not any(gguf.stem.endswith("-" + o) for o in only)):
             continue
         manifest = gguf.with_name(gguf.name + ".manifest.json")
-        if manifest.exists() and not json.loads(manifest.read_text()).get("parity", {}).get("passed", True):
-            continue  # kept with --force, marked failed: not something to report as a candidate
-        artifact = parse_artifact(str(gguf))
-        if artifact.kind == "adapter":
-            artifact = parse_artifact(f"{base_spec}+{gguf}")
-            artifact = Artifact(artifact.spec, f"base+{gguf.stem}", *astuple(artifact)[2:])
-        found.append(artifact)
+        failed = manifest.exists() and json.loads(manifest.read_text()).get("status") == "failed"
+        artifact = parse_artifact(f"{base_spec}+{gguf}" if parse_artifact(str(gguf)).kind == "adapter" else str(gguf))
+        label = ("base+" if artifact.kind == "adapter" else "") + gguf.stem + (" (gate failed)" if failed else "")
+        found.append(Artifact(artifact.spec, label, *astuple(artifact)[2:]))  # kept by export --force: shown, marked
     if len(found) == 1:
-        raise TinyTitanError(f"{export}: no exported GGUF files (run `tinytitan export {run_dir}` first)")
+        wanted = f" matching --only {','.join(only)}" if only else ""
+        raise TinyTitanError(f"{export}: no exported GGUF files{wanted} (run `tinytitan export {run_dir}` first)")
     found.append(Artifact(base_spec, "base (few-shot)", "gguf", None if base_spec == "base" else Path(model),
                           is_base=True))
     return found
