@@ -137,7 +137,8 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
         try:
             rows = _encode(engine, examples, shots if artifact.is_base else [])
             if kl_reference is not None and reference_topk is None:
-                reference_topk = _reference(kl_reference, rows, threads)
+                # the reference sees the plain prompts; a few-shot base model is compared against that
+                reference_topk = _reference(kl_reference, _encode(engine, examples, []), threads)
             kl = None
             if reference_topk is not None:
                 from tinytitan.kl import KLAgainst
