@@ -63,19 +63,30 @@ def test_piqa_sample_on_the_base_model(tmp_path):
 
 
 def test_label_likelihood_classification_on_sms_spam(tmp_path):
-    """The base model with 3 examples in its prompt, scored by label likelihood on real SMS rows."""
+    """The label-likelihood path on the real model and real SMS rows: each pick is the label whose
+    tokens + <end_of_turn> are most likely after the prompt, as a fresh engine scores them one by one.
+    (The untuned base model is near chance on this task by likelihood: the floor, not a failure.)"""
     import csv
 
+    from tinytitan.data import DataSpec
+    from tinytitan.engines import load_engine
+    from tinytitan.evaluate import _encode, load_rows
     from tests.conftest import run_cli, shared_file
 
     rows = list(csv.reader(shared_file("sms_spam", "sms.tsv").open(encoding="utf-8"), delimiter="\t"))
-    picked = [r for r in rows if r[0] == "spam"][:20] + [r for r in rows if r[0] == "ham"][:20]
+    picked = [r for r in rows if r[0] == "spam"][:10] + [r for r in rows if r[0] == "ham"][:10]
     data = tmp_path / "sms.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Spam or ham? {text}", "completion": label}) + "\n"
                             for label, text in picked))
-    result = run_cli("eval", "base", "--data", str(data), "--base-shots", "4", "--json")
+    result = run_cli("eval", "base", "--data", str(data), "--base-shots", "0", "--out", str(tmp_path / "out"),
+                     "--json")
     assert result.returncode == 0, result.stderr
     task = json.loads(result.stdout)["task"]
-    assert task["task"] == "classification" and task["rows"] == 36 and task["labels"] == 2
-    (figures,) = task["results"]
-    assert figures["likelihood"]["accuracy"] > 0.6  # two labels: chance is 0.5
+    assert task["task"] == "classification" and task["rows"] == 20 and task["labels"] == 2
+    picks = [json.loads(line)["label"] for line in (tmp_path / "out" / "base.jsonl").read_text().splitlines()]
+    engine = load_engine("llama", n_ctx=1024)
+    end = engine.token_id("<end_of_turn>")
+    for row, pick in zip(_encode(engine, load_rows(str(data), DataSpec()), [])[:6], picks):
+        sums = {label: float(engine.target_logprobs(row["prompt"] + engine.tokenize(label) + [end],
+                                                    len(row["prompt"]) - 1).sum()) for label in ("ham", "spam")}
+        assert pick == max(sums, key=sums.get) or abs(sums["ham"] - sums["spam"]) < 0.05  # float ties only
