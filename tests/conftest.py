@@ -74,3 +74,21 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> su
     """`tinytitan ARGS` in a subprocess (the real entry point), with the test's TINYTITAN_HOME."""
     return subprocess.run([sys.executable, "-m", "tinytitan", *args], input=stdin, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def tiny_lora_run(tiny_gguf: Path, folder: Path, rows: int, steps: int, seed: int) -> tuple[Path, Path]:
+    """A LoRA run on the tiny model over `rows` random word rows with JSON completions: (run, data)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
+    data = folder / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
+                                        "completion": {"w": rng.choice(words)}}) + "\n" for i in range(rows)))
+    run = folder / "run"
+    result = run_cli("finetune", "--model", str(tiny_gguf), "--train", str(data), "--output", str(run),
+                     "--batch-tokens", "512", "--learning-rate", "2e-3", "--max-steps", str(steps),
+                     "--eval-every", str(steps // 2), "--precision", "fp32")
+    assert result.returncode == 0, result.stderr
+    return run, data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from tinytitan.models import resolve
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_lora_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -20,18 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
     """A LoRA run on the tiny model (1,000 rows: a 100-row validation split for the gate)."""
-    folder = tmp_path_factory.mktemp("export")
-    rng = random.Random(1)
-    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
-    data = folder / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
-                                        "completion": {"w": rng.choice(words)}}) + "\n" for i in range(1000)))
-    run = folder / "run"
-    result = run_cli("finetune", "--model", str(tiny[0]), "--train", str(data), "--output", str(run),
-                     "--batch-tokens", "512", "--learning-rate", "2e-3", "--max-steps", "40", "--eval-every", "20",
-                     "--precision", "fp32")
-    assert result.returncode == 0, result.stderr
-    return run
+    return tiny_lora_run(tiny[0], tmp_path_factory.mktemp("export"), rows=1000, steps=40, seed=1)[0]
 
 
 def test_round_trip_tiny_gguf_torch_f32_gguf(tiny, tmp_path):

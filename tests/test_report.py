@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_lora_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
 def exported_run(tiny, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report")
-    rng = random.Random(3)
-    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
-    data = folder / "rows.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
-                                        "completion": {"w": rng.choice(words)}}) + "\n" for i in range(400)))
-    run = folder / "run"
-    trained = run_cli("finetune", "--model", str(tiny[0]), "--train", str(data), "--output", str(run),
-                      "--batch-tokens", "512", "--learning-rate", "2e-3", "--max-steps", "30", "--eval-every", "15",
-                      "--precision", "fp32")
-    assert trained.returncode == 0, trained.stderr
+    run, data = tiny_lora_run(tiny[0], tmp_path_factory.mktemp("report"), rows=400, steps=30, seed=3)
     exported = run_cli("export", str(run), "--to", "gguf,adapter", "--quant", "f16,q8_0", "--gate-rows", "20")
     assert exported.returncode == 0, exported.stderr
     return run, data

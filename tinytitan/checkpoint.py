@@ -34,7 +34,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -52,7 +52,7 @@ def write_atomic_dir(final: Path, write) -> Path:
         files = {}
         for path in sorted(staging.iterdir()):
             _fsync(path)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
         manifest = staging / "manifest.json"
         manifest.write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
         _fsync(manifest)
@@ -164,7 +164,7 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
-        if _sha256(folder / name) != meta["sha256"]:
+        if sha256_of(folder / name) != meta["sha256"]:
             raise TinyTitanError(f"{folder / name}: checksum mismatch (the checkpoint is damaged)")
     return load_file(str(folder / "tensors.safetensors")), json.loads((folder / "state.json").read_text())
 

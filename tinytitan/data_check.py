@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinytitan import options
 from tinytitan.data import (DataSpec, LoadReport, Rejected, TokenizedExample, leakage, load_examples,
                             split_examples, tokenize_examples)
 from tinytitan.errors import TinyTitanError
@@ -164,12 +165,7 @@ def add_arguments(parser) -> None:
     check.add_argument("--val", default="", help="a separate validation file (else FILE is split)")
     check.add_argument("--test", default="", help="a separate test file")
     check.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions for one file")
-    check.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv", "tsv"))
-    check.add_argument("--input-column", default="", help="CSV/TSV: the input column")
-    check.add_argument("--output-columns", default="", help="CSV/TSV: output column(s), comma-separated")
-    check.add_argument("--input-template", default="", help='CSV/TSV: input built from columns, e.g. "{title}: {body}"')
-    check.add_argument("--columns", default="", help="CSV/TSV without a header: the column names")
-    check.add_argument("--system", default="", help="system prompt for rows that have none")
+    options.add_data_spec(check)
     check.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt + completion)")
     check.add_argument("--model", "-m", default="gemma-3-270m", help="whose tokenizer counts the tokens")
     check.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing")

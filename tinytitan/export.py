@@ -16,7 +16,6 @@ each with `<name>.manifest.json` (sha256, size, source run, type, parity figures
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -294,16 +293,12 @@ def _remove(path: Path) -> None:
 
 
 def _digest(path: Path) -> dict:
-    def sha(file: Path) -> str:
-        h = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+    from tinytitan.checkpoint import sha256_of
 
     if path.is_file():
-        return {"bytes": path.stat().st_size, "sha256": sha(path)}
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha(p)} for p in sorted(path.iterdir()) if p.is_file()}
+        return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(path.iterdir())
+             if p.is_file()}
     return {"bytes": sum(f["bytes"] for f in files.values()), "files": files}
 
 
