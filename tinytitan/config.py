@@ -117,33 +117,44 @@ FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
 _HINTS = typing.get_type_hints(FinetuneConfig)
 
 
-def read_recipe(path: str | Path) -> dict:
-    """A recipe file's keys (tables flattened). Unknown keys are errors naming the key and the file."""
+def read_table(path: str | Path, what: str = "recipe") -> dict:
+    """A TOML, YAML or JSON file's top-level table; unreadable or malformed files are one-line errors."""
     path = Path(path)
     if not path.is_file():
-        raise TinyTitanError(f"{path}: no such recipe file")
+        raise TinyTitanError(f"{path}: no such {what} file")
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".toml":
+        suffix = path.suffix.lower()
+        if suffix == ".toml":
             import tomllib
 
             raw = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
+        elif suffix in (".yaml", ".yml"):
             import yaml
 
             raw = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            import json
+
+            raw = json.loads(text)
         else:
-            raise TinyTitanError(f"{path}: a recipe is a .toml or .yaml file")
+            raise TinyTitanError(f"{path}: a {what} is a .toml, .yaml or .json file")
     except TinyTitanError:
         raise
     except OSError as error:
-        raise TinyTitanError(f"{path}: cannot read the recipe ({error.strerror or error})") from None
+        raise TinyTitanError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
     except UnicodeDecodeError:
-        raise TinyTitanError(f"{path}: the recipe is not UTF-8 text") from None
-    except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError
-        raise TinyTitanError(f"{path}: cannot parse the recipe ({str(error).splitlines()[0]})") from None
+        raise TinyTitanError(f"{path}: the {what} is not UTF-8 text") from None
+    except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
+        raise TinyTitanError(f"{path}: cannot parse the {what} ({str(error).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise TinyTitanError(f"{path}: a recipe must be a table of keys")
+        raise TinyTitanError(f"{path}: a {what} must be a table of keys")
+    return raw
+
+
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file's keys (tables flattened). Unknown keys are errors naming the key and the file."""
+    raw = read_table(path, "recipe")
     flat: dict = {}
     for key, value in raw.items():
         if isinstance(value, dict):  # a table such as [lora] groups keys for the reader

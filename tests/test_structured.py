@@ -1,0 +1,152 @@
+"""JSON schema -> grammar: what it enforces, what it refuses, and that sampled outputs always validate."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from tinytitan.structured import SchemaError, canonical_json, infer_schema, json_object_grammar, schema_to_grammar
+
+RECORD = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 12},
+    "count": {"type": "integer"},
+    "unit": {"enum": ["cup", "tbsp", None]},
+    "fresh": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 4}, "minItems": 1, "maxItems": 3},
+    "note": {"type": ["string", "null"], "maxLength": 6},
+}, "required": ["name", "count", "unit"]}
+
+SCHEMAS = {
+    "record": RECORD,
+    "nested": {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"const": "k"}}, "required": ["x", "y"]},
+        "b": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 3}]},
+    }, "required": ["a"]},
+    "refs": {"$defs": {"pair": {"type": "array", "prefixItems": [{"type": "boolean"}, {"enum": [1, 2]}]}},
+             "type": "object", "properties": {"p": {"$ref": "#/$defs/pair"}, "q": {"$ref": "#/$defs/pair"}},
+             "required": ["p", "q"]},
+    "formats": {"type": "object", "properties": {"d": {"type": "string", "format": "date"},
+                                                "u": {"type": "string", "format": "uuid"}}, "required": ["d", "u"]},
+    "all-optional": {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}}},
+    "top-level-array": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    from tinytitan.server.backend import LoadedModel
+
+    model = LoadedModel(tiny[0], n_ctx=512)
+    yield model
+    model.close()
+
+
+def sample(model, grammar: str, seed: int, max_tokens: int = 200) -> tuple[str, str]:
+    """One output of the tiny (random) model under the grammar: a random walk through it."""
+    import llama_cpp
+
+    from tinytitan.server.backend import Job, Sampling, generate_choice
+
+    pieces: list[str] = []
+    prompt = model.tokenize("hello", bos=True)
+    job = Job(model, None, 1.0, [prompt], Sampling(max_tokens=max_tokens, temperature=1.0, seed=seed), grammar,
+              emit=lambda event: pieces.append(event[2]) if event[0] == "delta" else None)
+    context = model.new_context(threads=1)
+    try:
+        finish, _ = generate_choice(context, model, job, 0, prompt)
+    finally:
+        llama_cpp.llama_free(context)
+    return "".join(pieces), finish
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_every_sampled_output_is_canonical_json_that_validates(tiny_model, name):
+    schema = SCHEMAS[name]
+    grammar = schema_to_grammar(schema)
+    for seed in range(12):
+        text, finish = sample(tiny_model, grammar, seed)
+        assert finish == "stop", (name, seed, text)
+        value = json.loads(text)
+        jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+        assert canonical_json(value) == text or name == "nested"  # nested: numbers like 1E5 re-spell
+        if name == "record":  # keys in the schema's order, optional ones where they belong
+            order = [k for k in RECORD["properties"] if k in value]
+            assert list(value) == order
+
+
+def test_json_object_grammar_gives_objects(tiny_model):
+    grammar = json_object_grammar()
+    for seed in range(6):
+        text, finish = sample(tiny_model, grammar, seed, max_tokens=300)
+        if finish == "stop":  # an unbounded object may run out of tokens; when it closes it parses
+            assert isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize("schema, feature", [
+    ({"type": "integer", "minimum": 3}, "minimum"),
+    ({"type": "string", "pattern": "^a+$"}, "pattern"),
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
+    ({"not": {"type": "string"}}, "not"),
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf"),
+    ({"type": "string", "format": "email"}, "format"),
+    ({"$ref": "https://example.com/schema.json"}, "$ref"),
+    ({"type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}, "multipleOf"),
+    ({"type": "object", "patternProperties": {"^a": {"type": "string"}}}, "patternProperties"),
+])
+def test_unsupported_features_are_named(schema, feature):
+    with pytest.raises(SchemaError) as caught:
+        schema_to_grammar(schema)
+    assert caught.value.feature == feature and feature in str(caught.value)
+
+
+def test_bad_schemas_say_where():
+    with pytest.raises(SchemaError, match=r"/properties/a/type: 'text' is not a JSON schema type"):
+        schema_to_grammar({"type": "object", "properties": {"a": {"type": "text"}}})
+    with pytest.raises(SchemaError, match="points at nothing"):
+        schema_to_grammar({"$ref": "#/$defs/missing"})
+    with pytest.raises(SchemaError, match="maxItems 1 is below minItems 2"):
+        schema_to_grammar({"type": "array", "minItems": 2, "maxItems": 1})
+    with pytest.raises(SchemaError, match="a schema must be a JSON object"):
+        schema_to_grammar(["type"])
+
+
+def test_grammar_accepts_exactly_the_canonical_form(tiny_model):
+    from tinytitan.server.backend import grammar_accepts
+
+    grammar = schema_to_grammar(RECORD)
+    good = {"name": "flour", "count": 2, "unit": "cup", "tags": ["a"]}
+    assert grammar_accepts(tiny_model, grammar, canonical_json(good))
+    assert not grammar_accepts(tiny_model, grammar, json.dumps(good))  # spaces after ':' and ','
+    assert not grammar_accepts(tiny_model, grammar, canonical_json({**good, "unit": "kg"}))  # not in the enum
+    assert not grammar_accepts(tiny_model, grammar, canonical_json({"count": 2, "name": "flour", "unit": None}))
+    assert not grammar_accepts(tiny_model, grammar, canonical_json({"name": "flour", "count": 2}))  # required
+    assert not grammar_accepts(tiny_model, grammar, '{"name":"a\nb","count":1,"unit":null}')  # raw newline
+    assert grammar_accepts(tiny_model, grammar, '{"name":"a\\nb","count":1,"unit":null}')
+
+
+def test_infer_schema_from_targets():
+    rows = [{"name": "flour", "unit": "cup", "qty": 2, "size": ""},
+            {"name": "salt", "unit": "tsp", "qty": 0.5, "size": "large"},
+            {"name": "egg", "unit": "", "qty": None, "extra": [1, 2], "size": ""}] * 4
+    schema = infer_schema(rows, max_enum=3, min_rows_per_value=2)
+    assert list(schema["properties"]) == ["name", "unit", "qty", "size", "extra"]  # first-seen order
+    assert schema["required"] == ["name", "unit", "qty", "size"]
+    assert schema["properties"]["name"] == {"type": "string", "enum": ["egg", "flour", "salt"]}
+    assert schema["properties"]["unit"]["enum"] == ["", "cup", "tsp"]
+    assert schema["properties"]["qty"] == {"type": ["number", "null"]}
+    assert schema["properties"]["extra"] == {"type": "array", "items": {"type": "integer"}}
+    assert infer_schema(rows, max_enum=2)["properties"]["name"] == {"type": "string"}  # too many values
+    for row in rows:
+        jsonschema.validate(row, schema)
+
+
+def test_inferred_grammar_accepts_every_training_target(tiny_model):
+    from tinytitan.data import canonical_completion
+    from tinytitan.server.backend import grammar_accepts
+
+    rows = [{"name": "flour", "unit": "cup", "note": {"b": 1, "a": "x"}}, {"name": "salt", "unit": "", "note": {"a": "", "b": 2}}]
+    targets = [canonical_completion(row, key_order=["name", "unit", "note"]) for row in rows]
+    grammar = schema_to_grammar(infer_schema([json.loads(t) for t in targets]))
+    assert all(grammar_accepts(tiny_model, grammar, t) for t in targets)

@@ -1,0 +1,501 @@
+"""The OpenAI-compatible HTTP app (FastAPI): routes, validation, limits, streaming, metrics.
+
+Every request is checked completely before it may queue: the body's size (413), the API key
+(401), every parameter (400, OpenAI's error envelope naming the parameter), the model (404), the
+schema (400 naming an unsupported feature) and the prompt's length against the context (400 with
+the token counts). Only then is it admitted, or refused at once with 429 and Retry-After when the
+slots and the queue are full. Prompts are built by `chat_format` from the messages, control tokens
+by id and user text as plain text, never by rendering a template found in a model file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from collections import OrderedDict
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tinytitan import __version__
+from tinytitan.errors import TinyTitanError
+from tinytitan.server import api
+from tinytitan.server.backend import Backend, Job, QueueFull, Sampling
+from tinytitan.server.fleet import Task
+from tinytitan.server.metrics import Metrics
+
+DEFAULT_MAX_BODY = 1 << 20
+ERRORS = {400: "Bad request: the message names the parameter", 401: "Missing or wrong API key",
+          404: "No such model", 413: "Request body too large", 429: "Server at capacity; retry after Retry-After seconds"}
+KNOWN_ROUTES = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/openapi.json",
+                "/docs"}
+ERROR_RESPONSES = {code: {"model": api.ErrorResponse, "description": text} for code, text in ERRORS.items()}
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's envelope."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.param, self.code, self.kind, self.headers)
+
+
+def error_response(status, message, param=None, code=None, kind="invalid_request_error", headers=None):
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers or {})
+
+
+class Limits:
+    """Pure ASGI middleware: the API key on every route but /health, and the body size limit."""
+
+    def __init__(self, app, api_key: str | None, max_body: int, metrics=None):
+        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.metrics is not None:
+            inner_send = send
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
+                    self.metrics.response(route, message["status"])
+                await inner_send(message)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key and scope["path"] != "/health":
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                message = ("Incorrect API key provided" if token else
+                           "Missing API key: send the header `Authorization: Bearer KEY`")
+                return await error_response(401, message, None, "invalid_api_key")(scope, receive, send)
+        length = headers.get(b"content-length")
+        too_big = error_response(413, f"request body is larger than {self.max_body} bytes", None,
+                                 "request_too_large")
+        if length is not None:
+            try:
+                if int(length) > self.max_body:
+                    return await too_big(scope, receive, send)
+            except ValueError:
+                return await error_response(400, "Content-Length is not a number")(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # read the body (a chunked one too) up to the limit, then hand it on
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return await too_big(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = None,
+               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(backend.close)
+
+    app = FastAPI(title="tinytitan", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible local server for Gemma 3 270M task specialists.")
+    fleet = {task.name: task for task in tasks}
+    models = {task.name: backend.model(task.model) if task.model else _default_model(backend) for task in tasks}
+    for task in tasks:  # adapters load (and are validated) at start-up, not on a first request
+        if task.adapter:
+            models[task.name].adapter(task.adapter)
+    metrics = Metrics(backend)
+    grammars: OrderedDict[str, str] = OrderedDict()  # schema text -> grammar, the most recent 64
+    started = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, error: ApiError):
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, error: RequestValidationError):
+        return validation_error(error).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, error: StarletteHTTPException):
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(error.status_code, str(error.detail), None, kinds.get(error.status_code),
+                              headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, error: Exception):  # never a bare 500 page: the envelope, and the cause
+        return error_response(500, f"internal error: {type(error).__name__}: {error}", None, None, "server_error")
+
+    @app.get("/health", response_model=api.Health)
+    async def health():
+        return api.Health(slots=len(backend.slots), busy=backend.running, queued=backend.waiting,
+                          capacity=backend.capacity)
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: ERROR_RESPONSES[401]})
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models", response_model=api.ModelList, responses={401: ERROR_RESPONSES[401]})
+    async def list_models():
+        return api.ModelList(data=[_card(task, started) for task in tasks])
+
+    @app.get("/v1/models/{model}", response_model=api.ModelCard, responses={k: ERROR_RESPONSES[k] for k in (401, 404)})
+    async def get_model(model: str):
+        return _card(_task(fleet, model), started)
+
+    post_errors = {k: v for k, v in ERROR_RESPONSES.items()}
+    event = {"type": "object", "required": ["data"], "properties": {  # one server-sent event (OpenAPI 3.1)
+        "data": {"type": "string", "description": "a JSON chunk, or [DONE]"}, "event": {"type": "string"},
+        "id": {"type": "string"}, "retry": {"type": "integer"}}}
+    stream_doc = {200: {"content": {"text/event-stream": {"schema": event}},
+                        "description": "JSON, or server-sent events when stream is true"}}
+
+    @app.post("/v1/chat/completions", response_model=api.ChatCompletion, responses={**post_errors, **stream_doc})
+    async def chat_completions(body: api.ChatCompletionRequest, request: Request):
+        task = _task(fleet, body.model)
+        model = models[task.name]
+        prompts = [_chat_prompt(model, task, body)]
+        job, n = _job(backend, model, task, body, prompts, _grammar(task, body.response_format, grammars),
+                      body.max_completion_tokens)
+        return await _respond(request, backend, metrics, job, body, n, chat=True, route="chat")
+
+    @app.post("/v1/completions", response_model=api.Completion, responses={**post_errors, **stream_doc})
+    async def completions(body: api.CompletionRequest, request: Request):
+        task = _task(fleet, body.model)
+        model = models[task.name]
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts = [model.tokenize(text, bos=True) for text in texts]  # user text: never control tokens
+        grammar = _grammar(task, body.response_format, grammars)
+        job, n = _job(backend, model, task, body, prompts, grammar, None)
+        echo = texts if body.echo else None
+        return await _respond(request, backend, metrics, job, body, n, chat=False, route="completions", echo=echo)
+
+    default_openapi = app.openapi
+
+    def openapi():  # the schema names what this server really serves, and its context
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            from tinytitan.structured import meta_schema
+
+            components = schema["components"]["schemas"]
+            components["StructuredSchema"] = meta_schema("#/components/schemas/StructuredSchema")
+            components["JSONSchemaFormat"]["properties"]["schema"] = {
+                "anyOf": [{"$ref": "#/components/schemas/StructuredSchema"}, {"type": "null"}]}
+            vocabulary = min(m.n_vocab for m in models.values())
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                properties = schema["components"]["schemas"][name]["properties"]
+                properties["model"]["enum"] = list(fleet)
+                properties["logit_bias"]["propertyNames"] = {"pattern": f"^{below(vocabulary)}$"}
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.add_middleware(Limits, api_key=api_key, max_body=max_body, metrics=metrics)
+    return app
+
+
+def below(n: int) -> str:
+    """A regular expression for the decimal numbers 0 .. n-1 (n >= 1), without leading zeros."""
+    top = str(n - 1)
+    if len(top) == 1:
+        return f"[0-{top}]"
+    options = ["[0-9]"] + [f"[1-9][0-9]{{{k - 1}}}" for k in range(2, len(top))]  # fewer digits than n-1
+    for i, digit in enumerate(top):  # as many digits as n-1: equal up to i, smaller at i, anything after
+        lowest = 1 if i == 0 else 0
+        if int(digit) > lowest:
+            options.append(top[:i] + f"[{lowest}-{int(digit) - 1}]" + "[0-9]" * (len(top) - i - 1))
+    return "(" + "|".join(options + [top]) + ")"
+
+
+def _default_model(backend: Backend):
+    from tinytitan.models import default_model_path
+
+    return backend.model(default_model_path())
+
+
+def _card(task: Task, created: int) -> api.ModelCard:
+    d = task.describe()
+    return api.ModelCard(id=task.name, created=created, base=d["model"], adapter=d["adapter"],
+                         adapter_scale=d["adapter_scale"], schema=d["schema"])
+
+
+def _task(fleet: dict, name: str) -> Task:
+    if name not in fleet:
+        raise ApiError(404, f"The model {name!r} does not exist (available: {', '.join(fleet)})", "model",
+                       "model_not_found")
+    return fleet[name]
+
+
+def validation_error(error: RequestValidationError) -> ApiError:
+    """The first problem as OpenAI's 400, its parameter named as the client wrote it."""
+    problems = [(_param(p.get("loc", ()), error.body), p) for p in error.errors()]
+    param, first = problems[0]
+    # a union (stop: text or list) reports one error per member: prefer the member the input is
+    same = [p for name, p in problems if name == param]
+    first = next((p for p in same if not p.get("type", "").endswith("_type")), first)
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return ApiError(400, "the request body is not valid JSON", None, "invalid_json")
+    if kind == "missing" and not param:
+        return ApiError(400, "the request needs a JSON body", None, "missing_body")
+    if kind == "extra_forbidden":
+        message = f"{param}: unknown or unsupported parameter"
+    elif kind == "missing":
+        message = f"{param}: required"
+    else:
+        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+        if "input" in first and not isinstance(first["input"], (dict, list)):
+            message += f" (got {json.dumps(first['input'], default=str)[:80]})"
+    return ApiError(400, message, param, "missing_parameter" if kind == "missing" else "invalid_value")
+
+
+def _param(location, body) -> str | None:
+    """`messages.0.content` from pydantic's location, leaving out its union-member and tag labels:
+    a part counts only where the request body has that key or index."""
+    parts, node = [], body
+    for part in location[1:] if location and location[0] == "body" else location:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not _is_label(part):
+            node = None  # a missing or unknown key: named, and the walk ends
+        else:
+            continue
+        parts.append(str(part))
+        if node is None:
+            break
+    return ".".join(parts) or None
+
+
+def _is_label(part: str) -> bool:
+    return part in {"str", "int", "float", "bool", "list", "dict", "none", "text", "json_object", "json_schema"} or \
+        any(c in part for c in "[-")
+
+
+def _chat_prompt(model, task: Task, body: api.ChatCompletionRequest) -> list[int]:
+    from tinytitan.chat_format import Message, encode_chat
+
+    # Gemma has no system role: a system (or developer) message that opens the conversation is folded
+    # into the first user turn (chat_format); one anywhere else is sent as a user turn
+    messages = []
+    for index, m in enumerate(body.messages):
+        system = m.role in ("system", "developer")
+        opening = index == 0 and len(body.messages) > 1 and body.messages[1].role == "user"
+        messages.append(Message("system" if system and opening else "user" if system else m.role, m.text()))
+    if task.system and not any(m.role == "system" for m in messages):
+        messages.insert(0, Message("system", task.system))
+    try:
+        return encode_chat(model, messages)
+    except TinyTitanError as error:
+        raise ApiError(400, f"messages: {error}", "messages") from None
+
+
+def _grammar(task: Task, response_format, cache: OrderedDict) -> str | None:
+    from tinytitan.structured import SchemaError, json_object_grammar, schema_to_grammar
+
+    if response_format is None:
+        return task.grammar
+    if response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        key = "json_object"
+        make = json_object_grammar
+    else:
+        schema = response_format.json_schema.schema_
+        if schema is None:  # a named format without a schema: any JSON object
+            schema = {"type": "object", "additionalProperties": True}
+        key = json.dumps(schema, sort_keys=True)
+        make = lambda: schema_to_grammar(schema)  # noqa: E731
+    if key not in cache:
+        try:
+            cache[key] = make()
+        except SchemaError as error:
+            raise ApiError(400, f"response_format.json_schema.schema: {error.detail} (at {error.where})",
+                           "response_format.json_schema.schema",
+                           "unsupported_schema_feature" if error.feature else "invalid_schema") from None
+        while len(cache) > 64:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def _job(backend: Backend, model, task: Task, body, prompts: list[list[int]], grammar, max_completion):
+    defaults = task.defaults
+    pick = lambda name, fallback: (getattr(body, name) if getattr(body, name) is not None  # noqa: E731
+                                   else defaults.get(name, fallback))
+    n = body.n or 1
+    longest = max(len(p) for p in prompts)
+    room = model.n_ctx - longest
+    if room < 1:
+        raise ApiError(400, f"This model's maximum context length is {model.n_ctx} tokens; the prompt has {longest}, "
+                            f"which leaves no room for a reply. Shorten it.",
+                       "messages" if hasattr(body, "messages") else "prompt", "context_length_exceeded")
+    # a reply stops where the context ends (finish_reason "length"), whatever max_tokens asked
+    max_tokens = min(max_completion or body.max_tokens or defaults.get("max_tokens") or room, room)
+    stop = body.stop if body.stop is not None else defaults.get("stop", ())
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    biases = []
+    for key, bias in (body.logit_bias or {}).items():
+        token = int(key)
+        if token >= model.n_vocab:
+            raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary (0..{model.n_vocab - 1})",
+                           "logit_bias")
+        biases.append((token, float(bias)))
+    sampling = Sampling(max_tokens=max_tokens, temperature=float(pick("temperature", 1.0)),
+                        top_p=float(pick("top_p", 1.0)), top_k=int(pick("top_k", 0)), seed=body.seed, stop=stop,
+                        logit_bias=tuple(biases), presence_penalty=float(pick("presence_penalty", 0.0)),
+                        frequency_penalty=float(pick("frequency_penalty", 0.0)))
+    expanded = [prompt for prompt in prompts for _ in range(n)]  # choice i = prompt i // n, sample i % n
+    job = Job(model, task.adapter, task.adapter_scale, expanded, sampling, grammar, emit=lambda event: None)
+    return job, n
+
+
+async def _respond(request: Request, backend: Backend, metrics, job: Job, body, n: int, *, chat: bool, route: str,
+                   echo: list[str] | None = None):
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    try:
+        backend.submit(job)
+    except QueueFull:
+        metrics.rejected(route, body.model)
+        wait = max(1, round(metrics.typical_seconds()))
+        raise ApiError(429, f"the server is at capacity ({len(backend.slots)} slots busy, {backend.waiting} queued); "
+                            f"retry after {wait} s", None, "rate_limit_exceeded", "server_busy",
+                       headers={"Retry-After": str(wait)}) from None
+    metrics.admitted(route, body.model)
+    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _sse(events, job, ident, created, body.model, chat, include_usage, metrics, route, echo, n)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    watcher = asyncio.create_task(_watch_disconnect(request, job))
+    gone = False
+    try:
+        texts = {}
+        finishes, usage = {}, [0, 0]
+        first_token = None
+        while True:
+            event = await events.get()
+            if event[0] == "delta":
+                first_token = first_token or time.perf_counter()
+                texts[event[1]] = texts.get(event[1], "") + event[2]
+            elif event[0] == "done":
+                finishes[event[1]] = event[2]
+                usage[0] += event[3] if event[1] % n == 0 else 0
+                usage[1] += event[4]
+            elif event[0] == "error":
+                metrics.finished(route, body.model, job, first_token, usage, status=500)
+                raise ApiError(500, event[1], None, None, "server_error")
+            elif event[0] == "end":
+                break
+        gone = watcher.done() and not watcher.cancelled()
+    finally:
+        watcher.cancel()
+        job.cancel()  # no-op when finished; stops the slot if this handler was cancelled
+    if gone:  # the client left: nobody reads this answer
+        metrics.finished(route, body.model, job, first_token, usage, status=499)
+        return PlainTextResponse("", status_code=499)
+    metrics.finished(route, body.model, job, first_token, usage, status=200)
+    usage_model = api.Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=sum(usage))
+    if chat:
+        choices = [api.ChatChoice(index=i, message=api.AssistantMessage(content=texts.get(i, "")),
+                                  finish_reason=_finish(finishes.get(i))) for i in range(len(job.prompts))]
+        return api.ChatCompletion(id=ident, created=created, model=body.model, choices=choices, usage=usage_model)
+    choices = [api.CompletionChoice(index=i, text=(echo[i // n] if echo else "") + texts.get(i, ""),
+                                    finish_reason=_finish(finishes.get(i))) for i in range(len(job.prompts))]
+    return api.Completion(id=ident, created=created, model=body.model, choices=choices, usage=usage_model)
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """A non-streaming client that goes away cancels its job (its slot is freed)."""
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _sse(events: asyncio.Queue, job: Job, ident: str, created: int, model: str, chat: bool,
+               include_usage: bool, metrics, route: str, echo, n: int):
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    usage = [0, 0]
+    first_token = None
+    status = 499  # until the stream ends normally: a client that leaves mid-stream
+
+    def chunk(choices, usage_value=None) -> str:
+        data = {"id": ident, "object": kind, "created": created, "model": model, "choices": choices}
+        if include_usage:
+            data["usage"] = usage_value
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    try:
+        if chat:
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                          "logprobs": None} for i in range(len(job.prompts))])
+        elif echo:
+            yield chunk([{"index": i, "text": echo[i // n], "finish_reason": None, "logprobs": None}
+                         for i in range(len(job.prompts))])
+        while True:
+            event = await events.get()
+            if event[0] == "delta":
+                first_token = first_token or time.perf_counter()
+                index, text = event[1], event[2]
+                choice = ({"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}
+                          if chat else {"index": index, "text": text, "finish_reason": None, "logprobs": None})
+                yield chunk([choice])
+            elif event[0] == "done":
+                index, reason = event[1], _finish(event[2])
+                usage[0] += event[3] if index % n == 0 else 0
+                usage[1] += event[4]
+                if event[2] == "cancelled":
+                    continue
+                choice = ({"index": index, "delta": {}, "finish_reason": reason, "logprobs": None} if chat else
+                          {"index": index, "text": "", "finish_reason": reason, "logprobs": None})
+                yield chunk([choice])
+            elif event[0] == "error":
+                status = 500
+                yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+            elif event[0] == "end":
+                break
+        if include_usage and status != 500:
+            yield chunk([], {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)})
+        yield "data: [DONE]\n\n"
+        if status != 500:
+            status = 200
+    finally:
+        job.cancel()  # the client left (or we are done): the slot stops at its next token
+        metrics.finished(route, model, job, first_token, usage, status=status)

@@ -1,0 +1,486 @@
+"""The serving backend: llama.cpp models loaded once, N generation slots, a bounded queue.
+
+- Each base GGUF is loaded once (`llama_model`), each LoRA adapter once against its base; a
+  request's adapter is set on the slot's context just before its prompt is decoded
+  (`llama_set_adapters_lora`), so tasks that share a base share its memory and never see each
+  other's adapter.
+- A slot is a worker thread with a llama.cpp context of its own per model (its own KV cache);
+  slots run requests first come, first served and never preempt one another.
+- Admission is bounded: `capacity` = slots + queue; a request beyond it is refused at once
+  (`QueueFull`, HTTP 429) and nothing already accepted is ever dropped.
+- A job is cancelled (client gone) between prefill chunks and between tokens, so its slot is free
+  again within one decode step.
+- Sampling is llama.cpp's sampler chain (logit bias, penalties, top-k, top-p, temperature) applied
+  to our own candidate array; a grammar (structured output) is checked on the sampled token first
+  and applied to the whole vocabulary only when it rejects it, as llama.cpp's own server does:
+  over Gemma's 262,144 tokens that keeps constrained decoding near full speed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from tinytitan.engines import _StopAwareText
+from tinytitan.engines.llama import END_PIECES, check_adapter, quiet_native_stderr
+from tinytitan.errors import ModelFileError, TinyTitanError
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+PREFILL_CHUNK = 128  # tokens per prefill decode: a cancelled job stops within one chunk (~0.2 s)
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the queue is full."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass
+class Job:
+    """One request: `prompts` (one per choice) with one model, adapter, sampling and grammar.
+    `emit(event)` is called from the slot's thread: ("delta", choice, text), ("done", choice,
+    finish_reason, prompt_tokens, completion_tokens), ("error", message) and finally ("end",)."""
+
+    model: "LoadedModel"
+    adapter: Path | None
+    adapter_scale: float
+    prompts: list[list[int]]
+    sampling: Sampling
+    grammar: str | None
+    emit: Callable[[tuple], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def _quiet_llama_log() -> None:
+    """llama.cpp logs every adapter switch and context; TINYTITAN_DEBUG=1 keeps its messages."""
+    from llama_cpp import _logger
+
+    _logger.set_verbose(bool(os.environ.get("TINYTITAN_DEBUG")))
+
+
+class LoadedModel:
+    """One GGUF in memory: weights, vocabulary, and the adapters loaded against it."""
+
+    def __init__(self, path: Path, n_ctx: int):
+        import llama_cpp
+
+        _quiet_llama_log()
+
+        from tinytitan.models import resolve
+
+        self.ref = resolve(str(path))  # validated before llama.cpp sees it
+        self.path = self.ref.path
+        params = llama_cpp.llama_model_default_params()
+        with quiet_native_stderr():
+            self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.model:
+            raise ModelFileError(f"{self.path}: llama.cpp cannot load this model")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
+        trained = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
+        self.end_ids = frozenset(i for i in (self.token_id(p) for p in END_PIECES) if i is not None)
+        self._pieces: dict[int, bytes] = {}
+        self._adapters: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    # tokenizer (the `Tokenizes` protocol of chat_format)
+    def tokenize(self, text: str, *, bos: bool = False, special: bool = False) -> list[int]:
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        buffer = (llama_cpp.llama_token * (len(data) + 2))()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), False, special)
+        if n < 0:
+            raise TinyTitanError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        ids = list(buffer[:n])
+        return [self.bos_id, *ids] if bos else ids
+
+    def token_id(self, piece: str) -> int | None:
+        import llama_cpp
+
+        ids = self.tokenize(piece, special=True)
+        if len(ids) == 1:
+            text = llama_cpp.llama_vocab_get_text(self.vocab, ids[0])
+            if text is not None and text.decode("utf-8", errors="replace") == piece:
+                return ids[0]
+        return None
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token adds to the text (control tokens add none)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            import llama_cpp
+
+            buffer = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            if n < 0:
+                buffer = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            cached = self._pieces[token] = buffer.raw[:n]
+        return cached
+
+    def adapter(self, path: Path) -> int:
+        """A LoRA adapter for this model, loaded (and validated) once."""
+        import llama_cpp
+
+        with self._lock:
+            if path not in self._adapters:
+                checked = check_adapter(str(path), self.ref)
+                with quiet_native_stderr():
+                    pointer = llama_cpp.llama_adapter_lora_init(self.model, str(checked).encode())
+                if not pointer:
+                    raise ModelFileError(f"{path}: llama.cpp cannot load this adapter for {self.path}")
+                self._adapters[path] = pointer
+            return self._adapters[path]
+
+    def new_context(self, threads: int, n_batch: int = 512):
+        import llama_cpp
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.swa_full = False  # window-sized cache for the sliding-window layers
+        params.no_perf = True
+        with quiet_native_stderr():
+            ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise TinyTitanError(f"{self.path}: llama.cpp could not create a context of {self.n_ctx} tokens")
+        return ctx
+
+    def close(self) -> None:
+        import llama_cpp
+
+        for pointer in self._adapters.values():
+            llama_cpp.llama_adapter_lora_free(pointer)
+        self._adapters.clear()
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+class Sampler:
+    """llama.cpp's samplers over a candidate array we own, with the grammar checked lazily."""
+
+    def __init__(self, model: LoadedModel, sampling: Sampling, grammar: str | None):
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.model = model
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # noqa: E731
+        if sampling.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))(
+                *[llama_cpp.llama_logit_bias(token, bias) for token, bias in sampling.logit_bias])
+            add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(sampling.logit_bias), biases))
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, 256, 1.0, sampling.frequency_penalty,
+                                                       sampling.presence_penalty))
+        if sampling.temperature == 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            if sampling.top_k:
+                add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+            if sampling.top_p < 1:
+                add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+            add(llama_cpp.llama_sampler_init_dist(seed))
+        self.grammar = None
+        if grammar is not None:
+            with quiet_native_stderr():
+                self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not self.grammar:
+                self.close()
+                raise TinyTitanError("llama.cpp could not parse the grammar made from the schema")
+        # llama.cpp's grammar decodes UTF-8 leniently (an overlong or out-of-range sequence counts as one
+        # character), so constrained output also keeps its bytes strictly valid UTF-8: a string's length
+        # is then what the grammar counted, and no character is lost to U+FFFD
+        self.pending = b""  # an incomplete UTF-8 character at the end of the output so far
+        self.candidates = np.zeros(model.n_vocab, TOKEN_DATA)
+        self.ids = np.arange(model.n_vocab, dtype=np.int32)
+        self.one = np.zeros(1, TOKEN_DATA)
+
+    def _array(self, data: np.ndarray):
+        return self.lib.llama_token_data_array(
+            data=data.ctypes.data_as(self.lib.llama_token_data_p), size=len(data), selected=-1, sorted=False)
+
+    def _fill(self, logits: np.ndarray):
+        self.candidates["id"] = self.ids
+        self.candidates["logit"] = logits
+        self.candidates["p"] = 0.0
+        return self._array(self.candidates)
+
+    def _apply_chain(self, array) -> int:
+        self.lib.llama_sampler_apply(self.chain, ctypes.byref(array))
+        # the chain may sort and shrink the array in place: read the selected entry through it
+        chosen = ctypes.cast(array.data, ctypes.POINTER(self.lib.llama_token_data))[array.selected]
+        return int(chosen.id)
+
+    def sample(self, ctx) -> int:
+        pointer = self.lib.llama_get_logits_ith(ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.model.n_vocab,))
+        token = self._apply_chain(self._fill(logits))
+        if self.grammar is not None:
+            banned: list[int] = []
+            while not (self._grammar_allows(token) and self._keeps_utf8(token)):
+                banned.append(token)
+                if len(banned) > 4096:  # cannot happen with a sound grammar; never spin forever
+                    raise TinyTitanError("structured output reached a state no token can continue")
+                array = self._fill(logits)
+                self.candidates["logit"][banned] = -np.inf
+                self.lib.llama_sampler_apply(self.grammar, ctypes.byref(array))
+                token = self._apply_chain(array)
+            self.lib.llama_sampler_accept(self.grammar, token)
+        self.lib.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _keeps_utf8(self, token: int) -> bool:
+        """Does the output stay valid UTF-8 (or a prefix of it) with this token? If so, take it."""
+        data = self.pending + self.model.piece(token)
+        try:
+            data.decode("utf-8")
+            self.pending = b""
+        except UnicodeDecodeError as error:
+            if error.reason != "unexpected end of data" or error.end != len(data):
+                return False
+            self.pending = data[error.start:]
+        return True
+
+    def _grammar_allows(self, token: int) -> bool:
+        self.one[0] = (token, 0.0, 0.0)
+        array = self._array(self.one)
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        return bool(np.isfinite(self.one[0]["logit"]))
+
+    def close(self) -> None:
+        if self.chain:
+            self.lib.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.grammar:
+            self.lib.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+class Slot:
+    """A worker thread with one llama.cpp context per model it has served."""
+
+    def __init__(self, index: int, threads: int, backend: "Backend"):
+        self.index, self.threads, self.backend = index, threads, backend
+        self.contexts: dict[Path, object] = {}
+        self.job: Job | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.backend._queue.get()
+            if job is None:
+                break
+            self.job = job
+            job.started_at = time.perf_counter()
+            self.backend._started(job)
+            try:
+                if not job.cancelled.is_set():
+                    self._run(job)
+            except TinyTitanError as error:
+                job.emit(("error", str(error)))
+            except Exception as error:  # a bug must not kill the slot: report it on this request only
+                job.emit(("error", f"internal error: {type(error).__name__}: {error}"))
+            finally:
+                self.job = None
+                self.backend._finished(job)
+                job.emit(("end",))
+        self._free()
+
+    def _context(self, model: LoadedModel):
+        if model.path not in self.contexts:
+            self.contexts[model.path] = model.new_context(self.threads)
+        return self.contexts[model.path]
+
+    def _run(self, job: Job) -> None:
+        import llama_cpp
+
+        model = job.model
+        ctx = self._context(model)
+        if job.adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(model.adapter(job.adapter))
+            scales = (ctypes.c_float * 1)(job.adapter_scale)
+            status = llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales)
+        else:
+            status = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        if status != 0:
+            raise TinyTitanError(f"llama.cpp could not set the adapter {job.adapter}")
+        for choice, prompt in enumerate(job.prompts):
+            if job.cancelled.is_set():
+                return
+            finish, produced = generate_choice(ctx, model, job, choice, prompt)
+            job.emit(("done", choice, finish, len(prompt), produced))
+
+    def _free(self) -> None:
+        import llama_cpp
+
+        for ctx in self.contexts.values():
+            llama_cpp.llama_free(ctx)
+        self.contexts.clear()
+
+
+def generate_choice(ctx, model: LoadedModel, job: Job, choice: int, prompt: list[int]) -> tuple[str, int]:
+    """Decode `prompt` from an empty cache and sample one choice, emitting its text as it comes;
+    returns (finish reason, tokens generated)."""
+    import llama_cpp
+
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    batch = llama_cpp.llama_batch_init(PREFILL_CHUNK, 0, 1)
+    sampling = job.sampling
+    if sampling.seed is not None and choice:
+        sampling = replace(sampling, seed=(sampling.seed + choice) % 2**32)
+    sampler = Sampler(model, sampling, job.grammar)
+    try:
+        for start in range(0, len(prompt), PREFILL_CHUNK):
+            if job.cancelled.is_set():
+                return "cancelled", 0
+            part = prompt[start:start + PREFILL_CHUNK]
+            _fill_batch(batch, part, start, logits_last=start + len(part) == len(prompt))
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise TinyTitanError(f"llama.cpp failed to decode the prompt ({len(prompt)} tokens)")
+        text = _StopAwareText(job.sampling.stop)
+        produced, raw = 0, b""
+        position = len(prompt)
+        while True:
+            token = sampler.sample(ctx)
+            if token in model.end_ids:
+                piece, _ = text.feed(raw.decode("utf-8", errors="replace"), final=True)
+                if piece:
+                    job.emit(("delta", choice, piece))
+                return "stop", produced
+            produced += 1
+            raw += model.piece(token)
+            out_of_room = produced >= job.sampling.max_tokens or position + 1 >= model.n_ctx
+            piece, hit_stop = text.feed(raw.decode("utf-8", errors="replace"), final=out_of_room)
+            if piece:
+                job.emit(("delta", choice, piece))
+            if hit_stop:
+                return "stop", produced
+            if out_of_room:
+                return "length", produced
+            if job.cancelled.is_set():
+                return "cancelled", produced
+            _fill_batch(batch, [token], position, logits_last=True)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise TinyTitanError("llama.cpp failed to decode a token")
+            position += 1
+    finally:
+        sampler.close()
+        llama_cpp.llama_batch_free(batch)
+
+
+def _fill_batch(batch, tokens: Sequence[int], start: int, logits_last: bool) -> None:
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = start + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = logits_last and i == len(tokens) - 1
+    batch.n_tokens = len(tokens)
+
+
+class Backend:
+    """Models, slots and the bounded queue. `submit` is called from the event loop's thread."""
+
+    def __init__(self, *, slots: int = 1, queue_size: int = 4, threads: int | None = None, n_ctx: int = 4096):
+        if slots < 1 or queue_size < 0:
+            raise TinyTitanError("--slots must be >= 1 and --queue >= 0")
+        self.n_ctx = n_ctx
+        self.capacity = slots + queue_size
+        threads = threads or os.cpu_count() or 1
+        per_slot = max(1, threads // slots)
+        self.models: dict[Path, LoadedModel] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self.admitted = 0  # queued + running
+        self.running = 0
+        self.on_change: Callable[[], None] = lambda: None  # metrics hook
+        self.slots = [Slot(i, per_slot, self) for i in range(slots)]
+        for slot in self.slots:
+            slot.thread.start()
+
+    def model(self, path: Path) -> LoadedModel:
+        key = Path(path).resolve()
+        if key not in self.models:
+            self.models[key] = LoadedModel(key, self.n_ctx)
+        return self.models[key]
+
+    @property
+    def waiting(self) -> int:
+        return self.admitted - self.running
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self.admitted >= self.capacity:
+                raise QueueFull
+            self.admitted += 1
+        self._queue.put(job)
+        self.on_change()
+
+    def _started(self, job: Job) -> None:
+        with self._lock:
+            self.running += 1
+        self.on_change()
+
+    def _finished(self, job: Job) -> None:
+        with self._lock:
+            self.running -= 1
+            self.admitted -= 1
+        self.on_change()
+
+    def close(self) -> None:
+        for _ in self.slots:
+            self._queue.put(None)
+        for slot in self.slots:
+            slot.thread.join(timeout=30)
+        for model in self.models.values():
+            model.close()
+        self.models.clear()
+
+
+def grammar_accepts(model: LoadedModel, grammar: str, text: str) -> bool:
+    """Does the grammar accept exactly `text` (then the end of the turn)? Token by token, as decoding goes."""
+    import llama_cpp
+
+    sampler = Sampler(model, Sampling(max_tokens=1, temperature=0), grammar)
+    try:
+        for token in model.tokenize(text):
+            if not sampler._grammar_allows(token):
+                return False
+            llama_cpp.llama_sampler_accept(sampler.grammar, token)
+        return all(sampler._grammar_allows(end) for end in model.end_ids)
+    finally:
+        sampler.close()
