@@ -26,6 +26,7 @@ VERBS = {
     "eval": ("tinytitan.evaluate", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),
     "bench": ("tinytitan.bench", "Speed, memory, context scaling and energy per conversation of GGUF artifacts."),
     "report": ("tinytitan.report", "One Markdown + HTML report of a run: every artifact's quality, speed, energy."),
+    "run": ("tinytitan.run", "The whole job from a recipe: data check, fine-tune, export, evaluate, report, serve line."),
     "serve": ("tinytitan.serve", "OpenAI-compatible local server: a task fleet, JSON schemas, limits, API key."),
 }
 

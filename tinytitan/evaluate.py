@@ -30,7 +30,7 @@ import numpy as np
 from tinytitan import metrics, options
 from tinytitan.errors import TinyTitanError
 
-TASKS = ("auto", "extraction", "classification", "generation")
+TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one")
 HEADLINE = {"extraction": "exact_match", "classification": "accuracy", "generation": "chrf"}
 
 
@@ -109,7 +109,12 @@ def detect_task(completions: list[str]) -> str:
 
 
 def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
-                  kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None) -> dict:
+                  kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None,
+                  schema: dict | None = None, likelihood: bool = True) -> dict:
+    """Score every artifact on the rows of `data`. With `schema` (extraction) or for classification,
+    llama.cpp artifacts are also decoded constrained (the schema's grammar, or the label set): the
+    `constrained` figures. `likelihood=False` skips classification's label-likelihood pass (the
+    costly one: every label is scored for every row), leaving generation as the headline."""
     from tinytitan.data import DataSpec
 
     spec = spec or DataSpec()
@@ -128,6 +133,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     examples = examples[:limit] if limit else examples
     task = detect_task([e.completion for e in examples]) if task == "auto" else task
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
+    grammar = _grammar(task, schema, labels)
     results = []
     reference_topk = None
     for artifact in artifacts:
@@ -147,23 +153,43 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
             with progress_bar(f"eval {artifact.label}") as progress:
                 bar = progress.add_task("rows", total=len(rows))
                 figures, per_example = _score(engine, task, rows, examples, labels, max_tokens, kl,
-                                              lambda done: progress.update(bar, completed=done))
+                                              lambda done: progress.update(bar, completed=done),
+                                              grammar=grammar, likelihood=likelihood)
             if kl is not None:
                 figures["kl"] = kl.result()
         finally:
             engine.close()
         # headline and interval as fractions (chrF's 0-100 scale too)
-        headline = figures["likelihood"]["accuracy"] if task == "classification" else \
-            figures["chrf"] / 100 if task == "generation" else figures[HEADLINE[task]]
+        headline = figures["chrf"] / 100 if task == "generation" else figures[_headline(task)] \
+            if task != "classification" else figures["accuracy"]
         values = [v / 100 for v in per_example["chrf"]] if task == "generation" else per_example["correct"]
         low, high = metrics.bootstrap_ci(values, seed=seed)
         figures.update(artifact=artifact.label, spec=artifact.spec, size_mb=artifact.size_bytes() / 2**20,
-                       headline=HEADLINE[task], score=headline, ci95=[low, high],
+                       headline=_headline(task), score=headline, ci95=[low, high],
                        few_shot=len(shots) if artifact.is_base else 0)
         results.append(figures)
         if out:
             _write_examples(out / f"{_file_name(artifact.label)}.jsonl", examples, per_example)
     return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results}
+
+
+def _headline(task: str) -> str:
+    if task in HEADLINE:
+        return HEADLINE[task]
+    from tinytitan.tasks import task_module
+
+    return task_module(task).HEADLINE
+
+
+def _grammar(task: str, schema: dict | None, labels: list[str]) -> str | None:
+    """The grammar constrained decoding uses: the schema's, or exactly one of the labels."""
+    from tinytitan.structured import literal, schema_to_grammar
+
+    if task == "extraction" and schema is not None:
+        return schema_to_grammar(schema)
+    if task == "classification" and labels:
+        return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
+    return None
 
 
 def _encode(engine, examples, shots) -> list[dict]:
@@ -182,17 +208,22 @@ def _encode(engine, examples, shots) -> list[dict]:
     return rows
 
 
-def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row) -> tuple[dict, dict]:
+def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar=None,
+           likelihood=True) -> tuple[dict, dict]:
     started = time.perf_counter()
     references = [e.completion for e in examples]
     nll, tokens = 0.0, 0
     outputs, label_picks = [], []
-    batched = None
-    if hasattr(engine, "generate_greedy_batch"):  # torch: batches, not rows
-        batched = engine.generate_greedy_batch([r["prompt"] for r in rows],
-                                               max_tokens=min(max_tokens, max(r["budget"] for r in rows)))
-    from tinytitan.engines import SamplingParams
+    prompts = [r["prompt"] for r in rows]
+    budgets = [min(max_tokens, r["budget"]) for r in rows]
+    batched = constrained = None
+    if hasattr(engine, "generate_greedy_batch"):  # many rows decoded at once
+        batched = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets)
+        if grammar is not None and engine.name == "llama":
+            constrained = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets,
+                                                       grammar=grammar)
     from tinytitan.chat_format import END_OF_TURN
+    from tinytitan.engines import SamplingParams
 
     end = engine.token_id(END_OF_TURN)
     label_ids = [engine.tokenize(label) + [end] for label in labels]
@@ -210,28 +241,45 @@ def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row) -> tupl
         if batched is not None:
             outputs.append(batched[index])
         else:
-            budget = min(max_tokens, row["budget"])
-            outputs.append(engine.generate(row["prompt"], SamplingParams(max_tokens=budget)).text)
-        if task == "classification":
+            outputs.append(engine.generate(row["prompt"], SamplingParams(max_tokens=budgets[index])).text)
+        if task == "classification" and likelihood:
             sums = engine.logprob_sums([(row["prompt"] + ids, len(row["prompt"])) for ids in label_ids])
             label_picks.append(labels[int(np.argmax(sums))])
         on_row(index + 1)
     seconds = time.perf_counter() - started
     figures: dict = {"reference_perplexity": math.exp(nll / max(tokens, 1)), "seconds": round(seconds, 1)}
     per_example: dict = {"output": outputs}
+    if constrained is not None:
+        per_example["constrained_output"] = constrained
+    found, correct = _task_metrics(task, outputs, references, examples)
+    per_example.update(correct)
+    if constrained is not None:
+        figures["constrained"], _ = _task_metrics(task, constrained, references, examples)
+    if task == "classification":
+        found = {"generation": found, "accuracy": found["accuracy"], "scored_by": "generation"}
+        if likelihood:
+            by_likelihood = metrics.classification_metrics(label_picks, references)
+            per_example.update(correct=by_likelihood.pop("per_example"), label=label_picks)
+            found.update(likelihood=by_likelihood, accuracy=by_likelihood["accuracy"], scored_by="likelihood")
+    return {**figures, **found}, per_example
+
+
+def _task_metrics(task: str, outputs: list[str], references: list[str], examples) -> tuple[dict, dict]:
+    """(figures, per-example lists) of one set of outputs."""
     if task == "extraction":
         found = metrics.extraction_metrics(outputs, references)
-        per_example["correct"] = found.pop("per_example")
-    elif task == "classification":
-        generated = metrics.classification_metrics([o.strip() for o in outputs], references)
-        likelihood = metrics.classification_metrics(label_picks, references)
-        per_example.update(correct=likelihood.pop("per_example"), label=label_picks)
-        generated.pop("per_example")
-        found = {"likelihood": likelihood, "generation": generated, "accuracy": likelihood["accuracy"]}
-    else:
+        return found, {"correct": found.pop("per_example")}
+    if task == "classification":
+        found = metrics.classification_metrics([o.strip() for o in outputs], references)
+        return found, {"correct": found.pop("per_example")}
+    if task == "generation":
         found = metrics.generation_metrics(outputs, references)
-        per_example["chrf"] = found.pop("per_example")
-    return {**figures, **found}, per_example
+        return found, {"chrf": found.pop("per_example")}
+    from tinytitan.tasks import task_module
+
+    found = task_module(task).score(outputs, examples)
+    return found, {"correct": found.pop("per_example"), **{k: found.pop(k) for k in list(found)
+                                                           if isinstance(found[k], list)}}
 
 
 def _reference(artifact, rows, threads):

@@ -48,6 +48,7 @@ def extraction_metrics(predictions: Sequence[str], references: Sequence[str], to
     per_example = []
     tp, fp, fn, field_equal = Counter(), Counter(), Counter(), Counter()
     fields: set[str] = set()
+    reference_fields: set[str] = set()
     errors: Counter = Counter()
     for prediction, reference in zip(predictions, references, strict=True):
         ref = _present(parse_record(reference) or {})
@@ -55,6 +56,7 @@ def extraction_metrics(predictions: Sequence[str], references: Sequence[str], to
         valid += parsed is not None
         pred = _present(parsed or {})
         fields |= set(ref) | set(pred)
+        reference_fields |= set(ref)
         same = parsed is not None and pred == ref
         exact += same
         per_example.append(float(same))
@@ -77,6 +79,7 @@ def extraction_metrics(predictions: Sequence[str], references: Sequence[str], to
         "json_valid": valid / n if n else 0.0,
         "exact_match": exact / n if n else 0.0,
         "fields": per_field,
+        "reference_fields": sorted(reference_fields),
         "micro": _prf(sum(tp.values()), sum(fp.values()), sum(fn.values())),
         "top_errors": [{"field": key, "error": kind, "count": count}
                        for (key, kind), count in errors.most_common(top_errors)],

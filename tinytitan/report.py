@@ -112,7 +112,7 @@ def _evaluate(artifacts, data, args, run_dir: Path, out: Path) -> dict:
                          kl_reference=parse_artifact(str(run_dir)), threads=args.threads, out=out / "examples")
 
 
-def _bench(artifacts, context: str, data: str) -> list[dict]:
+def _bench(artifacts, context: str, data: str, reps: int = 3) -> list[dict]:
     from tinytitan import energy
     from tinytitan.bench import _int_list, _task_prompt, bench_artifact
 
@@ -122,7 +122,7 @@ def _bench(artifacts, context: str, data: str) -> list[dict]:
     results = []
     for artifact in artifacts:
         scaling = contexts if artifact.is_base else []
-        results.append(bench_artifact(artifact, [2], 512, 128, 3, scaling, prompt, True, profiles, [200, 100, 5],
+        results.append(bench_artifact(artifact, [2], 512, 128, reps, scaling, prompt, True, profiles, [200, 100, 5],
                                       25, energy.DEFAULT_BATTERY_WH))
     return results
 
@@ -135,15 +135,18 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
         speed = b["speed"][0] if b else None
         conversation = next((e["conversation"] for e in b["energy"]["estimates"] if e["profile"] == ENERGY_PROFILE),
                             None) if b else None
+        constrained = r.get("constrained", {}).get(r["headline"]) if "constrained" in r else None
         rows.append({"artifact": r["artifact"], "size_mb": r["size_mb"], "metric": r["headline"],
                      "score": r["score"], "ci95": r["ci95"], "kl": r.get("kl", {}).get("kl_mean"),
+                     "constrained": constrained,
                      "pp_tps": speed and speed["pp_tps"], "tg_tps": speed and speed["tg_tps"],
                      "rss_mb": speed and speed["peak_rss_mb"],
                      "j_per_conversation": conversation and conversation["joules"]})
     return rows
 
 
-def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None) -> dict:
+def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, recommended: dict | None = None,
+                 title: str | None = None) -> dict:
     from tinytitan import report_plots
 
     plots = {}
@@ -156,14 +159,15 @@ def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None)
     scaling = next((b for b in bench or [] if b["context"]), None)
     if scaling:
         plots["Decode speed and KV cache vs context length"] = report_plots.context_scaling(scaling, out / "context.png")
-    sections = _sections(run_dir, evaluation, bench, out)
+    sections = _sections(run_dir, evaluation, bench, out, recommended)
     md_path, html_path = out / "report.md", out / "report.html"
-    md = [f"# tinytitan report: {run_dir.name}", ""]
+    title = title or run_dir.name
+    md = [f"# tinytitan report: {title}", ""]
     for title, body in sections:
         md += [f"## {title}", "", *body, ""]
     md += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()]
     md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text(_html(run_dir.name, sections, plots))
+    html_path.write_text(_html(title, sections, plots))
     return {"md": md_path, "html": html_path}
 
 
@@ -171,14 +175,19 @@ def _fmt(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def _sections(run_dir: Path, evaluation: dict, bench, out: Path) -> list[tuple[str, list[str]]]:
+def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
+              recommended: dict | None = None) -> list[tuple[str, list[str]]]:
     rows = table_rows(evaluation, bench)
     metric = rows[0]["metric"].replace("_", " ")
-    table = [f"| artifact | size MB | {metric} (95% CI) | KL vs torch | prefill tok/s | decode tok/s | peak RSS MB "
-             f"| J/conversation ({ENERGY_PROFILE}, estimate) |", "|---|---|---|---|---|---|---|---|"]
+    constrained = any(r["constrained"] is not None for r in rows)
+    extra = f" {metric}, constrained |" if constrained else ""
+    table = [f"| artifact | size MB | {metric} (95% CI) |{extra} KL vs torch | prefill tok/s | decode tok/s | peak RSS MB "
+             f"| J/conversation ({ENERGY_PROFILE}, estimate) |", "|---|---|---|---|---|---|---|---|" + ("---|" if constrained else "")]
     for r in rows:
-        table.append(f"| {r['artifact']} | {r['size_mb']:.1f} | {100 * r['score']:.1f}% "
-                     f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) | {_fmt(r['kl'], '{:.4f}')} | "
+        name = f"**{r['artifact']}** (recommended)" if recommended and r["artifact"] == recommended["artifact"] else r["artifact"]
+        column = f" {_fmt(r['constrained'] and 100 * r['constrained'], '{:.1f}%')} |" if constrained else ""
+        table.append(f"| {name} | {r['size_mb']:.1f} | {100 * r['score']:.1f}% "
+                     f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) |{column} {_fmt(r['kl'], '{:.4f}')} | "
                      f"{_fmt(r['pp_tps'], '{:.0f}')} | {_fmt(r['tg_tps'], '{:.1f}')} | {_fmt(r['rss_mb'], '{:.0f}')} | "
                      f"{_fmt(r['j_per_conversation'], '{:.3g}')} |")
     about = [f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of `{evaluation['data']}`. "
@@ -187,6 +196,12 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path) -> list[tuple[s
              f"torch model (top-64 cache). Speed: 2 threads, pp512 / tg128 as llama-bench measures them. Energy: an "
              f"**estimate**, this machine's CPU-seconds x {ENERGY_PROFILE} profile watts, for a conversation of 5 "
              f"turns of 200 prompt + 100 reply tokens; see bench.json for every profile and its assumptions."]
+    if constrained:
+        about.append("The constrained column decodes with the grammar the server applies (the JSON schema "
+                     "inferred from the training targets, or the label set): llama.cpp artifacts only.")
+    if recommended:
+        about.append(f"Recommended: **{recommended['artifact']}**, the smallest artifact that passed its parity gate "
+                     f"with a score within the recipe's tolerance of the best.")
     sections = [("Comparison", about + [""] + table)]
     details = _details(evaluation)
     if details:
@@ -196,9 +211,11 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path) -> list[tuple[s
 
 
 def _deployed(evaluation: dict) -> dict:
-    """The smallest artifact one would ship (not the torch reference, not the few-shot floor)."""
+    """The smallest artifact one would ship: not the torch reference, not the few-shot floor, and one
+    that passed its parity gate when any did."""
     shipped = [r for r in evaluation["results"] if not r["few_shot"] and not r["artifact"].startswith("torch")]
-    return min(shipped, key=lambda r: r["size_mb"], default=evaluation["results"][0])
+    passed = [r for r in shipped if "gate failed" not in r["artifact"]]
+    return min(passed or shipped, key=lambda r: r["size_mb"], default=evaluation["results"][0])
 
 
 def _details(evaluation: dict) -> list[str]:
@@ -208,6 +225,8 @@ def _details(evaluation: dict) -> list[str]:
         lines += [f"Per-field scores of {best['artifact']}:", "", "| field | exact match | precision | recall | F1 |",
                   "|---|---|---|---|---|"]
         for name, f in best["fields"].items():
+            if name not in best.get("reference_fields", best["fields"]):
+                continue
             lines.append(f"| {name} | {100 * f['exact_match']:.1f}% | {f['precision']:.3f} | {f['recall']:.3f} | "
                          f"{f['f1']:.3f} |")
         lines += ["", "Most common field errors: " + ", ".join(
@@ -268,7 +287,7 @@ def _markdown_block(lines: list[str]) -> str:
 
     def flush():
         if table:
-            rows = [[html.escape(c.strip().replace("\\|", "|")) for c in line.strip("|").split(" | ")]
+            rows = [[html.escape(c.strip().replace("\\|", "|").replace("**", "")) for c in line.strip("|").split(" | ")]
                     for line in table if not set(line) <= set("|-")]
             head, *body = rows
             out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" +

@@ -73,6 +73,16 @@ class Completion:
 
 
 def peak_memory_mb() -> float:
+    """Peak resident memory of this process. On Linux from /proc (VmHWM): `ru_maxrss` carries over
+    the parent's peak into a forked-and-exec'd child, so a measurement process started by a large
+    one would report the parent's memory."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

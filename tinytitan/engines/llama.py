@@ -105,6 +105,9 @@ class LlamaEngine(Engine):
         self._pieces: dict[str, int] | None = None
         self.swa_full = swa_full  # a full-size sliding-window cache allows prefix reuse while scoring
         self._scored: list[int] = []  # tokens the cache holds from the last `logprob_sums`
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)  # for `engines.sampling.Sampler`
+        self.n_vocab = self.vocab_size
+        self._batch_ctx = None  # (sequences, tokens per sequence, context) for generate_greedy_batch
 
     def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
         import llama_cpp
@@ -122,6 +125,10 @@ class LlamaEngine(Engine):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one generated token adds to the text."""
+        return self.llm.detokenize([token])
 
     def token_id(self, piece: str) -> int | None:
         import llama_cpp
@@ -241,7 +248,130 @@ class LlamaEngine(Engine):
             sums.append(float(np.concatenate(parts).sum()))
         return sums
 
+    def generate_greedy_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int, *,
+                              budgets: Sequence[int] | None = None, grammar: str | None = None,
+                              sequences: int = 8) -> list[str]:
+        """Greedy completions of many prompts, `sequences` at a time in one llama.cpp context: each step
+        decodes one token of every unfinished sequence in a single batch, which on a CPU costs little
+        more than one token alone. With `grammar` (GBNF), each sequence is constrained by it
+        (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget."""
+        import llama_cpp
+
+        from tinytitan.engines.sampling import Sampler, Sampling
+
+        prompts = [list(p) for p in prompts]
+        budgets = [min(b, max_tokens) for b in (budgets or [max_tokens] * len(prompts))]
+        if not prompts:
+            return []
+        room = max(len(p) + b for p, b in zip(prompts, budgets))
+        self._check_length(room)
+        ctx = self._batch_context(min(sequences, len(prompts)), room)
+        results: list[str] = [""] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths decode together
+        batch = llama_cpp.llama_batch_init(max(self.n_batch, sequences), 0, 1)
+        try:
+            for start in range(0, len(order), sequences):
+                group = order[start:start + sequences]
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+                states = []  # [row, seq, position, tokens, sampler, next token]
+                for seq, row in enumerate(group):
+                    prompt = prompts[row]
+                    for offset in range(0, len(prompt), self.n_batch):
+                        part = prompt[offset:offset + self.n_batch]
+                        self._fill(batch, [(t, offset + k, seq, offset + k == len(prompt) - 1)
+                                           for k, t in enumerate(part)])
+                        if llama_cpp.llama_decode(ctx, batch) != 0:
+                            raise TinyTitanError(f"llama.cpp failed to decode a prompt of {len(prompt)} tokens")
+                    sampler = Sampler(self, Sampling(max_tokens=budgets[row], temperature=0), grammar) \
+                        if grammar else None
+                    first = self._pick(ctx, sampler, batch.n_tokens - 1)
+                    states.append([row, seq, len(prompt), [], sampler, first])
+                while True:
+                    active = []
+                    for state in states:
+                        row, _, _, tokens, _, token = state
+                        if token is None:
+                            continue
+                        if token in self.end_ids:
+                            state[5] = None
+                            continue
+                        tokens.append(token)
+                        if len(tokens) >= budgets[row]:
+                            state[5] = None
+                            continue
+                        active.append(state)
+                    if not active:
+                        break
+                    self._fill(batch, [(s[3][-1], s[2], s[1], True) for s in active])
+                    if llama_cpp.llama_decode(ctx, batch) != 0:
+                        raise TinyTitanError("llama.cpp failed to decode a batch of tokens")
+                    for index, state in enumerate(active):
+                        state[2] += 1
+                        state[5] = self._pick(ctx, state[4], index)
+                for row, _, _, tokens, sampler, _ in states:
+                    results[row] = self.detokenize(tokens)
+                    if sampler is not None:
+                        sampler.close()
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return results
+
+    def _pick(self, ctx, sampler, index: int) -> int:
+        import llama_cpp
+
+        if sampler is not None:
+            return sampler.sample(ctx, index)
+        pointer = ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, index), ctypes.POINTER(ctypes.c_float))
+        return int(np.argmax(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,))))
+
+    @staticmethod
+    def _fill(batch, entries) -> None:
+        """entries: (token, position, sequence, wants logits)."""
+        for i, (token, position, seq, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+
+    def _batch_context(self, sequences: int, per_sequence: int):
+        """A context for `sequences` parallel sequences (the engine's adapter set on it), made once."""
+        import llama_cpp
+
+        per_sequence = -(-per_sequence // 256) * 256
+        if self._batch_ctx and self._batch_ctx[0] >= sequences and self._batch_ctx[1] >= per_sequence:
+            return self._batch_ctx[2]
+        self._free_batch_context()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = sequences * per_sequence
+        params.n_batch = params.n_ubatch = max(self.n_batch, sequences)
+        params.n_seq_max = sequences
+        params.n_threads = params.n_threads_batch = self.threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.swa_full = False
+        params.no_perf = True
+        with quiet_native_stderr():
+            ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        if not ctx:
+            raise TinyTitanError(f"llama.cpp could not make a context for {sequences} sequences")
+        adapter = getattr(self.llm, "_lora_adapter", None)
+        if adapter:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(self.llm.lora_scale)
+            llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales)
+        self._batch_ctx = (sequences, per_sequence, ctx)
+        return ctx
+
+    def _free_batch_context(self) -> None:
+        if self._batch_ctx:
+            import llama_cpp
+
+            llama_cpp.llama_free(self._batch_ctx[2])
+            self._batch_ctx = None
+
     def close(self) -> None:
+        self._free_batch_context()
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None

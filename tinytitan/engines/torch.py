@@ -63,9 +63,10 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def generate_greedy_batch(self, prompts: list[list[int]], max_tokens: int, batch_size: int = 32,
-                              bf16: bool = False) -> list[str]:
+                              bf16: bool = False, budgets=None) -> list[str]:
         """Greedy continuations of many prompts at once (left-padded batches through `generate`):
-        for evaluating a model on a test set. Stops at <eos> / <end_of_turn>."""
+        for evaluating a model on a test set. Stops at <eos> / <end_of_turn>; `budgets` (per-prompt caps,
+        for the llama engine's signature) are not applied: every prompt gets up to `max_tokens`."""
         pad = self.token_id("<pad>") or 0
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
         outputs: list[str] = [""] * len(prompts)

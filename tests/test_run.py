@@ -1,0 +1,98 @@
+"""`tinytitan run RECIPE` on the tiny model: every stage, then re-runs that redo only what changed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    rng = random.Random(0)
+    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
+    rows = [{"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
+             "completion": {"w": rng.choice(words[:3]), "n": str(i % 3)}} for i in range(120)]
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "tiny.toml").write_text(f"""# tinytitan run tiny.toml
+name = "tiny"
+output = "{folder / 'run'}"
+
+[task]
+kind = "files"
+train = "rows.jsonl"
+
+[finetune]
+model = "{tiny[0]}"
+max_length = 64
+batch_tokens = 512
+learning_rate = 2e-3
+max_steps = 6
+eval_every = 3
+precision = "fp32"
+
+[export]
+quant = ["f16"]
+gate_rows = 8
+
+[eval]
+rows = 8
+base_shots = 2
+max_tokens = 16
+
+[report]
+bench = false
+""")
+    return folder
+
+
+def stages(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    return {s["stage"]: s["status"] for s in summary["stages"]}, summary
+
+
+def test_run_then_rerun_then_change_the_quant_list(recipe):
+    first, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--json"))
+    assert first == {"prepare": "ran", "check": "ran", "schema": "ran", "finetune": "ran", "export": "ran",
+                     "eval": "ran", "bench": "not needed", "report": "ran"}
+    run = recipe / "run"
+    assert (run / "report" / "report.html").exists() and (run / "fleet.toml").exists()
+    schema = json.loads((run / "schema.json").read_text())
+    assert list(schema["properties"]) == ["w", "n"] and schema["properties"]["w"]["enum"] == ["blue", "cat", "dog"]
+    artifacts = [r["artifact"] for r in summary["table"]]
+    assert artifacts[0].startswith("torch") and any("f16" in a for a in artifacts) and artifacts[-1] == "base (few-shot)"
+    assert all(r["constrained"] is not None for r in summary["table"] if "torch" not in r["artifact"])
+
+    again = run_cli("run", str(recipe / "tiny.toml"))  # a finished recipe: nothing to do, and it says so
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stdout
+    assert again.stderr.count("up to date") == 7
+
+    changed, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--set", "export.quant=f16,q8_0", "--json"))
+    assert changed == {"prepare": "up to date", "check": "up to date", "schema": "up to date",
+                       "finetune": "up to date", "export": "ran", "eval": "ran", "bench": "not needed",
+                       "report": "ran"}
+    assert any("q8_0" in r["artifact"] for r in summary["table"])
+
+
+def test_recipe_errors_are_one_line(recipe, tmp_path):
+    bad = tmp_path / "bad.toml"
+    cases = [("[task]\nkind = 'files'\n", "[task] needs train"),
+             ("[task]\nkind = 'nope'\ntrain = 'x'\n", "kind 'nope' is not one of"),
+             ("[task]\nkind = 'files'\ntrain = 'x'\n[finetune]\nepoch = 2\n", "[finetune] unknown key 'epoch'"),
+             ("[task]\nkind = 'files'\ntrain = 'x'\n[finetune]\noutput = 'y'\n", "output is set by the recipe"),
+             ("[task]\nkind = 'files'\ntrain = 'x'\n[eval]\ntolerance = 'small'\n", "[eval] tolerance: expected a number"),
+             ("[task]\nkind = 'files'\ntrain = 'x'\n[deploy]\n", "unknown key or section 'deploy'"),
+             ("[task]\nkind = 'ingredients'\ncsv = 'x.csv'\nmax_rows = 3\n", "unknown key 'max_rows' for kind 'ingredients'")]
+    for text, message in cases:
+        bad.write_text(text)
+        result = run_cli("run", str(bad))
+        assert result.returncode == 1 and message in result.stderr, (text, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    result = run_cli("run", str(recipe / "tiny.toml"), "--set", "finetune.epochs")
+    assert result.returncode == 1 and "expected SECTION.KEY=VALUE" in result.stderr

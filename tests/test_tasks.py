@@ -1,0 +1,97 @@
+"""The recipes' task data: what each preparer writes from the bundled data, and the chess scorer."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import chess
+import pytest
+
+from tests.conftest import ROOT
+from tinytitan.tasks import task_module
+
+DATA = ROOT / "recipes" / "data"
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_ingredient_fractions_round_trip_and_prepare(tmp_path):
+    from tinytitan.tasks.ingredients import quantity_for_model, quantity_from_model
+
+    assert quantity_for_model("#3$4") == "¾" and quantity_for_model("1#1$2 6 170") == "1½ 6 170"
+    assert quantity_for_model("1#1$16") == "1+1/16" and quantity_for_model("#1$20") == "1/20"
+    assert quantity_for_model("sliced into #1$2 inch-thick wedge") == "sliced into ½ inch-thick wedge"
+    with open(DATA / "ingredients" / "tastecooking-ingredients-2024.csv", newline="", encoding="utf-8") as file:
+        source = list(csv.DictReader(file))
+    for row in source:  # a bijection on the whole dataset: the data's encoding comes back exactly
+        for field in ("quantity", "preparation", "comment"):
+            assert quantity_from_model(quantity_for_model(row[field])) == row[field], row[field]
+    counts = task_module("ingredients").prepare({"csv": DATA / "ingredients" / "tastecooking-ingredients-2024.csv"},
+                                                tmp_path)
+    assert counts["duplicates_dropped"] == 4
+    assert counts["train"] + counts["val"] + counts["test"] == len(source) - 4 and counts["test"] >= 500
+    train = rows(tmp_path / "train.jsonl")
+    assert all(list(r["completion"]) == ["name", "quantity", "unit", "size", "preparation", "comment", "purpose"]
+               for r in train)
+    assert not any("#" in v and "$" in v for r in train for v in r["completion"].values())
+    tests = {r["prompt"] for r in rows(tmp_path / "test.jsonl")}
+    assert not tests & {r["prompt"] for r in train}  # no line in two splits
+
+
+def test_banking77_keeps_the_official_test_split(tmp_path):
+    counts = task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
+                                               "test": DATA / "banking77" / "test.csv"}, tmp_path)
+    assert counts["test"] == 3080 and counts["labels"] == 77 and counts["train"] + counts["val"] == 10003
+    assert 0.08 < counts["val"] / 10003 < 0.12
+
+
+def test_stories_are_cut_and_prompted(tmp_path):
+    from tinytitan.tasks.stories import prompt_for, split_stories
+
+    text = (DATA / "tinystories" / "tinystories_val.txt").read_text()
+    stories = split_stories(text)
+    assert len(stories) > 700 and all(s.startswith(("Once", "There")) for s in stories)
+    roxy = next(s for s in stories if "named Roxy" in s)
+    assert prompt_for(roxy) == ("Write a bedtime story. Characters: Roxy (a rhinoceros), Billy (a little bird). "
+                                "Setting: a big forest.")
+    counts = task_module("bedtime-stories").prepare({"text": DATA / "tinystories" / "tinystories_val.txt"}, tmp_path)
+    assert counts["test"] >= 50 and all(len(r["completion"].split()) <= 260 for r in rows(tmp_path / "train.jsonl"))
+
+
+def test_chess_positions_are_mates_in_one(tmp_path):
+    from tinytitan.data import DataSpec, load_examples
+    from tinytitan.tasks.chess_mates import positions, score
+
+    found = positions(DATA / "chess" / "lichess_puzzles_sample.csv")
+    assert len(found) == 304
+    counts = task_module("chess-mate-in-one").prepare({"puzzles": DATA / "chess" / "lichess_puzzles_sample.csv"}, tmp_path)
+    assert counts["train"] + counts["val"] + counts["test"] == 2 * 304
+    examples = load_examples(tmp_path / "test.jsonl", DataSpec()).examples
+    for example in examples:  # every answer, mirrored ones too, is legal and mates
+        board = chess.Board(example.messages[-1].content.split("(FEN): ")[1].split("\n")[0])
+        board.push_uci(example.completion)
+        assert board.is_checkmate()
+    first = examples[0]
+    board = chess.Board(first.messages[-1].content.split("(FEN): ")[1].split("\n")[0])
+
+    def mates(move) -> bool:
+        after = board.copy(stack=False)
+        after.push(move)
+        return after.is_checkmate()
+
+    legal_not_mate = next(m.uci() for m in board.legal_moves if not mates(m))
+    result = score([first.completion, legal_not_mate, "z9z9", ""], [first] * 4)
+    assert result["mate_rate"] == 0.25 and result["legal_move_rate"] == 0.5 and result["exact_match"] == 0.25
+    assert result["per_example"] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_unknown_task_and_missing_source(tmp_path):
+    from tinytitan.errors import TinyTitanError
+
+    with pytest.raises(TinyTitanError, match="unknown task 'nope'"):
+        task_module("nope")
+    with pytest.raises(TinyTitanError, match="no such file"):
+        task_module("ingredients").prepare({"csv": tmp_path / "missing.csv"}, tmp_path)

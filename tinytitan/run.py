@@ -1,0 +1,462 @@
+"""`tinytitan run RECIPE`: the whole job, from a dataset to a checked, shrunk, servable specialist.
+
+    prepare -> check -> schema -> finetune -> export -> eval -> bench -> report
+
+Each stage records in RUN/stages.json what it was computed from (a content hash of its settings,
+the files it read and the outputs of the stages before it) and the sha256 of what it wrote. A stage
+whose record still matches, with its outputs unchanged on disk, is skipped; so a re-run of a
+finished recipe does nothing, a changed quant list redoes export, eval, bench and report only, and
+a run killed during fine-tuning resumes from its last checkpoint. Progress shows the stage and an
+estimate of the time left (rates measured on this machine by earlier runs, else defaults).
+
+At the end: the comparison table, the HTML report, and the `tinytitan serve` line for the
+recommended artifact: the smallest servable one whose score is within the recipe's tolerance of
+the best servable score. For JSON tasks the schema is inferred from the training targets, saved
+as RUN/schema.json, and applied when serving (RUN/fleet.toml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tinytitan import options
+from tinytitan.errors import TinyTitanError
+
+FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
+DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
+    "prepare": 2.0, "check": 20.0, "schema": 1.0, "finetune": 1 / 380.0, "export": 40.0,
+    "eval": 0.5, "bench": 45.0, "report": 5.0,
+}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="a recipe file (.toml/.yaml); see recipes/ and docs/recipes.md")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe key, e.g. --set finetune.epochs=1 --set export.quant=q8_0")
+    parser.add_argument("--output", default=None, help="the run folder (default: the recipe's output)")
+    parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
+    parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    options.add_json(parser)
+
+
+def run(args) -> None:
+    from tinytitan.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    if args.output:
+        recipe.output = Path(args.output)
+    pipeline = Pipeline(recipe, threads=args.threads, fresh=args.fresh, quiet=args.json)
+    summary = pipeline.run()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+
+
+@dataclass
+class Stage:
+    name: str
+    inputs: Callable[[], dict]  # what the stage is computed from (hashed into its key)
+    outputs: Callable[[], list[Path]]  # what it writes (hashed after it runs)
+    work: Callable[[], None]
+    units: Callable[[], float]  # work units for the time estimate (rows, tokens, artifacts...)
+    applies: Callable[[], bool] = lambda: True
+
+
+class Pipeline:
+    def __init__(self, recipe, threads: int | None = None, fresh: bool = False, quiet: bool = False):
+        self.recipe = recipe
+        self.threads = threads
+        self.fresh = fresh
+        self.quiet = quiet
+        self.root = recipe.output
+        self.data = self.root / "data"
+        self.train_dir = self.root / "train"
+        self.export_dir = self.train_dir / "export"
+        self.report_dir = self.root / "report"
+        self.state_path = self.root / "stages.json"
+        try:
+            self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        except ValueError:
+            self.state = {}
+
+    # --- the stages ------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        r = self.recipe
+        return [
+            Stage("prepare", lambda: {"kind": r.kind, "options": r.options, "format": FORMAT,
+                                      "sources": {k: _sha(p) for k, p in sorted(r.sources.items())}},
+                  lambda: [self.data / f"{s}.jsonl" for s in ("train", "val", "test")] + [self.data / "prepared.json"],
+                  self._prepare, lambda: 1),
+            Stage("check", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
+                                    "settings": {k: v for k, v in self._config().as_dict().items()
+                                                 if k in ("system", "max_length", "skip_bad", "max_bad_fraction",
+                                                          "max_rows", "seed")}},
+                  lambda: [self.data / "check.json"], self._check, lambda: 1),
+            Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT},
+                  lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
+            Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
+                                       "model": self._model_sha()},
+                  lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
+            Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export)},
+                  lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
+                  lambda: 1 + 0.5 * len(r.export.quant)),
+            Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
+                                   "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
+                                   "schema": self._hashes("schema")},
+                  lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
+                  self._eval, self._eval_units),
+            Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),
+                                    "test": _sha(self.data / "test.jsonl")},
+                  lambda: [self.report_dir / "bench.json"], self._bench, self._bench_units,
+                  applies=lambda: r.report.bench),
+            Stage("report", lambda: {"eval": self._hashes("eval"), "bench": self._hashes("bench"),
+                                     "tolerance": r.eval.tolerance, "format": FORMAT},
+                  lambda: [self.report_dir / "report.md", self.report_dir / "report.html", self.root / "fleet.toml",
+                           self.root / "summary.json"],
+                  self._report, lambda: 1),
+        ]
+
+    def _config(self):
+        return self.recipe.finetune_config(self.data, self.threads or 0)
+
+    def _finetune_key(self) -> dict:
+        from tinytitan.finetune import RESUMABLE_CHANGES
+
+        return {k: v for k, v in self._config().as_dict().items() if k not in RESUMABLE_CHANGES | {"train", "val", "test"}}
+
+    def _model_sha(self) -> str:
+        from tinytitan.models import resolve
+
+        return resolve(self._config().model).sha256
+
+    def _hashes(self, stage: str) -> dict:
+        return self.state.get(stage, {}).get("outputs", {})
+
+    def _is_json_task(self) -> bool:
+        check = self.data / "check.json"
+        return check.exists() and "fields" in json.loads(check.read_text())
+
+    def _prepare(self) -> None:
+        if self.data.exists():
+            shutil.rmtree(self.data)
+        self.data.mkdir(parents=True)
+        if self.recipe.kind == "files":
+            counts = _prepare_files(self.recipe, self.data)
+        else:
+            from tinytitan.tasks import task_module
+
+            counts = task_module(self.recipe.kind).prepare(self.recipe.sources, self.data, **self.recipe.options)
+        (self.data / "prepared.json").write_text(json.dumps({"kind": self.recipe.kind, **counts}, indent=1))
+        self._say(f"      rows: {', '.join(f'{k} {v}' for k, v in counts.items())}")
+
+    def _check(self) -> None:
+        from tinytitan.data_check import enforce, prepare_data
+        from tinytitan.models import resolve
+        from tinytitan.torch_model import load_tokenizer
+
+        config = self._config()
+        prepared = prepare_data(config, load_tokenizer(resolve(config.model)), strict_errors=False)
+        stats = {**prepared.stats, "errors": [str(r) for r in prepared.rejected][:50]}
+        enforce(prepared, config.skip_bad, config.max_bad_fraction,
+                hint=f"see {self.data / 'check.json'}; fix the data or set finetune.skip_bad = true")
+        (self.data / "check.json").write_text(json.dumps(stats, indent=1))
+        tokens = stats["prompt_tokens"], stats["completion_tokens"]
+        self._say(f"      {stats['usable']} usable rows, {stats['rejected']} rejected; prompt tokens p95 "
+                  f"{tokens[0]['p95']}, completion p95 {tokens[1]['p95']}, {stats['truncated']} cut by max_length")
+
+    def _schema(self) -> None:
+        from tinytitan.data import DataSpec, load_examples
+        from tinytitan.structured import infer_schema, schema_to_grammar
+
+        targets = [json.loads(e.completion) for e in load_examples(self.data / "train.jsonl", DataSpec()).examples]
+        schema = infer_schema(targets)
+        schema_to_grammar(schema)  # it must be enforceable
+        (self.root / "schema.json").write_text(json.dumps(schema, indent=1, ensure_ascii=False))
+        enums = [k for k, v in schema.get("properties", {}).items() if "enum" in v]
+        self._say(f"      {len(schema.get('properties', {}))} fields" + (f"; enums: {', '.join(enums)}" if enums else ""))
+
+    def _finetune(self) -> None:
+        from tinytitan.finetune import train
+
+        config = self._config()
+        resume = (self.train_dir / "config.json").exists()
+        if resume:
+            try:
+                train(config, resume=True)
+                return
+            except TinyTitanError as error:  # changed settings or data: this run cannot continue
+                self._say(f"      starting over: {error}")
+                shutil.rmtree(self.train_dir)
+        train(config)
+
+    def _export(self) -> None:
+        from tinytitan.export import export
+        from tinytitan.quantize import parse_quants
+
+        settings = self.recipe.export
+        if self.export_dir.exists():
+            shutil.rmtree(self.export_dir)
+        report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
+                        self.export_dir, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads)
+        for item in report["artifacts"]:
+            parity = item["parity"]
+            self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
+                      f"{'passed' if parity['passed'] else 'FAILED: ' + '; '.join(parity['failures'])}")
+
+    def _eval(self) -> None:
+        from tinytitan.artifacts import parse_artifact
+        from tinytitan.evaluate import evaluate_task
+        from tinytitan.report import run_artifacts
+
+        settings = self.recipe.eval
+        schema_path = self.root / "schema.json"
+        schema = json.loads(schema_path.read_text()) if settings.constrained and schema_path.exists() else None
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        examples = self.report_dir / "examples"
+        if examples.exists():
+            shutil.rmtree(examples)
+        result = evaluate_task(run_artifacts(self.train_dir), str(self.data / "test.jsonl"), task=settings.task,
+                               limit=settings.rows or None, base_shots=settings.base_shots,
+                               kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
+                               threads=self.threads, out=examples, schema=schema,
+                               likelihood=settings.likelihood)
+        (self.report_dir / "eval.json").write_text(json.dumps({"result": result}, indent=1))
+
+    def _bench(self) -> None:
+        from tinytitan.report import _bench, run_artifacts
+
+        ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
+        bench = _bench(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"), self.recipe.report.bench_reps)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        (self.report_dir / "bench.json").write_text(json.dumps({"result": bench}, indent=1))
+
+    def _report(self) -> None:
+        from tinytitan.report import table_rows, write_report
+
+        evaluation = json.loads((self.report_dir / "eval.json").read_text())["result"]
+        bench_path = self.report_dir / "bench.json"
+        bench = json.loads(bench_path.read_text())["result"] if bench_path.exists() and self.recipe.report.bench else None
+        rows = table_rows(evaluation, bench)
+        pick = recommend(rows, self.recipe.eval.tolerance)
+        paths = write_report(self.train_dir, self.report_dir, evaluation, bench, recommended=pick,
+                             title=self.recipe.name)
+        serve = self._fleet(pick, evaluation)
+        summary = {"recipe": str(self.recipe.path), "run": str(self.root), "task": evaluation["task"],
+                   "rows": evaluation["rows"], "table": rows, "recommended": pick, "serve": serve,
+                   "report": str(paths["md"]), "html": str(paths["html"])}
+        (self.root / "summary.json").write_text(json.dumps(summary, indent=1))
+
+    def _fleet(self, pick: dict | None, evaluation: dict) -> str | None:
+        """RUN/fleet.toml serving the recommended artifact (with the schema), and the command for it."""
+        fleet = self.root / "fleet.toml"
+        if pick is None:
+            fleet.write_text("# no servable artifact passed: see the report\n")
+            return None
+        spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"])
+        base, _, adapter = spec.partition("+") if "+" in spec and not Path(spec).exists() else (spec, "", "")
+        lines = [f"# tinytitan serve --fleet {fleet}", f"# the recommended artifact of {self.recipe.path}: "
+                 f"{pick['artifact']} ({pick['metric']} {100 * pick['score']:.1f}%)",
+                 f"[tasks.{self.recipe.name}]", f"model = {json.dumps(_absolute(base))}"]
+        if adapter:
+            lines.append(f"adapter = {json.dumps(_absolute(adapter))}")
+        if (self.root / "schema.json").exists() and self.recipe.eval.constrained:
+            lines.append('schema = "schema.json"')
+        system = self._config().system
+        if system:
+            lines.append(f"system = {json.dumps(system)}")
+        lines += ["temperature = 0.0", f"max_tokens = {self.recipe.eval.max_tokens}"]
+        fleet.write_text("\n".join(lines) + "\n")
+        return f"tinytitan serve --fleet {fleet}"
+
+    def _finetune_units(self) -> float:
+        check = self.data / "check.json"
+        if not check.exists():
+            return 0
+        stats = json.loads(check.read_text())
+        config = self._config()
+        train_share = stats["splits"]["train"] / max(stats["usable"], 1)
+        return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
+
+    def _eval_units(self) -> float:
+        count = 3 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
+        rows = self.recipe.eval.rows or _lines(self.data / "test.jsonl")
+        return count * rows
+
+    def _bench_units(self) -> float:
+        return 1 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        stages = self.stages()
+        self._say(f"tinytitan run {self.recipe.path} -> {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        rates = _load_rates()
+        done = []
+        started = time.perf_counter()
+        for number, stage in enumerate(stages, start=1):
+            tag = f"[{number}/{len(stages)}] {stage.name}"
+            if not stage.applies():
+                self.state.pop(stage.name, None)
+                done.append({"stage": stage.name, "status": "not needed"})
+                self._say(f"{tag}: not needed")
+                continue
+            key = _digest(stage.inputs())
+            record = self.state.get(stage.name)
+            if not self.fresh and record and record["key"] == key and _unchanged(record["outputs"]):
+                done.append({"stage": stage.name, "status": "up to date"})
+                self._say(f"{tag}: up to date")
+                continue
+            left = sum(rates.get(s.name, DEFAULT_RATES[s.name]) * s.units() for s in stages[number - 1:] if s.applies())
+            self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
+            self.state.pop(stage.name, None)
+            self._save()
+            began = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result only (--json)
+                stage.work()
+            seconds = time.perf_counter() - began
+            outputs = {str(p): _sha(p) for p in stage.outputs()}
+            missing = [p for p in stage.outputs() if not p.exists()]
+            if missing:
+                raise TinyTitanError(f"stage {stage.name} did not write {missing[0]}")
+            self.state[stage.name] = {"key": key, "outputs": outputs, "seconds": round(seconds, 1),
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            self._save()
+            units = stage.units()
+            if units and seconds > 1:
+                rates[stage.name] = seconds / units
+            done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
+            self._say(f"{tag}: done in {_duration(seconds)}")
+        _save_rates(rates)
+        ran = [d for d in done if d["status"] == "ran"]
+        summary = json.loads((self.root / "summary.json").read_text())
+        summary.update(stages=done, seconds=round(time.perf_counter() - started, 1),
+                       nothing_to_do=not ran)
+        return summary
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_path)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def recommend(rows: list[dict], tolerance: float) -> dict | None:
+    """The smallest servable artifact within `tolerance` of the best servable score (gate passed)."""
+    servable = [r for r in rows if not r["artifact"].startswith("torch") and "few-shot" not in r["artifact"]
+                and "gate failed" not in r["artifact"]]
+    if not servable:
+        return None
+    best = max(r["score"] for r in servable)
+    return min((r for r in servable if r["score"] >= best - tolerance), key=lambda r: (r["size_mb"], -r["score"]))
+
+
+def print_summary(summary: dict) -> None:
+    if summary["nothing_to_do"]:
+        print(f"nothing to do: every stage of {summary['recipe']} is up to date ({summary['run']})")
+    rows = summary["table"]
+    metric = rows[0]["metric"].replace("_", " ") if rows else "score"
+    constrained = any(r.get("constrained") is not None for r in rows)
+    print(f"\n{summary['task']}: {summary['rows']} held-out rows; {metric} with its 95% interval"
+          + (", and with constrained decoding" if constrained else ""))
+    header = f"{'artifact':<44} {'size MB':>8} {metric:>12} {'95% CI':>13}"
+    header += f" {'constrained':>11}" if constrained else ""
+    print(header + f" {'KL':>8} {'decode tok/s':>12}")
+    recommended = (summary["recommended"] or {}).get("artifact")
+    for r in rows:
+        line = f"{r['artifact'][:44]:<44} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% " \
+               f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"
+        if constrained:
+            line += f" {_cell(r['constrained'], '{:.1%}'):>11}"
+        line += f" {_cell(r['kl'], '{:.4f}'):>8} {_cell(r.get('tg_tps'), '{:.1f}'):>12}"
+        print(line + ("  <- recommended" if r["artifact"] == recommended else ""))
+    print(f"\nreport: {summary['html']}")
+    if summary["serve"]:
+        print(f"serve the recommended artifact: {summary['serve']}")
+    else:
+        print("no servable artifact passed its parity gate: see the report")
+
+
+def _cell(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _prepare_files(recipe, out: Path) -> dict:
+    """A `files` task: the user's rows (any format `finetune` reads), split if need be, as JSONL."""
+    from tinytitan.data import load_examples, split_examples
+    from tinytitan.data_check import spec_from
+    from tinytitan.tasks import write_jsonl
+
+    config = recipe.finetune_config(out)
+    spec = spec_from(config)
+    loaded = {name: load_examples(path, spec) for name, path in recipe.sources.items()}
+    bad = [r for report in loaded.values() for r in report.rejected]
+    if bad and not config.skip_bad:
+        raise TinyTitanError(f"{len(bad)} bad rows (first: {bad[0]}); fix them or set finetune.skip_bad = true")
+    if "val" in loaded and "test" in loaded:
+        splits = {name: loaded[name].examples for name in ("train", "val", "test")}
+    else:
+        splits = split_examples(loaded["train"].examples, config.split, config.seed)
+        for name in ("val", "test"):
+            if name in loaded:
+                splits[name] = loaded[name].examples
+    return {name: write_jsonl(out / f"{name}.jsonl", (_row(e) for e in examples)) for name, examples in splits.items()}
+
+
+def _row(example) -> dict:
+    messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
+
+
+def _absolute(spec: str) -> str:
+    return spec if spec in ("base", "gemma-3-270m") else str(Path(spec).resolve())
+
+
+def _sha(path: Path) -> str | None:
+    from tinytitan.models import file_sha256
+
+    path = Path(path)
+    return file_sha256(path) if path.is_file() else None
+
+
+def _unchanged(outputs: dict) -> bool:
+    return all(Path(p).is_file() and _sha(Path(p)) == digest for p, digest in outputs.items())
+
+
+def _digest(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _load_rates() -> dict:
+    from tinytitan.models import home
+
+    try:
+        return json.loads((home() / "rates.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_rates(rates: dict) -> None:
+    from tinytitan.models import home
+
+    (home() / "rates.json").write_text(json.dumps(rates, indent=1))

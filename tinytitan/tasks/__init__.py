@@ -1,0 +1,59 @@
+"""Task datasets for recipes: each module turns a public dataset into prompt/completion rows.
+
+A task module has `prepare(sources: dict[str, Path], out: Path, **options) -> dict` that writes
+`train.jsonl`, `val.jsonl` and `test.jsonl` into `out` and returns counts, and may have
+`score(outputs, examples) -> dict` for metrics the generic task kinds do not cover (chess: legal
+moves and mates). Splits are by a hash of the prompt (or of a group key), so they never change
+between runs and identical prompts never straddle splits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from tinytitan.errors import TinyTitanError
+
+TASKS = {
+    "ingredients": "tinytitan.tasks.ingredients",
+    "banking77": "tinytitan.tasks.banking77",
+    "bedtime-stories": "tinytitan.tasks.stories",
+    "chess-mate-in-one": "tinytitan.tasks.chess_mates",
+}
+
+
+def task_module(name: str):
+    if name not in TASKS:
+        raise TinyTitanError(f"unknown task {name!r} (known: {', '.join(TASKS)}; or give data files directly)")
+    return importlib.import_module(TASKS[name])
+
+
+def write_jsonl(path: Path, rows) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def split_name(key: str, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """train | val | test for a key, stable across runs (the same hash `data.split_of` uses)."""
+    import hashlib
+
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    if value < ratios[0]:
+        return "train"
+    return "val" if value < ratios[0] + ratios[1] else "test"
+
+
+def need_file(sources: dict, name: str, what: str) -> Path:
+    path = sources.get(name)
+    if path is None:
+        raise TinyTitanError(f"the recipe gives no `{name}` source ({what})")
+    path = Path(path)
+    if not path.is_file():
+        raise TinyTitanError(f"{path}: no such file ({what})")
+    return path
