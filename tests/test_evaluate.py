@@ -174,3 +174,29 @@ def test_run_benchmark_picks_by_likelihood(tiny_llama, tmp_path):
     correct = [np.argmax(tiny_llama.logprob_sums(benchmarks.requests_for(tiny_llama, prefix, item))) == item.gold
                for item in items]
     assert found["acc"] == pytest.approx(100 * np.mean(correct))
+
+
+def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path):
+    """With a schema, llama.cpp artifacts are also decoded under its grammar: every such output is valid
+    JSON of the schema; classification without likelihoods is scored by generation."""
+    from tinytitan.artifacts import Artifact, parse_artifact
+    from tinytitan.evaluate import evaluate_task
+
+    gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
+    data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(["cat", "dog", "red"]), "n": rng.randint(0, 3)})
+    schema = {"type": "object", "properties": {"w": {"enum": ["cat", "dog", "red"]}, "n": {"enum": [0, 1, 2, 3]}},
+              "required": ["w", "n"], "additionalProperties": False}
+    report = evaluate_task([gguf], str(data), schema=schema, max_tokens=24, out=tmp_path / "out")
+    (figures,) = report["results"]
+    assert figures["constrained"]["json_valid"] == 1.0 and figures["json_valid"] < 1.0  # the random model, free
+    record = json.loads((tmp_path / "out" / "tiny.jsonl").read_text().splitlines()[0])
+    assert json.loads(record["constrained_output"])["w"] in ("cat", "dog", "red")
+
+    labels = _rows(tmp_path / "labels.jsonl", lambda rng: rng.choice(["cat", "dog", "mat"]))
+    report = evaluate_task([gguf], str(labels), likelihood=False, max_tokens=8)
+    (figures,) = report["results"]
+    assert figures["scored_by"] == "generation" and "likelihood" not in figures
+    assert figures["score"] == figures["generation"]["accuracy"]
+    assert figures["constrained"]["accuracy"] >= 0 and set(figures["constrained"]["labels"]) <= {"cat", "dog", "mat"}
+    result = run_cli("eval", str(tiny[0]), "--data", str(data), "--schema", str(tmp_path / "missing.json"))
+    assert result.returncode == 1 and "--schema" in result.stderr and "Traceback" not in result.stderr

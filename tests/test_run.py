@@ -63,7 +63,7 @@ def test_run_then_rerun_then_change_the_quant_list(recipe):
     run = recipe / "run"
     assert (run / "report" / "report.html").exists() and (run / "fleet.toml").exists()
     schema = json.loads((run / "schema.json").read_text())
-    assert list(schema["properties"]) == ["w", "n"] and schema["properties"]["w"]["enum"] == ["blue", "cat", "dog"]
+    assert list(schema["properties"]) == ["w", "n"] and schema["properties"]["w"]["enum"] == ["cat", "dog", "red"]
     artifacts = [r["artifact"] for r in summary["table"]]
     assert artifacts[0].startswith("torch") and any("f16" in a for a in artifacts) and artifacts[-1] == "base (few-shot)"
     assert all(r["constrained"] is not None for r in summary["table"] if "torch" not in r["artifact"])

@@ -181,6 +181,12 @@ def test_json_schema_output_validates(client):
     for seed in range(4):
         content = chat(client, model="json", max_tokens=100, temperature=1.0, seed=seed).choices[0].message.content
         jsonschema.validate(json.loads(content), SCHEMA)
+    for order in (["a", "b"], ["b", "a"]):  # each request's own key order, though the schemas are equal as sets
+        props = {"a": {"enum": [1]}, "b": {"enum": [2]}}
+        schema_ab = {"type": "object", "properties": {k: props[k] for k in order}, "required": order}
+        content = chat(client, max_tokens=20, response_format={"type": "json_schema", "json_schema": {
+            "name": "o", "schema": schema_ab}}).choices[0].message.content
+        assert list(json.loads(content)) == order
     free = chat(client, model="json", max_tokens=12, response_format={"type": "text"}).choices[0].message.content
     assert free == chat(client, max_tokens=12, content="Answer in JSON.\n\nthe cat sat").choices[0].message.content
     obj = chat(client, max_tokens=200, temperature=0.7, seed=3, response_format={"type": "json_object"})
@@ -216,6 +222,12 @@ def test_errors_are_openai_errors(client):
             "type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}}})
     assert "'minimum' is not supported" in caught.value.body["message"]
     assert caught.value.body["code"] == "unsupported_schema_feature"
+    with pytest.raises(openai.BadRequestError) as caught:  # llama.cpp refuses a left-recursive grammar: 400
+        chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}})
+    assert caught.value.body["code"] == "invalid_schema"
+    with pytest.raises(openai.BadRequestError) as caught:  # JSON allows a lone surrogate; text does not
+        chat(client, content="bad \ud83d text")
+    assert caught.value.body["param"] == "messages.0.content"
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, content="the cat sat " * 200)
     assert caught.value.body["code"] == "context_length_exceeded" and "512" in caught.value.body["message"]
@@ -293,7 +305,7 @@ def test_fleet_file_errors(tmp_path, fleet):
     cases = [("[tasks.x]\nmodle = 'base'\n", "tasks.x: unknown key 'modle'"),
              ("[tasks.x]\nadapter = 'missing.gguf'\n", "tasks.x.adapter"),
              (f"[tasks.x]\nschema = {{ type = 'string', pattern = 'a' }}\n", "'pattern' is not supported"),
-             ("[tasks.x]\ntemperature = 'hot'\n", "tasks.x.temperature: 'hot' is not float"),
+             ("[tasks.x]\ntemperature = 'hot'\n", "tasks.x.temperature: 'hot' is not valid"),
              ("[server]\nport = 1\n", "unknown top-level key 'server'"),
              ("tasks = 3\n", "no tasks")]
     for text, message in cases:

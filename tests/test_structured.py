@@ -94,6 +94,7 @@ def test_json_object_grammar_gives_objects(tiny_model):
     ({"$ref": "https://example.com/schema.json"}, "$ref"),
     ({"type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}, "multipleOf"),
     ({"type": "object", "patternProperties": {"^a": {"type": "string"}}}, "patternProperties"),
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True}, "additionalProperties"),
 ])
 def test_unsupported_features_are_named(schema, feature):
     with pytest.raises(SchemaError) as caught:
@@ -110,6 +111,24 @@ def test_bad_schemas_say_where():
         schema_to_grammar({"type": "array", "minItems": 2, "maxItems": 1})
     with pytest.raises(SchemaError, match="a schema must be a JSON object"):
         schema_to_grammar(["type"])
+    with pytest.raises(SchemaError, match=r"/maxLength: expected a whole number in \[0, 2000\]"):
+        schema_to_grammar({"type": "string", "maxLength": 5000})  # llama.cpp would drop the bound silently
+    with pytest.raises(SchemaError, match="only local references"):
+        schema_to_grammar({"$ref": []})
+    with pytest.raises(SchemaError, match="'x' is required: give it a schema in properties"):
+        schema_to_grammar({"type": "object", "required": ["x"], "additionalProperties": {"type": "integer"}})
+    with pytest.raises(SchemaError, match="no enum/const value is of type integer"):
+        schema_to_grammar({"type": "integer", "enum": [1.5]})
+    assert '"2.0"' in schema_to_grammar({"type": "integer", "enum": [1.5, 2.0]})  # 2.0 is an integer
+
+
+def test_grammars_llama_cpp_refuses_are_found_before_use(tiny_model):
+    from tinytitan.engines.sampling import grammar_error
+
+    assert grammar_error(tiny_model, schema_to_grammar(RECORD)) is None
+    looping = schema_to_grammar({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
+                                 "$ref": "#/$defs/a"})
+    assert "refuses" in grammar_error(tiny_model, looping)  # left recursion: llama.cpp will not run it
 
 
 def test_grammar_accepts_exactly_the_canonical_form(tiny_model):

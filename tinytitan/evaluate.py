@@ -18,6 +18,7 @@ longer output is wrong for exact match anyway), capped by --max-tokens.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -49,6 +50,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kl-reference", default=None, metavar="ARTIFACT",
                         help="also measure KL divergence against this artifact (e.g. the run folder)")
     parser.add_argument("--max-tokens", type=options.positive_int, default=256, help="generation cap per row")
+    parser.add_argument("--schema", default=None, metavar="SCHEMA.json",
+                        help="JSON tasks: also decode constrained by this JSON schema (llama.cpp artifacts)")
+    parser.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=True,
+                        help="classification: score every label's likelihood too (default: on; slow with many labels)")
     parser.add_argument("--out", default=None, help="folder for per-example JSONL files and eval.json")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the base model's examples")
@@ -70,7 +75,9 @@ def run(args) -> None:
         result["task"] = evaluate_task(artifacts, args.data, task=args.task, spec=options.data_spec_from(args),
                                        limit=args.limit, base_shots=args.base_shots, shots_data=args.shots_data,
                                        kl_reference=reference, max_tokens=args.max_tokens, threads=args.threads,
-                                       seed=args.seed, out=Path(args.out) if args.out else None)
+                                       seed=args.seed, out=Path(args.out) if args.out else None,
+                                       schema=_read_schema(args.schema) if args.schema else None,
+                                       likelihood=args.likelihood)
     if args.benchmark:
         result["benchmarks"] = evaluate_benchmarks(artifacts, args.benchmark, Path(args.benchmark_dir),
                                                    args.shots, args.limit, args.threads)
@@ -81,6 +88,19 @@ def run(args) -> None:
         print(json.dumps(result))
     else:
         print_result(result)
+
+
+def _read_schema(path: str) -> dict:
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise TinyTitanError(f"--schema {path}: not a readable JSON file ({error})") from None
+    if not isinstance(schema, dict):
+        raise TinyTitanError(f"--schema {path}: expected a JSON schema object")
+    from tinytitan.structured import schema_to_grammar
+
+    schema_to_grammar(schema)  # refuse what the decoder cannot enforce, before any scoring
+    return schema
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,14 +375,16 @@ def print_result(result: dict) -> None:
     task = result.get("task")
     if task:
         print(f"{task['data']}: {task['task']}, {task['rows']} rows")
-        header = f"{'artifact':<34} {'size MB':>8} {task['results'][0]['headline']:>12} {'95% CI':>15} " \
+        headline = task["results"][0]["headline"]
+        header = f"{'artifact':<34} {'size MB':>8} {headline:>12} {'95% CI':>15} {'constrained':>11} " \
                  f"{'ref ppl':>8} {'KL':>8} {'seconds':>8}"
         print(header)
         for r in task["results"]:
             kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
+            constrained = f"{100 * r['constrained'][headline]:.1f}%" if headline in r.get("constrained", {}) else "-"
             print(f"{r['artifact'][:34]:<34} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% "
-                  f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}% {r['reference_perplexity']:>8.3f} "
-                  f"{kl:>8} {r['seconds']:>8.1f}")
+                  f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}% {constrained:>11} "
+                  f"{r['reference_perplexity']:>8.3f} {kl:>8} {r['seconds']:>8.1f}")
     for b in result.get("benchmarks", []):
         print(f"{b['artifact']:<24} {b['benchmark']:<14} {b['shots']:>2}-shot {b['items']:>5} items  "
               f"acc {b['acc']:5.1f}  acc_norm {b['acc_norm']:5.1f}  (published {b['published']}, "

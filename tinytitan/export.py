@@ -66,7 +66,8 @@ def run(args) -> None:
 
 
 def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=64, gate_data=None,
-           max_tokens=128, force=False, threads=None) -> dict:
+           max_tokens=128, force=False, threads=None, name: str | None = None) -> dict:
+    """Build, gate and publish; files are named `<name>-<type>.gguf` (name: the run folder's, by default)."""
     from tinytitan.engines.torch import TorchEngine
     from tinytitan.runs import load_run_model
     from tinytitan.torch_model import load_tokenizer
@@ -81,7 +82,8 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        built = _build(run, config, ref, model, tokenizer, targets, quants, staging, weights, train_rows, threads)
+        built = _build(run, config, ref, model, tokenizer, targets, quants, staging, weights, train_rows, threads,
+                       name or run.name)
         candidates = _candidates(built, ref, threads, n_ctx=max(512, int(config["max_length"]) + max_tokens))
         from tinytitan.gate import run_gate
         from tinytitan.progress import progress_bar
@@ -154,13 +156,13 @@ def _rows(config: dict, tokenizer, gate_data: str | None, gate_rows: int):
     return held_out[:gate_rows], prepared.splits["train"]
 
 
-def _build(run, config, ref, model, tokenizer, targets, quants, staging: Path, weights, train_rows, threads) -> list[dict]:
+def _build(run, config, ref, model, tokenizer, targets, quants, staging: Path, weights, train_rows, threads,
+           name: str) -> list[dict]:
     """Write every requested artifact into `staging`; returns [{label, kind, path, quant, imatrix}]."""
     from tinytitan import gguf_export
     from tinytitan.quantize import quantize
 
     built = []
-    name = run.name
     metadata = {"general.finetune": name, "tinytitan.run": str(run.resolve()), "tinytitan.base_sha256": ref.sha256,
                 "tinytitan.method": config["method"]}
     if "gguf" in targets:

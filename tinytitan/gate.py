@@ -27,7 +27,8 @@ from tinytitan.engines import SamplingParams
 THRESHOLDS = {
     "exact": (0.001, 0.995, 0.98),  # HF / PEFT folders: the same fp32 weights
     "F32": (0.005, 0.98, 0.95), "F16": (0.005, 0.98, 0.95), "BF16": (0.01, 0.97, 0.93),
-    "ADAPTER": (0.01, 0.97, 0.95),
+    # the adapter runs on the Q4_K_M base, whose matmuls quantize activations: it sits with Q8_0 (see docs)
+    "ADAPTER": (0.02, 0.96, 0.90),
     "Q8_0": (0.02, 0.96, 0.90), "Q6_K": (0.04, 0.95, 0.85),
     "Q5_K_M": (0.07, 0.93, 0.80), "Q5_K_S": (0.07, 0.93, 0.80), "Q5_0": (0.07, 0.93, 0.80), "Q5_1": (0.07, 0.93, 0.80),
     "Q4_K_M": (0.15, 0.90, 0.70), "Q4_K_S": (0.15, 0.90, 0.70), "Q4_0": (0.20, 0.88, 0.65), "Q4_1": (0.20, 0.88, 0.65),

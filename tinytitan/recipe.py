@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +103,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         if not isinstance(raw[section], dict):
             raise TinyTitanError(f"{path}: [{section}] must be a table")
     name = raw.get("name") or path.stem
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise TinyTitanError(f"{path}: name {name!r} must be letters, digits, - and _")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise TinyTitanError(f"{path}: name {name!r} must be ASCII letters, digits, - and _ (it names files and the "
+                             f"served model)")
     output = Path(raw.get("output") or f"runs/{name}")
     kind, sources, options = _task(path, dict(raw.get("task", {})))
     finetune = dict(raw.get("finetune", {}))

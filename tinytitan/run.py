@@ -92,7 +92,8 @@ class Pipeline:
         r = self.recipe
         return [
             Stage("prepare", lambda: {"kind": r.kind, "options": r.options, "format": FORMAT,
-                                      "sources": {k: _sha(p) for k, p in sorted(r.sources.items())}},
+                                      "sources": {k: _sha(p) for k, p in sorted(r.sources.items())},
+                                      "reading": self._reading_key()},
                   lambda: [self.data / f"{s}.jsonl" for s in ("train", "val", "test")] + [self.data / "prepared.json"],
                   self._prepare, lambda: 1),
             Stage("check", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
@@ -118,7 +119,9 @@ class Pipeline:
                   lambda: [self.report_dir / "bench.json"], self._bench, self._bench_units,
                   applies=lambda: r.report.bench),
             Stage("report", lambda: {"eval": self._hashes("eval"), "bench": self._hashes("bench"),
-                                     "tolerance": r.eval.tolerance, "format": FORMAT},
+                                     "tolerance": r.eval.tolerance, "format": FORMAT, "name": r.name,
+                                     "serving": [r.eval.max_tokens, r.eval.constrained, self._config().system],
+                                     "schema": self._hashes("schema")},
                   lambda: [self.report_dir / "report.md", self.report_dir / "report.html", self.root / "fleet.toml",
                            self.root / "summary.json"],
                   self._report, lambda: 1),
@@ -132,6 +135,14 @@ class Pipeline:
 
         return {k: v for k, v in self._config().as_dict().items() if k not in RESUMABLE_CHANGES | {"train", "val", "test"}}
 
+    def _reading_key(self) -> dict:
+        """What `files` rows depend on besides the files: how they are read and split."""
+        if self.recipe.kind != "files":
+            return {}
+        config = self._config().as_dict()
+        return {k: config[k] for k in ("format", "input_column", "output_columns", "input_template", "columns",
+                                       "system", "split", "seed", "skip_bad", "max_bad_fraction")}
+
     def _model_sha(self) -> str:
         from tinytitan.models import resolve
 
@@ -141,8 +152,14 @@ class Pipeline:
         return self.state.get(stage, {}).get("outputs", {})
 
     def _is_json_task(self) -> bool:
-        check = self.data / "check.json"
-        return check.exists() and "fields" in json.loads(check.read_text())
+        """Every training completion a JSON object: the task gets a schema."""
+        from tinytitan.data import DataSpec, load_examples
+
+        train = self.data / "train.jsonl"
+        if not train.exists():
+            return False
+        completions = [e.completion for e in load_examples(train, DataSpec()).examples]
+        return bool(completions) and all(c.startswith("{") and isinstance(_json(c), dict) for c in completions)
 
     def _prepare(self) -> None:
         if self.data.exists():
@@ -205,7 +222,8 @@ class Pipeline:
         if self.export_dir.exists():
             shutil.rmtree(self.export_dir)
         report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
-                        self.export_dir, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads)
+                        self.export_dir, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
+                        name=self.recipe.name)
         for item in report["artifacts"]:
             parity = item["parity"]
             self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
@@ -264,14 +282,14 @@ class Pipeline:
         base, _, adapter = spec.partition("+") if "+" in spec and not Path(spec).exists() else (spec, "", "")
         lines = [f"# tinytitan serve --fleet {fleet}", f"# the recommended artifact of {self.recipe.path}: "
                  f"{pick['artifact']} ({pick['metric']} {100 * pick['score']:.1f}%)",
-                 f"[tasks.{self.recipe.name}]", f"model = {json.dumps(_absolute(base))}"]
+                 f"[tasks.{self.recipe.name}]", f"model = {_toml(_absolute(base))}"]
         if adapter:
-            lines.append(f"adapter = {json.dumps(_absolute(adapter))}")
+            lines.append(f"adapter = {_toml(_absolute(adapter))}")
         if (self.root / "schema.json").exists() and self.recipe.eval.constrained:
             lines.append('schema = "schema.json"')
         system = self._config().system
         if system:
-            lines.append(f"system = {json.dumps(system)}")
+            lines.append(f"system = {_toml(system)}")
         lines += ["temperature = 0.0", f"max_tokens = {self.recipe.eval.max_tokens}"]
         fleet.write_text("\n".join(lines) + "\n")
         return f"tinytitan serve --fleet {fleet}"
@@ -305,6 +323,9 @@ class Pipeline:
             tag = f"[{number}/{len(stages)}] {stage.name}"
             if not stage.applies():
                 self.state.pop(stage.name, None)
+                for output in stage.outputs():  # a stale output (a schema of an earlier JSON task) must not linger
+                    if output.is_file():
+                        output.unlink()
                 done.append({"stage": stage.name, "status": "not needed"})
                 self._say(f"{tag}: not needed")
                 continue
@@ -387,6 +408,11 @@ def print_summary(summary: dict) -> None:
         print("no servable artifact passed its parity gate: see the report")
 
 
+def _toml(text: str) -> str:
+    """A TOML basic string (JSON's escapes, non-ASCII kept as is: TOML has no surrogate pairs)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _cell(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
@@ -414,8 +440,22 @@ def _prepare_files(recipe, out: Path) -> dict:
 
 
 def _row(example) -> dict:
+    """One example as JSONL: prompt/completion (a JSON completion as the object it is), or messages."""
     messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    roles = [m["role"] for m in messages]
+    if roles in (["user"], ["system", "user"]):
+        completion = _json(example.completion)
+        row = {"prompt": messages[-1]["content"],
+               "completion": completion if isinstance(completion, (dict, list)) else example.completion}
+        return {**row, "system": messages[0]["content"]} if roles[0] == "system" else row
     return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _absolute(spec: str) -> str:

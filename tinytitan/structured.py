@@ -32,7 +32,7 @@ SUPPORTED = {"type", "properties", "required", "additionalProperties", "items", 
              "maxItems", "enum", "const", "anyOf", "minLength", "maxLength", "format", "$ref"} | ANNOTATIONS
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 FORMATS = ("date", "time", "date-time", "uuid")
-MAX_REPEAT = 10_000  # minItems / maxLength above this make a grammar too large to be useful
+MAX_REPEAT = 2000  # llama.cpp's grammar parser caps {m,n} repetitions at 2000 (MAX_REPETITION_THRESHOLD)
 
 # One canonical spelling per value: no whitespace, escapes as json.dumps(ensure_ascii=False) writes them.
 PRIMITIVES = {
@@ -102,6 +102,24 @@ def literal(text: str) -> str:
 
 def canonical_json(value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_text(value, where: str = "") -> None:
+    """Every string in `value` (keys too) is encodable text: JSON allows lone surrogates ("\\ud83d"),
+    UTF-8 does not, and a model can only read or write UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TinyTitanError(f"{where or 'text'}: contains a lone surrogate (\\ud800-\\udfff), which is not "
+                                 f"text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}.{index}" if where else str(index))
 
 
 def json_object_grammar() -> str:
@@ -216,8 +234,8 @@ class _Converter:
         if not isinstance(values, list) or not values:
             raise SchemaError(where + "/enum", "expected a non-empty list of values")
         if kind is not None:
-            kinds = {kind} | ({"number"} if kind == "integer" else set())
-            values = [v for v in values if _json_type(v) in kinds or (kind == "number" and _json_type(v) == "integer")]
+            values = [v for v in values if _json_type(v) == kind or (kind == "number" and _json_type(v) == "integer")
+                      or (kind == "integer" and isinstance(v, float) and v.is_integer())]
             if not values:
                 raise SchemaError(where, f"no enum/const value is of type {kind}")
         rest = set(schema) - ANNOTATIONS - {"type", "enum", "const"}
@@ -226,11 +244,11 @@ class _Converter:
         return "(" + " | ".join(literal(canonical_json(v)) for v in values) + ")"
 
     def ref(self, ref, where: str) -> str:
-        if ref in self.refs:
-            return self.refs[ref]
         if not isinstance(ref, str) or not ref.startswith("#"):
             raise SchemaError(where + "/$ref", f"only local references (#/$defs/...) are supported, not {ref!r}",
                               "$ref")
+        if ref in self.refs:
+            return self.refs[ref]
         target = self.root
         for part in [p for p in ref[1:].split("/") if p]:
             part = part.replace("~1", "/").replace("~0", "~")
@@ -251,16 +269,17 @@ class _Converter:
         if not isinstance(required, list) or any(not isinstance(r, str) for r in required):
             raise SchemaError(where + "/required", "expected a list of property names")
         missing = [r for r in required if r not in properties]
-        if missing and extra is False:
-            raise SchemaError(where + "/required", f"{missing[0]!r} is required but has no schema in properties")
+        if missing:
+            raise SchemaError(where + "/required", f"{missing[0]!r} is required: give it a schema in properties")
+        if properties and extra is not False:
+            # an extra key could repeat a declared one with another value, and JSON keeps the last
+            raise SchemaError(where + "/additionalProperties", "additionalProperties next to properties is not "
+                                                               "supported (set it to false)", "additionalProperties")
         pairs = []  # (rule for `"key":value`, required?)
         for key, sub in properties.items():
             value = self.visit(sub, f"{where}/properties/{_escape_pointer(key)}")
             pairs.append((self.rule(f"{where}-{key}-kv", f"{literal(canonical_json(key))} \":\" {value}"),
                           key in required))
-        for key in missing:  # required but unspecified: any value
-            pairs.append((self.rule(f"{where}-{key}-kv", f"{literal(canonical_json(key))} \":\" value"), True))
-            self.primitive("value")
         additional = None
         if extra is not False:
             value = self.visit({} if extra is True else extra, f"{where}/additionalProperties")

@@ -250,14 +250,12 @@ class LlamaEngine(Engine):
 
     def generate_greedy_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int, *,
                               budgets: Sequence[int] | None = None, grammar: str | None = None,
-                              sequences: int = 8) -> list[str]:
+                              sequences: int = 16) -> list[str]:
         """Greedy completions of many prompts, `sequences` at a time in one llama.cpp context: each step
         decodes one token of every unfinished sequence in a single batch, which on a CPU costs little
         more than one token alone. With `grammar` (GBNF), each sequence is constrained by it
         (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget."""
         import llama_cpp
-
-        from tinytitan.engines.sampling import Sampler, Sampling
 
         prompts = [list(p) for p in prompts]
         budgets = [min(b, max_tokens) for b in (budgets or [max_tokens] * len(prompts))]
@@ -274,47 +272,58 @@ class LlamaEngine(Engine):
                 group = order[start:start + sequences]
                 llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
                 states = []  # [row, seq, position, tokens, sampler, next token]
-                for seq, row in enumerate(group):
-                    prompt = prompts[row]
-                    for offset in range(0, len(prompt), self.n_batch):
-                        part = prompt[offset:offset + self.n_batch]
-                        self._fill(batch, [(t, offset + k, seq, offset + k == len(prompt) - 1)
-                                           for k, t in enumerate(part)])
-                        if llama_cpp.llama_decode(ctx, batch) != 0:
-                            raise TinyTitanError(f"llama.cpp failed to decode a prompt of {len(prompt)} tokens")
-                    sampler = Sampler(self, Sampling(max_tokens=budgets[row], temperature=0), grammar) \
-                        if grammar else None
-                    first = self._pick(ctx, sampler, batch.n_tokens - 1)
-                    states.append([row, seq, len(prompt), [], sampler, first])
-                while True:
-                    active = []
+                try:
+                    self._run_group(ctx, batch, group, prompts, budgets, grammar, states, results)
+                finally:
                     for state in states:
-                        row, _, _, tokens, _, token = state
-                        if token is None:
-                            continue
-                        if token in self.end_ids:
-                            state[5] = None
-                            continue
-                        tokens.append(token)
-                        if len(tokens) >= budgets[row]:
-                            state[5] = None
-                            continue
-                        active.append(state)
-                    if not active:
-                        break
-                    self._fill(batch, [(s[3][-1], s[2], s[1], True) for s in active])
-                    if llama_cpp.llama_decode(ctx, batch) != 0:
-                        raise TinyTitanError("llama.cpp failed to decode a batch of tokens")
-                    for index, state in enumerate(active):
-                        state[2] += 1
-                        state[5] = self._pick(ctx, state[4], index)
-                for row, _, _, tokens, sampler, _ in states:
-                    results[row] = self.detokenize(tokens)
-                    if sampler is not None:
-                        sampler.close()
+                        if state[4] is not None:
+                            state[4].close()
         finally:
             llama_cpp.llama_batch_free(batch)
         return results
+
+    def _run_group(self, ctx, batch, group, prompts, budgets, grammar, states, results) -> None:
+        """Decode one group of prompts to the end (`states` collects each sequence's state)."""
+        import llama_cpp
+
+        from tinytitan.engines.sampling import Sampler, Sampling
+
+        for seq, row in enumerate(group):
+            prompt = prompts[row]
+            for offset in range(0, len(prompt), self.n_batch):
+                part = prompt[offset:offset + self.n_batch]
+                self._fill(batch, [(t, offset + k, seq, offset + k == len(prompt) - 1)
+                                   for k, t in enumerate(part)])
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise TinyTitanError(f"llama.cpp failed to decode a prompt of {len(prompt)} tokens")
+            sampler = Sampler(self, Sampling(max_tokens=budgets[row], temperature=0), grammar) \
+                if grammar else None
+            first = self._pick(ctx, sampler, batch.n_tokens - 1)
+            states.append([row, seq, len(prompt), [], sampler, first])
+        while True:
+            active = []
+            for state in states:
+                row, _, _, tokens, _, token = state
+                if token is None:
+                    continue
+                if token in self.end_ids:
+                    state[5] = None
+                    continue
+                tokens.append(token)
+                if len(tokens) >= budgets[row]:
+                    state[5] = None
+                    continue
+                active.append(state)
+            if not active:
+                break
+            self._fill(batch, [(s[3][-1], s[2], s[1], True) for s in active])
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise TinyTitanError("llama.cpp failed to decode a batch of tokens")
+            for index, state in enumerate(active):
+                state[2] += 1
+                state[5] = self._pick(ctx, state[4], index)
+        for row, _, _, tokens, _, _ in states:
+            results[row] = self.detokenize(tokens)
 
     def _pick(self, ctx, sampler, index: int) -> int:
         import llama_cpp
@@ -347,6 +356,7 @@ class LlamaEngine(Engine):
         params.n_ctx = sequences * per_sequence
         params.n_batch = params.n_ubatch = max(self.n_batch, sequences)
         params.n_seq_max = sequences
+        params.kv_unified = True  # one cache for all sequences: any subset of them decodes as one batch
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.swa_full = False
@@ -359,7 +369,9 @@ class LlamaEngine(Engine):
         if adapter:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
             scales = (ctypes.c_float * 1)(self.llm.lora_scale)
-            llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales)
+            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+                llama_cpp.llama_free(ctx)
+                raise TinyTitanError(f"llama.cpp could not set the adapter {self.lora} on a batch context")
         self._batch_ctx = (sequences, per_sequence, ctx)
         return ctx
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytitan.engines.llama import quiet_native_stderr
 from tinytitan.errors import TinyTitanError
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
@@ -63,18 +62,15 @@ class Sampler:
             if sampling.top_p < 1:
                 add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
             add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            # 0xFFFFFFFF is llama.cpp's "pick a random seed": seeds are taken modulo 2^32 - 1
             seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-            add(llama_cpp.llama_sampler_init_dist(seed))
+            add(llama_cpp.llama_sampler_init_dist(seed % 0xFFFFFFFF))
         self.grammar = None
-        if grammar is not None:
-            with quiet_native_stderr():
-                self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+        if grammar is not None:  # checked at admission (`grammar_error`); llama.cpp logs nothing here
+            self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not self.grammar:
                 self.close()
                 raise TinyTitanError("llama.cpp could not parse the grammar made from the schema")
-        # llama.cpp's grammar decodes UTF-8 leniently (an overlong or out-of-range sequence counts as one
-        # character), so constrained output also keeps its bytes strictly valid UTF-8: a string's length
-        # is then what the grammar counted, and no character is lost to U+FFFD
         self.pending = b""  # an incomplete UTF-8 character at the end of the output so far
         self.candidates = np.zeros(model.n_vocab, TOKEN_DATA)
         self.ids = np.arange(model.n_vocab, dtype=np.int32)
@@ -103,7 +99,7 @@ class Sampler:
         token = self._apply_chain(self._fill(logits))
         if self.grammar is not None:
             banned: list[int] = []
-            while not (self._grammar_allows(token) and self._keeps_utf8(token)):
+            while not (self._grammar_allows(token) and self._writes_text(token) and self._keeps_utf8(token)):
                 banned.append(token)
                 if len(banned) > 4096:  # cannot happen with a sound grammar; never spin forever
                     raise TinyTitanError("structured output reached a state no token can continue")
@@ -114,6 +110,11 @@ class Sampler:
             self.lib.llama_sampler_accept(self.grammar, token)
         self.lib.llama_sampler_accept(self.chain, token)
         return token
+
+    def _writes_text(self, token: int) -> bool:
+        """The grammar reads control tokens as their text (`<mask>`...) but they print as nothing:
+        under a grammar only end tokens may be silent."""
+        return token in self.model.end_ids or self.model.piece(token) != b""
 
     def _keeps_utf8(self, token: int) -> bool:
         """Does the output stay valid UTF-8 (or a prefix of it) with this token? If so, take it."""
@@ -140,3 +141,20 @@ class Sampler:
         if self.grammar:
             self.lib.llama_sampler_free(self.grammar)
             self.grammar = None
+
+
+
+def grammar_error(model, grammar: str) -> str | None:
+    """None if llama.cpp accepts the grammar for this model's vocabulary, else why not (llama.cpp's
+    own message is logged, not returned: left recursion, a repetition over its limit...)."""
+    import llama_cpp
+
+    try:
+        pointer = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+    except UnicodeEncodeError:
+        return "the grammar is not UTF-8 text"
+    if not pointer:
+        return "llama.cpp refuses the grammar made from it (a rule that refers to itself before any text, or " \
+               "a repetition over 2000)"
+    llama_cpp.llama_sampler_free(pointer)
+    return None

@@ -128,9 +128,13 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
                   description="OpenAI-compatible local server for Gemma 3 270M task specialists.")
     fleet = {task.name: task for task in tasks}
     models = {task.name: backend.model(task.model) if task.model else _default_model(backend) for task in tasks}
-    for task in tasks:  # adapters load (and are validated) at start-up, not on a first request
+    from tinytitan.engines.sampling import grammar_error
+
+    for task in tasks:  # adapters and schemas are checked at start-up, not on a first request
         if task.adapter:
             models[task.name].adapter(task.adapter)
+        if task.grammar and (problem := grammar_error(models[task.name], task.grammar)):
+            raise TinyTitanError(f"task {task.name}: its schema cannot be enforced: {problem}")
     metrics = Metrics(backend)
     grammars: OrderedDict[str, str] = OrderedDict()  # schema text -> grammar, the most recent 64
     started = int(time.time())
@@ -179,20 +183,22 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
 
     @app.post("/v1/chat/completions", response_model=api.ChatCompletion, responses={**post_errors, **stream_doc})
     async def chat_completions(body: api.ChatCompletionRequest, request: Request):
+        _check_text(body)
         task = _task(fleet, body.model)
         model = models[task.name]
         prompts = [_chat_prompt(model, task, body)]
-        job, n = _job(backend, model, task, body, prompts, _grammar(task, body.response_format, grammars),
+        job, n = _job(backend, model, task, body, prompts, _grammar(model, task, body.response_format, grammars),
                       body.max_completion_tokens)
         return await _respond(request, backend, metrics, job, body, n, chat=True, route="chat")
 
     @app.post("/v1/completions", response_model=api.Completion, responses={**post_errors, **stream_doc})
     async def completions(body: api.CompletionRequest, request: Request):
+        _check_text(body)
         task = _task(fleet, body.model)
         model = models[task.name]
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         prompts = [model.tokenize(text, bos=True) for text in texts]  # user text: never control tokens
-        grammar = _grammar(task, body.response_format, grammars)
+        grammar = _grammar(model, task, body.response_format, grammars)
         job, n = _job(backend, model, task, body, prompts, grammar, None)
         echo = texts if body.echo else None
         return await _respond(request, backend, metrics, job, body, n, chat=False, route="completions", echo=echo)
@@ -317,7 +323,20 @@ def _chat_prompt(model, task: Task, body: api.ChatCompletionRequest) -> list[int
         raise ApiError(400, f"messages: {error}", "messages") from None
 
 
-def _grammar(task: Task, response_format, cache: OrderedDict) -> str | None:
+def _check_text(body) -> None:
+    """A lone surrogate ("\\ud83d" is valid JSON) is not text a model can read: 400, naming where."""
+    from tinytitan.structured import check_text
+
+    try:
+        check_text(body.model_dump(by_alias=True, exclude_none=True))
+    except TinyTitanError as error:
+        param = str(error).split(":", 1)[0]
+        raise ApiError(400, str(error), param, "invalid_value") from None
+
+
+def _grammar(model, task: Task, response_format, cache: OrderedDict) -> str | None:
+    """The request's grammar, made and checked by llama.cpp once per schema (refusals cached too)."""
+    from tinytitan.engines.sampling import grammar_error
     from tinytitan.structured import SchemaError, json_object_grammar, schema_to_grammar
 
     if response_format is None:
@@ -331,18 +350,25 @@ def _grammar(task: Task, response_format, cache: OrderedDict) -> str | None:
         schema = response_format.json_schema.schema_
         if schema is None:  # a named format without a schema: any JSON object
             schema = {"type": "object", "additionalProperties": True}
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # key order matters: the grammar keeps the schema's
         make = lambda: schema_to_grammar(schema)  # noqa: E731
+    key = f"{model.path}\0{key}"
     if key not in cache:
+        param = "response_format.json_schema.schema"
         try:
-            cache[key] = make()
+            grammar = make()
+            problem = grammar_error(model, grammar)
+            cache[key] = ApiError(400, f"{param}: {problem}", param, "invalid_schema") if problem else grammar
         except SchemaError as error:
-            raise ApiError(400, f"response_format.json_schema.schema: {error.detail} (at {error.where})",
-                           "response_format.json_schema.schema",
-                           "unsupported_schema_feature" if error.feature else "invalid_schema") from None
+            cache[key] = ApiError(400, f"{param}: {error.detail} (at {error.where})", param,
+                                  "unsupported_schema_feature" if error.feature else "invalid_schema")
+        except RecursionError:
+            cache[key] = ApiError(400, f"{param}: nested too deeply", param, "invalid_schema")
         while len(cache) > 64:
             cache.popitem(last=False)
     cache.move_to_end(key)
+    if isinstance(cache[key], ApiError):
+        raise cache[key]
     return cache[key]
 
 

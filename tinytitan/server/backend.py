@@ -57,11 +57,20 @@ class Job:
         self.cancelled.set()
 
 
-def _quiet_llama_log() -> None:
-    """llama.cpp logs every adapter switch and context; TINYTITAN_DEBUG=1 keeps its messages."""
-    from llama_cpp import _logger
+_SILENT_LOG = None
 
-    _logger.set_verbose(bool(os.environ.get("TINYTITAN_DEBUG")))
+
+def _quiet_llama_log() -> None:
+    """llama.cpp logs every adapter switch, context and grammar problem from the slots' threads; the
+    server answers for them itself, so its log is dropped (TINYTITAN_DEBUG=1 keeps it). A log callback,
+    not a redirected stderr: redirecting fd 2 from several threads at once would lose it for good."""
+    global _SILENT_LOG
+    if os.environ.get("TINYTITAN_DEBUG") or _SILENT_LOG is not None:
+        return
+    import llama_cpp
+
+    _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, data: None)  # kept alive: C holds it
+    llama_cpp.llama_log_set(_SILENT_LOG, ctypes.c_void_p(0))
 
 
 class LoadedModel:
@@ -183,6 +192,8 @@ class Slot:
             job = self.backend._queue.get()
             if job is None:
                 break
+            if self.backend.closing:
+                job.cancel()
             self.job = job
             job.started_at = time.perf_counter()
             self.backend._started(job)
@@ -237,11 +248,11 @@ def generate_choice(ctx, model: LoadedModel, job: Job, choice: int, prompt: list
     import llama_cpp
 
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-    batch = llama_cpp.llama_batch_init(PREFILL_CHUNK, 0, 1)
     sampling = job.sampling
     if sampling.seed is not None and choice:
         sampling = replace(sampling, seed=(sampling.seed + choice) % 2**32)
     sampler = Sampler(model, sampling, job.grammar)
+    batch = llama_cpp.llama_batch_init(PREFILL_CHUNK, 0, 1)
     try:
         for start in range(0, len(prompt), PREFILL_CHUNK):
             if job.cancelled.is_set():
@@ -306,15 +317,25 @@ class Backend:
         self._lock = threading.Lock()
         self.admitted = 0  # queued + running
         self.running = 0
+        self.closing = False
         self.on_change: Callable[[], None] = lambda: None  # metrics hook
         self.slots = [Slot(i, per_slot, self) for i in range(slots)]
         for slot in self.slots:
             slot.thread.start()
 
     def model(self, path: Path) -> LoadedModel:
+        """The model at `path`, loaded once; every slot gets its context for it now, so a model
+        that cannot run fails at start-up and no context is created while requests run."""
         key = Path(path).resolve()
         if key not in self.models:
-            self.models[key] = LoadedModel(key, self.n_ctx)
+            model = LoadedModel(key, self.n_ctx)
+            try:
+                for slot in self.slots:
+                    slot._context(model)
+            except BaseException:
+                model.close()
+                raise
+            self.models[key] = model
         return self.models[key]
 
     @property
@@ -341,10 +362,21 @@ class Backend:
         self.on_change()
 
     def close(self) -> None:
+        """Stop: running requests are cancelled (their clients are gone with the server), slots end."""
+        self.closing = True  # a slot that takes a job from now on cancels it at once
+        for slot in self.slots:
+            if slot.job is not None:
+                slot.job.cancel()
+        with self._queue.mutex:  # queued requests will not start (a slot still ends each, at once)
+            for job in self._queue.queue:
+                if job is not None:
+                    job.cancel()
         for _ in self.slots:
             self._queue.put(None)
         for slot in self.slots:
             slot.thread.join(timeout=30)
+        if any(slot.thread.is_alive() for slot in self.slots):
+            return  # a slot is still inside llama.cpp: its models stay until the process ends
         for model in self.models.values():
             model.close()
         self.models.clear()

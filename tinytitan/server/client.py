@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -37,8 +38,8 @@ class Client:
         except urllib.error.HTTPError as error:
             try:
                 detail = json.loads(error.read())["error"]
-                message, code = detail.get("message", ""), detail.get("code")
-            except (ValueError, KeyError, TypeError):
+                message, code = str(detail.get("message", "")), detail.get("code")
+            except (ValueError, KeyError, TypeError, AttributeError, OSError):
                 message, code = error.reason, None
             raise ServerError(error.code, f"{self.base}{path}: {error.code} {message}", code) from None
         except (urllib.error.URLError, OSError) as error:
@@ -46,22 +47,30 @@ class Client:
             raise TinyTitanError(f"cannot reach the server at {self.base} ({reason})") from None
 
     def models(self) -> list[str]:
-        with self._open("/models") as response:
-            return [m["id"] for m in json.loads(response.read())["data"]]
+        try:
+            with self._open("/models") as response:
+                return [m["id"] for m in json.loads(response.read())["data"]]
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as error:
+            raise TinyTitanError(f"{self.base}/models: not an OpenAI-style model list ({error})") from None
 
     def stream_chat(self, model: str, messages: list[dict], **sampling) -> Iterator[tuple[str, str | None]]:
         """Yield (text, finish_reason) as the reply streams in."""
         body = {"model": model, "messages": messages, "stream": True, **sampling}
-        with self._open("/chat/completions", body) as response:
-            for raw in response:
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                event = json.loads(data)
-                if "error" in event:
-                    raise TinyTitanError(f"server: {event['error'].get('message')}")
-                for choice in event.get("choices", []):
-                    yield choice.get("delta", {}).get("content") or "", choice.get("finish_reason")
+        try:
+            with self._open("/chat/completions", body) as response:
+                for raw in response:
+                    line = raw.decode("utf-8", errors="replace").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if isinstance(event.get("error"), dict):
+                        raise TinyTitanError(f"server: {event['error'].get('message')}")
+                    for choice in event.get("choices", []):
+                        yield choice.get("delta", {}).get("content") or "", choice.get("finish_reason")
+        except (OSError, http.client.HTTPException) as error:
+            raise TinyTitanError(f"the connection to {self.base} broke mid-reply ({error})") from None
+        except (ValueError, AttributeError, TypeError) as error:
+            raise TinyTitanError(f"{self.base}: the stream is not OpenAI server-sent events ({error})") from None

@@ -104,13 +104,17 @@ def load_fleet(path: str | Path) -> list[Task]:
 def _task(name, model, adapter, scale, system, defaults, schema, where) -> Task:
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 4:
         raise TinyTitanError(f"{where}.adapter_scale: {scale!r} is not a number in (0, 4]")
-    for key, kind in SAMPLING_KEYS.items():
-        if key in defaults:
-            value = defaults[key]
-            ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
-                                                                           and not isinstance(value, bool))
-            if not ok:
-                raise TinyTitanError(f"{where}.{key}: {value!r} is not {kind.__name__}")
+    if defaults:  # the same rules as a request's parameters
+        from pydantic import ValidationError
+
+        from tinytitan.server.api import Sampling
+
+        try:
+            Sampling(model=name, **defaults)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = next((str(p) for p in first["loc"] if isinstance(p, str) and p in SAMPLING_KEYS), "?")
+            raise TinyTitanError(f"{where}.{key}: {defaults.get(key)!r} is not valid ({first['msg']})") from None
     grammar = None
     if schema is not None:
         from tinytitan.structured import schema_to_grammar

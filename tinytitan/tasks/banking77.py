@@ -32,7 +32,7 @@ def _read(path: Path) -> list[dict]:
         raise TinyTitanError(f"{path}: cannot read it as a UTF-8 CSV ({error})") from None
 
 
-def prepare(sources: dict, out: Path, *, max_train: int = 0, val_fraction: float = 0.1) -> dict:
+def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, val_fraction: float = 0.1) -> dict:
     train_rows = _read(need_file(sources, "train", "banking77 train.csv"))
     test_rows = _read(need_file(sources, "test", "banking77 test.csv"))
     splits = {"train": [], "val": []}
@@ -41,6 +41,8 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, val_fraction: float
         splits["train" if part == "train" else "val"].append(row)
     if max_train:
         splits["train"] = splits["train"][:max_train]
+    if max_val:
+        splits["val"] = splits["val"][:max_val]
     counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
     counts["test"] = write_jsonl(out / "test.jsonl", test_rows)
     counts["labels"] = len({r["completion"] for r in train_rows})

@@ -45,7 +45,7 @@ def quantity_from_model(text: str) -> str:
     return "".join(back.get(ch, ch) for ch in text)
 
 
-def prepare(sources: dict, out: Path, *, max_train: int = 0, split=(0.8, 0.1, 0.1)) -> dict:
+def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, split=(0.8, 0.1, 0.1)) -> dict:
     path = need_file(sources, "csv", "ingredient-parser's CSV")
     try:
         with open(path, newline="", encoding="utf-8") as file:
@@ -71,5 +71,7 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, split=(0.8, 0.1, 0.
         splits[split_name(line, split)].append({"prompt": line, "completion": record})
     if max_train:
         splits["train"] = splits["train"][:max_train]
+    if max_val:
+        splits["val"] = splits["val"][:max_val]
     counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
     return {**counts, "duplicates_dropped": duplicates}

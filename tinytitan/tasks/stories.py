@@ -59,7 +59,7 @@ def prompt_for(story: str) -> str:
     return " ".join(parts)
 
 
-def prepare(sources: dict, out: Path, *, max_train: int = 0, max_words: int = 260, split=(0.8, 0.1, 0.1)) -> dict:
+def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, max_words: int = 260, split=(0.8, 0.1, 0.1)) -> dict:
     path = need_file(sources, "text", "TinyStories text")
     try:
         text = path.read_text(encoding="utf-8")
@@ -77,5 +77,7 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_words: int = 26
         splits[split_name(story, split)].append({"prompt": prompt_for(story), "completion": story})
     if max_train:
         splits["train"] = splits["train"][:max_train]
+    if max_val:
+        splits["val"] = splits["val"][:max_val]
     counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
     return {**counts, "stories": len(stories), "longer_than_max_words": too_long}
