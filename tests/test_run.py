@@ -96,3 +96,27 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     result = run_cli("run", str(recipe / "tiny.toml"), "--set", "finetune.epochs")
     assert result.returncode == 1 and "expected SECTION.KEY=VALUE" in result.stderr
+
+
+def test_recommend_takes_the_smallest_within_tolerance_that_passed():
+    from tinytitan.run import recommend
+
+    rows = [{"artifact": "torch (run)", "size_mb": 1000, "score": 0.95},
+            {"artifact": "x-f16", "size_mb": 500, "score": 0.90},
+            {"artifact": "x-q8_0", "size_mb": 280, "score": 0.895},
+            {"artifact": "x-q4_k_m (gate failed)", "size_mb": 240, "score": 0.90},
+            {"artifact": "base+x-adapter-f16", "size_mb": 250, "score": 0.87},
+            {"artifact": "base (few-shot)", "size_mb": 240, "score": 0.1}]
+    assert recommend(rows, 0.01)["artifact"] == "x-q8_0"  # within 1 point of the best servable (0.90)
+    assert recommend(rows, 0.05)["artifact"] == "base+x-adapter-f16"
+    assert recommend(rows, 0.0)["artifact"] == "x-f16"
+    assert recommend(rows[:1] + rows[-1:], 0.5) is None  # nothing servable passed
+
+
+def test_fleet_file_is_valid_toml_with_any_text():
+    import tomllib
+
+    from tinytitan.run import _toml
+
+    text = 'Réponds en JSON 😀 "quoted" \\ back\nline'
+    assert tomllib.loads(f"system = {_toml(text)}")["system"] == text
