@@ -35,6 +35,13 @@ def test_unknown_verb_and_bad_flag():
     assert result.returncode == 2 and "invalid choice: 'fly'" in result.stderr
     result = run_cli("generate", "hi", "--max-tokens", "zero")
     assert result.returncode == 2 and "--max-tokens" in result.stderr and "Traceback" not in result.stderr
+    for flag, value, message in (("--max-tokens", "zero", "expected a whole number, got 'zero'"),
+                                 ("--max-tokens", "0", "expected a number >= 1, got 0")):
+        result = run_cli("generate", "hi", flag, value)
+        assert result.returncode == 2 and result.stderr.splitlines() == [
+            f"tinytitan generate: error: argument {flag}/-n: {message} (see `tinytitan generate --help`)"]
+    result = run_cli("serve", "--port", "-1")
+    assert result.returncode == 2 and "argument --port: expected a number >= 0, got -1" in result.stderr
 
 
 def test_info_json(tiny):

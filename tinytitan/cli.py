@@ -31,8 +31,15 @@ VERBS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage dump): `tinytitan VERB: error: ... (see --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tinytitan",
         description="Turn Gemma 3 270M into a task specialist on a CPU, and ship it to the edge.",
     )
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     verb, rest = argv[0], argv[1:]
     module = importlib.import_module(VERBS[verb][0])
-    parser = argparse.ArgumentParser(prog=f"tinytitan {verb}", description=VERBS[verb][1])
+    parser = Parser(prog=f"tinytitan {verb}", description=VERBS[verb][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     sys.exit(run_verb(module.run, args))
