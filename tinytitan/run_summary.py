@@ -1,0 +1,43 @@
+"""The end of `tinytitan run`: the recommended artifact and the comparison table it prints."""
+
+from __future__ import annotations
+
+
+def recommend(rows: list[dict], tolerance: float) -> dict | None:
+    """The smallest servable artifact within `tolerance` of the best servable score (gate passed)."""
+    servable = [r for r in rows if not r["artifact"].startswith("torch") and "few-shot" not in r["artifact"]
+                and "gate failed" not in r["artifact"]]
+    if not servable:
+        return None
+    best = max(r["score"] for r in servable)
+    return min((r for r in servable if r["score"] >= best - tolerance), key=lambda r: (r["size_mb"], -r["score"]))
+
+
+def print_summary(summary: dict) -> None:
+    if summary["nothing_to_do"]:
+        print(f"nothing to do: every stage of {summary['recipe']} is up to date ({summary['run']})")
+    rows = summary["table"]
+    metric = rows[0]["metric"].replace("_", " ") if rows else "score"
+    constrained = any(r.get("constrained") is not None for r in rows)
+    print(f"\n{summary['task']}: {summary['rows']} held-out rows; {metric} with its 95% interval"
+          + (", and with constrained decoding" if constrained else ""))
+    header = f"{'artifact':<44} {'size MB':>8} {metric:>12} {'95% CI':>13}"
+    header += f" {'constrained':>11}" if constrained else ""
+    print(header + f" {'KL':>8} {'decode tok/s':>12}")
+    recommended = (summary["recommended"] or {}).get("artifact")
+    for r in rows:
+        line = f"{r['artifact'][:44]:<44} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% " \
+               f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"
+        if constrained:
+            line += f" {_cell(r['constrained'], '{:.1%}'):>11}"
+        line += f" {_cell(r['kl'], '{:.4f}'):>8} {_cell(r.get('tg_tps'), '{:.1f}'):>12}"
+        print(line + ("  <- recommended" if r["artifact"] == recommended else ""))
+    print(f"\nreport: {summary['html']}")
+    if summary["serve"]:
+        print(f"serve the recommended artifact: {summary['serve']}")
+    else:
+        print("no servable artifact passed its parity gate: see the report")
+
+
+def _cell(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
