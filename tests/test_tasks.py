@@ -44,7 +44,8 @@ def test_ingredient_fractions_round_trip_and_prepare(tmp_path):
 def test_banking77_keeps_the_official_test_split(tmp_path):
     counts = task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
                                                "test": DATA / "banking77" / "test.csv"}, tmp_path)
-    assert counts["test"] == 3080 and counts["labels"] == 77 and counts["train"] + counts["val"] == 10003
+    assert counts["test"] == 3080 and counts["labels"] == 77
+    assert counts["duplicates_dropped"] == 4 and counts["train"] + counts["val"] == 10003 - 4  # 4 repeated pairs
     assert 0.08 < counts["val"] / 10003 < 0.12
 
 

@@ -92,7 +92,7 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         r = self.recipe
         return [
-            Stage("prepare", lambda: {"kind": r.kind, "options": r.options, "format": FORMAT,
+            Stage("prepare", lambda: {"kind": r.kind, "options": r.options, "format": FORMAT, "code": self._task_code(),
                                       "sources": {k: _sha(p) for k, p in sorted(r.sources.items())},
                                       "reading": self._reading_key()},
                   lambda: [self.data / f"{s}.jsonl" for s in ("train", "val", "test")] + [self.data / "prepared.json"],
@@ -127,6 +127,14 @@ class Pipeline:
                            self.root / "summary.json"],
                   self._report, lambda: 1),
         ]
+
+    def _task_code(self) -> str | None:
+        """The sha256 of the task's preparation code: a fix there redoes `prepare` (and what depends on its output)."""
+        if self.recipe.kind == "files":
+            return None
+        from tinytitan.tasks import task_module
+
+        return _sha(Path(task_module(self.recipe.kind).__file__))
 
     def _config(self):
         return self.recipe.finetune_config(self.data, self.threads or 0)

@@ -1,7 +1,8 @@
 """Customer message -> one of 77 intents, from PolyAI's banking77 (CC-BY-4.0).
 
-The official train file is split 90/10 into train and validation by a hash of the message; the
-official test file (3,080 messages) is the test set, untouched.
+The official train file is split 90/10 into train and validation by a hash of the message, with
+repeated (message, intent) pairs kept once and counted; the official test file (3,080 messages) is
+the test set, untouched.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, v
     train_rows = _read(need_file(sources, "train", "banking77 train.csv"))
     test_rows = _read(need_file(sources, "test", "banking77 test.csv"))
     splits = {"train": [], "val": []}
+    seen, duplicates = set(), 0
     for row in train_rows:
+        key = (row["prompt"], row["completion"])
+        if key in seen:  # the official train file repeats a few messages with the same intent
+            duplicates += 1
+            continue
+        seen.add(key)
         part = split_name(row["prompt"], (1 - val_fraction, val_fraction, 0.0))
         splits["train" if part == "train" else "val"].append(row)
     if max_train:
@@ -46,4 +53,4 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, v
     counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
     counts["test"] = write_jsonl(out / "test.jsonl", test_rows)
     counts["labels"] = len({r["completion"] for r in train_rows})
-    return counts
+    return {**counts, "duplicates_dropped": duplicates}
