@@ -128,13 +128,15 @@ class Pipeline:
                   self._report, lambda: 1),
         ]
 
-    def _task_code(self) -> str | None:
-        """The sha256 of the task's preparation code: a fix there redoes `prepare` (and what depends on its output)."""
+    def _task_code(self) -> list[str | None] | None:
+        """The sha256s of the task's preparation code (its module and the shared helpers): a fix there redoes
+        `prepare`, and what depends on its output if the output changed."""
         if self.recipe.kind == "files":
             return None
+        import tinytitan.tasks
         from tinytitan.tasks import task_module
 
-        return _sha(Path(task_module(self.recipe.kind).__file__))
+        return [_sha(Path(m.__file__)) for m in (tinytitan.tasks, task_module(self.recipe.kind))]
 
     def _config(self):
         return self.recipe.finetune_config(self.data, self.threads or 0)

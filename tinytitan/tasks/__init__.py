@@ -23,6 +23,21 @@ TASKS = {
 }
 
 
+def drop_repeats(rows: list[dict]) -> tuple[list[dict], int]:
+    """The rows with each (prompt, completion) pair kept once, in order, and how many repeats were dropped.
+
+    The data check refuses exact duplicates; a public dataset that repeats a labelled row says nothing
+    new the second time, so task preparation keeps the first and counts the rest.
+    """
+    seen, kept = set(), []
+    for row in rows:
+        key = (row["prompt"], json.dumps(row["completion"], sort_keys=True, ensure_ascii=False))
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
 def task_module(name: str):
     if name not in TASKS:
         raise TinyTitanError(f"unknown task {name!r} (known: {', '.join(TASKS)}; or give data files directly)")

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import need_file, split_name, write_jsonl
+from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
 
 SOURCES = ("train", "test")
 
@@ -37,13 +37,8 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, v
     train_rows = _read(need_file(sources, "train", "banking77 train.csv"))
     test_rows = _read(need_file(sources, "test", "banking77 test.csv"))
     splits = {"train": [], "val": []}
-    seen, duplicates = set(), 0
-    for row in train_rows:
-        key = (row["prompt"], row["completion"])
-        if key in seen:  # the official train file repeats a few messages with the same intent
-            duplicates += 1
-            continue
-        seen.add(key)
+    unique, duplicates = drop_repeats(train_rows)  # the official train file repeats a few (message, intent) pairs
+    for row in unique:
         part = split_name(row["prompt"], (1 - val_fraction, val_fraction, 0.0))
         splits["train" if part == "train" else "val"].append(row)
     if max_train:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import need_file, split_name, write_jsonl
+from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
 
 SOURCES = ("csv",)
 FIELDS = ("name", "quantity", "unit", "size", "preparation", "comment", "purpose")
@@ -56,19 +56,17 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, s
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise TinyTitanError(f"{path}: cannot read it as a UTF-8 CSV ({error})") from None
-    splits: dict[str, list] = {"train": [], "val": [], "test": []}
-    seen, duplicates = set(), 0
+    examples = []
     for number, row in enumerate(rows, start=2):
         line = (row["input"] or "").strip()
         if not line:
             raise TinyTitanError(f"{path}:{number}: the input is empty")
         record = {f: quantity_for_model((row[f] or "").strip()) for f in FIELDS}  # fractions appear in any field
-        key = (line, tuple(record.values()))
-        if key in seen:  # the same line with the same labels: once is enough
-            duplicates += 1
-            continue
-        seen.add(key)
-        splits[split_name(line, split)].append({"prompt": line, "completion": record})
+        examples.append({"prompt": line, "completion": record})
+    examples, duplicates = drop_repeats(examples)  # the same line with the same labels: once is enough
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
+    for example in examples:
+        splits[split_name(example["prompt"], split)].append(example)
     if max_train:
         splits["train"] = splits["train"][:max_train]
     if max_val:
