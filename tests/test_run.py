@@ -67,6 +67,10 @@ def test_run_then_rerun_then_change_the_quant_list(recipe):
     artifacts = [r["artifact"] for r in summary["table"]]
     assert artifacts[0].startswith("torch") and any("f16" in a for a in artifacts) and artifacts[-1] == "base (few-shot)"
     assert all(r["constrained"] is not None for r in summary["table"] if "torch" not in r["artifact"])
+    # the base's solved examples come from the training split: the first 8 test rows are all scored, by every artifact
+    test_rows = [f"{run / 'data' / 'test.jsonl'}:{n}" for n in range(1, 9)]
+    for scored in (run / "report" / "examples").glob("*.jsonl"):
+        assert [json.loads(line)["source"] for line in scored.read_text().splitlines()] == test_rows, scored.name
 
     again = run_cli("run", str(recipe / "tiny.toml"))  # a finished recipe: nothing to do, and it says so
     assert again.returncode == 0, again.stderr

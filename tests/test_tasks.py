@@ -8,7 +8,7 @@ import json
 import chess
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tinytitan.tasks import task_module
 
 DATA = ROOT / "recipes" / "data"
@@ -47,6 +47,29 @@ def test_banking77_keeps_the_official_test_split(tmp_path):
     assert counts["test"] == 3080 and counts["labels"] == 77
     assert counts["duplicates_dropped"] == 4 and counts["train"] + counts["val"] == 10003 - 4  # 4 repeated pairs
     assert 0.08 < counts["val"] / 10003 < 0.12
+
+
+def test_a_test_split_is_scored_as_published_repeats_included(tmp_path, tiny):
+    from tinytitan.data import DataSpec, load_examples
+    from tinytitan.evaluate import load_rows
+
+    task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
+                                      "test": DATA / "banking77" / "test.csv"}, tmp_path)
+    test = tmp_path / "test.jsonl"
+    strict = load_examples(test, DataSpec())  # as training data, a repeat is refused by line
+    # the official test.csv holds "Which ATMs accept this card?" twice (once after a line break)
+    assert len(strict.examples) == 3079 and [r.reason for r in strict.rejected][:1] == ["duplicate of line 1442"]
+    kept = load_examples(test, DataSpec(), duplicates="keep")
+    assert len(kept.examples) == 3080 and kept.repeats == 1 and not kept.rejected
+    assert len(load_rows(str(test), DataSpec())) == 3080  # evaluation scores all 3,080
+
+    check = run_cli("data", "check", str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"),
+                    "--test", str(test), "--model", str(tiny[0]), "--max-length", "512", "--json")
+    report = json.loads(check.stdout)
+    assert check.returncode == 0, check.stderr
+    assert report["splits"]["test"] == 3080 and report["rejected"] == 0 and report["repeated_test_rows"] == 1
+    with pytest.raises(ValueError, match="duplicates must be"):
+        load_examples(test, DataSpec(), duplicates="drop")
 
 
 def test_stories_are_cut_and_prompted(tmp_path):

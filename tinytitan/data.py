@@ -58,6 +58,7 @@ class LoadReport:
     examples: list[Example]
     rejected: list[Rejected]
     conflicts: int = 0  # prompts that appear with different completions (kept; reported)
+    repeats: int = 0  # rows repeating an earlier (prompt, completion) pair, kept (`duplicates="keep"`)
     json_keys: list[str] = field(default_factory=list)
 
 
@@ -77,7 +78,12 @@ class _RowError(Exception):
     pass
 
 
-def load_examples(path: str | Path, spec: DataSpec = DataSpec()) -> LoadReport:
+def load_examples(path: str | Path, spec: DataSpec = DataSpec(), duplicates: str = "reject") -> LoadReport:
+    """Read every row of `path`. A row repeating an earlier (prompt, completion) pair is rejected
+    (`duplicates="reject"`: in training it only over-weights that row) or kept and counted
+    (`"keep"`: a test set is scored as published; banking77's official test file repeats a message)."""
+    if duplicates not in ("reject", "keep"):
+        raise ValueError(f"duplicates must be 'reject' or 'keep', not {duplicates!r}")
     path = Path(path)
     if not path.is_file():
         raise TinyTitanError(f"{path}: no such file (expected a JSONL, CSV or TSV dataset)")
@@ -93,7 +99,7 @@ def load_examples(path: str | Path, spec: DataSpec = DataSpec()) -> LoadReport:
         report = _load_table(path, raw, spec, "\t" if fmt == "tsv" else ",")
     else:
         raise TinyTitanError(f"format must be auto, jsonl, csv or tsv, not {fmt!r}")
-    _reject_duplicates(report)
+    _check_duplicates(report, keep=duplicates == "keep")
     return report
 
 
@@ -344,16 +350,18 @@ def _template_fields(template: str) -> list[str]:
     return names
 
 
-def _reject_duplicates(report: LoadReport) -> None:
+def _check_duplicates(report: LoadReport, keep: bool) -> None:
     seen: dict[tuple[str, str], str] = {}
     completions: dict[str, str] = {}
     kept, conflicts = [], set()
     for example in report.examples:
         pair = (example.key, example.completion)
         if pair in seen:
-            report.rejected.append(Rejected(example.source, f"duplicate of line {seen[pair].rsplit(':', 1)[1]}"))
-            continue
-        seen[pair] = example.source
+            if not keep:
+                report.rejected.append(Rejected(example.source, f"duplicate of line {seen[pair].rsplit(':', 1)[1]}"))
+                continue
+            report.repeats += 1
+        seen.setdefault(pair, example.source)
         if completions.setdefault(example.key, example.completion) != example.completion:
             conflicts.add(example.key)
         kept.append(example)

@@ -59,7 +59,7 @@ def prepare_data(config, tokenizer, strict_errors: bool = True) -> Prepared:
     if config.val:
         reports.append(load_examples(config.val, spec))
         if config.test:
-            reports.append(load_examples(config.test, spec))
+            reports.append(load_examples(config.test, spec, duplicates="keep"))  # scored as published
         raw = {"train": reports[0].examples, "val": reports[1].examples,
                "test": reports[2].examples if config.test else []}
         mode = "files"
@@ -118,6 +118,7 @@ def statistics(prepared: Prepared, reports: list[LoadReport], max_length: int) -
         "split_mode": prepared.split_mode,
         "leakage": prepared.leakage,
         "conflicting_prompts": sum(r.conflicts for r in reports),
+        "repeated_test_rows": sum(r.repeats for r in reports),
         "shape": reports[0].shape,
         "prompt_tokens": pct(prompt),
         "completion_tokens": pct(completion),
@@ -214,6 +215,8 @@ def print_report(prepared: Prepared) -> None:
                   (" (by hash of the input)" if s["split_mode"] == "hash" else " (from files)"))
     if s["leakage"]:
         console.print("[yellow]leakage[/yellow] " + ", ".join(f"{k}: {v} shared inputs" for k, v in s["leakage"].items()))
+    if s.get("repeated_test_rows"):
+        console.print(f"{s['repeated_test_rows']} test rows repeat an earlier one (kept: a test set is scored as given)")
     if s["conflicting_prompts"]:
         console.print(f"[yellow]{s['conflicting_prompts']} inputs appear with different outputs[/yellow]")
     for name in ("prompt_tokens", "completion_tokens"):

@@ -45,8 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shots", type=int, default=None, help="benchmark examples in the prompt (default: per benchmark)")
     parser.add_argument("--limit", type=options.positive_int, default=None, help="score at most this many rows/items")
     parser.add_argument("--base-shots", type=int, default=3, help="solved examples given to the base model")
-    parser.add_argument("--shots-data", default=None, help="where the base model's examples come from "
-                        "(default: drawn from --data and left out of every artifact's score)")
+    parser.add_argument("--shots-data", default=None, help="where the base model's examples are drawn from "
+                        "(default: --data, and those rows are left out of every artifact's score)")
     parser.add_argument("--kl-reference", default=None, metavar="ARTIFACT",
                         help="also measure KL divergence against this artifact (e.g. the run folder)")
     parser.add_argument("--max-tokens", type=options.positive_int, default=256, help="generation cap per row")
@@ -110,7 +110,7 @@ def _read_schema(path: str) -> dict:
 def load_rows(path: str, spec, limit: int | None = None):
     from tinytitan.data import load_examples
 
-    report = load_examples(path, spec)
+    report = load_examples(path, spec, duplicates="keep")  # every row is scored, repeats included
     if report.rejected:
         first = report.rejected[0]
         raise TinyTitanError(f"{first} ({len(report.rejected)} bad rows in {path}; "
@@ -141,8 +141,9 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     examples = load_rows(data, spec)
     shots = []
     if base_shots and any(a.is_base for a in artifacts):
-        if shots_data:
-            shots = load_rows(shots_data, spec)[:base_shots]
+        if shots_data:  # drawn at random: a file sorted by label must not give the base 3 of one label
+            pool = load_rows(shots_data, spec)
+            shots = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(base_shots, len(pool))))]
         else:  # drawn from the data and left out of every artifact's rows, so all score the same rows
             if base_shots >= len(examples):
                 raise TinyTitanError(f"{data}: {len(examples)} rows leave none to score after {base_shots} "

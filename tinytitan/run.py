@@ -112,6 +112,7 @@ class Pipeline:
                   lambda: 1 + 0.5 * len(r.export.quant)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
+                                   "shots": _sha(self.data / "train.jsonl"),
                                    "schema": self._hashes("schema")},
                   lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
                   self._eval, self._eval_units),
@@ -254,6 +255,7 @@ class Pipeline:
             shutil.rmtree(examples)
         result = evaluate_task(run_artifacts(self.train_dir), str(self.data / "test.jsonl"), task=settings.task,
                                limit=settings.rows or None, base_shots=settings.base_shots,
+                               shots_data=str(self.data / "train.jsonl"),  # every test row is scored
                                kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
                                threads=self.threads, out=examples, schema=schema,
                                likelihood=settings.likelihood)
@@ -396,7 +398,8 @@ def _prepare_files(recipe, out: Path) -> dict:
 
     config = recipe.finetune_config(out)
     spec = spec_from(config)
-    loaded = {name: load_examples(path, spec) for name, path in recipe.sources.items()}
+    loaded = {name: load_examples(path, spec, duplicates="keep" if name == "test" else "reject")
+              for name, path in recipe.sources.items()}
     bad = [r for report in loaded.values() for r in report.rejected]
     if bad and not config.skip_bad:
         raise TinyTitanError(f"{len(bad)} bad rows (first: {bad[0]}); fix them or set finetune.skip_bad = true")
