@@ -178,3 +178,47 @@ def test_importance_matrix_matches_the_matmul_inputs(tiny, tmp_path):
         expected = sum((x.reshape(-1, x.shape[-1]).double() ** 2).sum(0) for x in seen[name]).float().numpy()
         np.testing.assert_allclose(tensors[f"{gguf_name}.in_sum2"].reshape(-1), expected, rtol=1e-5)
         assert tensors[f"{gguf_name}.counts"].reshape(-1)[0] == 12
+
+
+class _TextEngine:
+    """A stand-in engine: token i is the i-th word of `words`, every position gives the same logits,
+    and greedy decoding answers `replies[prompt]`."""
+
+    def __init__(self, words, replies):
+        self.words, self.replies = words, replies
+
+    def detokenize(self, ids):
+        return " ".join(self.words[i] for i in ids)
+
+    def tokenize(self, text):
+        return [self.words.index(w) for w in text.split()]
+
+    def score(self, ids, first):
+        return np.tile(np.linspace(0, 1, len(self.words), dtype=np.float32), (len(ids) - first, 1))
+
+    def generate_greedy_batch(self, prompts, max_tokens):
+        return [self.replies[tuple(p)] for p in prompts]
+
+
+@pytest.mark.parametrize("free_text", [True, False])
+def test_greedy_agreement_is_gated_for_labels_and_reported_for_free_text(free_text):
+    from tinytitan.data import TokenizedExample
+    from tinytitan.gate import Candidate, run_gate
+
+    words = ["tell", "me", "a", "story", "label", "yes", "no"] + [f"w{i}" for i in range(40)]
+    rows = []
+    for n in range(4):  # prompt: "tell me a story <n>"; completion: 20 story words, or a yes/no label
+        completion = ([words.index(f"w{(n * 7 + k) % 40}") for k in range(20)] if free_text
+                      else [words.index("yes" if n % 2 else "no")])
+        rows.append(TokenizedExample((0, 1, 2, 3, 7 + n, *completion), 5, False, f"rows:{n + 1}"))
+    prompts = [tuple(r.ids[:5]) for r in rows]
+    reference = _TextEngine(words, {p: "w1 w2 w3" for p in prompts})
+    drifting = Candidate("q8_0", "Q8_0", _TextEngine(words, {p: "w1 w2 w4" for p in prompts}))  # parts at a near-tie
+    run_gate(reference, [drifting], rows, max_tokens=32)
+    report = drifting.report()
+    assert report["kl_mean"] == pytest.approx(0, abs=1e-6) and report["top1"] == 1.0
+    assert report["greedy_agreement"] == 0.0
+    if free_text:
+        assert report["passed"] and report["thresholds"]["min_greedy_agreement"] is None
+    else:
+        assert not report["passed"] and report["failures"] == ["greedy agreement 0.0% < 90%"]

@@ -5,8 +5,9 @@ adapters, transformers / PEFT for Hugging Face folders) and compared with the tr
 on held-out rows of the run:
 - teacher-forced on the reference completions: mean KL(torch || artifact) of the next-token
   distributions and top-1 agreement, at every completion position;
-- greedy decoding of the prompts: agreement with torch's greedy output, and the task's exact-match
-  rate against the references (JSON completions compare as parsed records).
+- greedy decoding of the prompts: agreement with torch's greedy output (gated for records and labels,
+  reported only for free text), and the task's exact-match rate against the references (JSON
+  completions compare as parsed records).
 The reference side is computed once, row by row, while every artifact is scored on the same row,
 so no [positions x 262,144] tensor is kept. Thresholds are per type (`THRESHOLDS`), set from what
 was measured on the ingredient LoRA run with margin (see docs/export.md).
@@ -47,6 +48,7 @@ class Candidate:
     agree: list[bool] = field(default_factory=list)
     exact: list[bool] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    greedy_gated: bool = True  # False for free text: `run_gate` decides from the reference completions
 
     def report(self) -> dict:
         max_kl, min_top1, min_agree = THRESHOLDS[self.kind]
@@ -60,9 +62,11 @@ class Candidate:
             failures.append(f"mean KL {figures['kl_mean']:.4f} > {max_kl}")
         if figures["top1"] is not None and figures["top1"] < min_top1:
             failures.append(f"top-1 {figures['top1']:.1%} < {min_top1:.0%}")
-        if figures["greedy_agreement"] is not None and figures["greedy_agreement"] < min_agree:
+        if (self.greedy_gated and figures["greedy_agreement"] is not None
+                and figures["greedy_agreement"] < min_agree):
             failures.append(f"greedy agreement {figures['greedy_agreement']:.1%} < {min_agree:.0%}")
-        return {**figures, "thresholds": {"max_kl": max_kl, "min_top1": min_top1, "min_greedy_agreement": min_agree},
+        return {**figures, "thresholds": {"max_kl": max_kl, "min_top1": min_top1,
+                                          "min_greedy_agreement": min_agree if self.greedy_gated else None},
                 "passed": not failures, "failures": failures}
 
 
@@ -78,6 +82,15 @@ def same_output(output: str, reference: str) -> bool:
 
 def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens: int, on_row=None) -> None:
     """Score every candidate on `rows` (TokenizedExample: prompt + reference completion)."""
+    from tinytitan.evaluate import detect_task
+
+    # Free text (stories): two engines whose arithmetic differs even slightly part ways at some near-tie
+    # within a few dozen tokens, so whole-output greedy agreement is ~0 at any quantization (a Q8_0 story
+    # model: 0% at mean KL 0.0025, top-1 97.5%). There it is reported, not gated; KL and top-1 at every
+    # teacher-forced position of the completion carry the check.
+    texts = [reference_engine.detokenize(list(row.ids[row.completion_start:])) for row in rows]
+    for candidate in candidates:
+        candidate.greedy_gated = detect_task(texts) != "generation"
     prompts = [list(row.ids[:row.completion_start]) for row in rows]
     reference_outputs = reference_engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
     # a candidate that runs 2 tokens past the reference's output already disagrees: stop it there

@@ -107,7 +107,8 @@ class Pipeline:
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
                                        "model": self._model_sha()},
                   lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
-            Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export)},
+            Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
+                                     "gate": _sha(Path(__file__).with_name("gate.py"))},  # new gate rules re-gate
                   lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
                   lambda: 1 + 0.5 * len(r.export.quant)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
