@@ -82,3 +82,27 @@ def test_an_adapter_for_another_model_is_refused(exported_run):
     run, data = exported_run
     result = run_cli("eval", f"base+{run / 'export' / 'run-adapter-f16.gguf'}", "--data", str(data))
     assert result.returncode == 1 and "does not fit" in result.stderr and "another model" in result.stderr
+
+
+def test_a_free_text_report_compares_perplexity_with_the_base(tmp_path):
+    from tinytitan.report import write_report
+
+    def result(name, size, ppl, few_shot=0):
+        return {"artifact": name, "size_mb": size, "headline": "chrf", "score": 0.3, "ci95": [0.29, 0.31],
+                "kl": {"kl_mean": 0.002}, "reference_perplexity": ppl, "chrf": 30.0, "rouge_l": 0.2,
+                "few_shot": few_shot}
+
+    evaluation = {"task": "generation", "rows": 2, "data": "test.jsonl",
+                  "results": [result("torch (run)", 1000, 5.5), result("run-q8_0", 278, 5.53),
+                              result("base (few-shot)", 241, 7.5, few_shot=2)]}
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "run-q8_0.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"story {n}", "reference": "Once upon a time a cat sat.", "output": "Once there was a dog.",
+         "chrf": 20.0}) + "\n" for n in range(5)))
+    write_report(tmp_path, tmp_path, evaluation, None)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Perplexity of the held-out references" in report
+    assert "| run-q8_0 | 5.53 | 30.0 | 0.200 |" in report and "| base (few-shot) | 7.50 |" in report
+    assert "run-q8_0 vs the base model: perplexity 5.53 vs 7.50 (-26%)." in report
+    assert "5 of 5 rows with chrF below 50" in report and "least like the reference" in report

@@ -138,6 +138,7 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
         constrained = r.get("constrained", {}).get(r["headline"]) if "constrained" in r else None
         rows.append({"artifact": r["artifact"], "size_mb": r["size_mb"], "metric": r["headline"],
                      "score": r["score"], "ci95": r["ci95"], "kl": r.get("kl", {}).get("kl_mean"),
+                     "perplexity": r.get("reference_perplexity"),
                      "constrained": constrained,
                      "pp_tps": speed and speed["pp_tps"], "tg_tps": speed and speed["tg_tps"],
                      "rss_mb": speed and speed["peak_rss_mb"],
@@ -203,6 +204,8 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
         about.append(f"Recommended: **{recommended['artifact']}**, the smallest artifact that passed its parity gate "
                      f"with a score within the recipe's tolerance of the best.")
     sections = [("Comparison", about + [""] + table)]
+    if evaluation["task"] == "generation":
+        sections.append(("Perplexity of the held-out references", _perplexity(evaluation)))
     details = _details(evaluation)
     if details:
         sections.append(("Where the errors are", details))
@@ -216,6 +219,25 @@ def _deployed(evaluation: dict) -> dict:
     shipped = [r for r in evaluation["results"] if not r["few_shot"] and not r["artifact"].startswith("torch")]
     passed = [r for r in shipped if "gate failed" not in r["artifact"]]
     return min(passed or shipped, key=lambda r: r["size_mb"], default=evaluation["results"][0])
+
+
+def _perplexity(evaluation: dict) -> list[str]:
+    """Free text has no single right answer: how likely each artifact finds the real held-out texts
+    (teacher-forced, lower is better) says more than overlap with one reference."""
+    results = evaluation["results"]
+    lines = ["Perplexity of the reference completions given their prompts (lower is better); the base model's "
+             "prompt carries its solved examples. chrF and ROUGE-L compare each generated text with the real one.",
+             "", "| artifact | perplexity | chrF | ROUGE-L |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['artifact']} | {_fmt(r.get('reference_perplexity'), '{:.2f}')} | "
+                     f"{_fmt(r.get('chrf'), '{:.1f}')} | {_fmt(r.get('rouge_l'), '{:.3f}')} |")
+    base = next((r for r in results if r["few_shot"]), None)
+    tuned = _deployed(evaluation)
+    if base and base.get("reference_perplexity") and tuned.get("reference_perplexity"):
+        lines += ["", f"{tuned['artifact']} vs the base model: perplexity {tuned['reference_perplexity']:.2f} vs "
+                      f"{base['reference_perplexity']:.2f} "
+                      f"({tuned['reference_perplexity'] / base['reference_perplexity'] - 1:+.0%})."]
+    return lines
 
 
 def _details(evaluation: dict) -> list[str]:
@@ -251,10 +273,12 @@ def _samples(evaluation: dict, out: Path) -> list[str]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     wrong = [r for r in records[3:] if not r.get("correct", r.get("chrf", 100) >= 50)]
     wrong.sort(key=lambda r: chrf(r["output"], r["reference"]))
-    lines = [f"From `{path.relative_to(out)}` ({deployed['artifact']}; "
-             f"{sum(not r.get('correct', r.get('chrf', 100) >= 50) for r in records)} of {len(records)} rows wrong):",
+    free_text = evaluation["task"] == "generation"  # no right answer: "wrong" is chrF below 50
+    count = sum(not r.get("correct", r.get("chrf", 100) >= 50) for r in records)
+    lines = [f"From `{path.relative_to(out)}` ({deployed['artifact']}; {count} of {len(records)} rows "
+             f"{'with chrF below 50' if free_text else 'wrong'}):",
              "", "| | input | reference | output |", "|---|---|---|---|"]
-    for kind, items in (("sample", records[:3]), ("worst error", wrong[:8])):
+    for kind, items in (("sample", records[:3]), ("least like the reference" if free_text else "worst error", wrong[:8])):
         for r in items:
             lines.append(f"| {kind} | {_cell(r['prompt'])} | {_cell(r['reference'])} | {_cell(r['output'])} |")
     return lines

@@ -33,8 +33,9 @@ from tinytitan.run_summary import print_summary, recommend
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
     "prepare": 2.0, "check": 20.0, "schema": 1.0, "finetune": 1 / 380.0, "export": 40.0,
-    "eval": 0.5, "bench": 45.0, "report": 5.0,
+    "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
 }
+RATE_KEYS = {"eval": "eval_tokens"}  # a stage whose unit changed keeps its rate under a new name
 
 
 def add_arguments(parser) -> None:
@@ -195,9 +196,9 @@ class Pipeline:
         config = self._config()
         prepared = prepare_data(config, load_tokenizer(resolve(config.model)), strict_errors=False)
         stats = {**prepared.stats, "errors": [str(r) for r in prepared.rejected][:50]}
+        (self.data / "check.json").write_text(json.dumps(stats, indent=1))  # written first: the error points to it
         enforce(prepared, config.skip_bad, config.max_bad_fraction,
                 hint=f"see {self.data / 'check.json'}; fix the data or set finetune.skip_bad = true")
-        (self.data / "check.json").write_text(json.dumps(stats, indent=1))
         tokens = stats["prompt_tokens"], stats["completion_tokens"]
         self._say(f"      {stats['usable']} usable rows, {stats['rejected']} rejected; prompt tokens p95 "
                   f"{tokens[0]['p95']}, completion p95 {tokens[1]['p95']}, {stats['truncated']} cut by max_length")
@@ -318,9 +319,17 @@ class Pipeline:
         return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
 
     def _eval_units(self) -> float:
+        """Decoded tokens, roughly: every artifact decodes every row (twice when constrained), up to twice the
+        reference's length + 8 tokens (at about 4 characters a token), capped by max_tokens; + 8 for the prompt."""
+        settings = self.recipe.eval
+        test = self.data / "test.jsonl"
+        if not test.exists():
+            return 0
+        references = [_completion(json.loads(line)) for line in test.read_text().splitlines() if line.strip()]
+        references = references[:settings.rows] if settings.rows else references
+        per_row = sum(min(settings.max_tokens, len(text) / 2 + 8) + 8 for text in references)
         count = 3 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
-        rows = self.recipe.eval.rows or _lines(self.data / "test.jsonl")
-        return count * rows
+        return count * per_row * (2 if settings.constrained else 1)
 
     def _bench_units(self) -> float:
         return 1 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
@@ -349,7 +358,8 @@ class Pipeline:
                 done.append({"stage": stage.name, "status": "up to date"})
                 self._say(f"{tag}: up to date")
                 continue
-            left = sum(rates.get(s.name, DEFAULT_RATES[s.name]) * s.units() for s in stages[number - 1:] if s.applies())
+            left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * s.units()
+                       for s in stages[number - 1:] if s.applies())
             self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
             self.state.pop(stage.name, None)
             self._save()
@@ -366,7 +376,7 @@ class Pipeline:
             self._save()
             units = stage.units()
             if units and seconds > 1:
-                rates[stage.name] = seconds / units
+                rates[_rate_key(stage)] = seconds / units
             done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
             self._say(f"{tag}: done in {_duration(seconds)}")
         _save_rates(rates)
@@ -454,8 +464,14 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _lines(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+def _rate_key(stage: Stage) -> str:
+    return RATE_KEYS.get(stage.name, stage.name)
+
+
+def _completion(row: dict) -> str:
+    """A prepared row's reference completion as text (a JSON completion as its JSON)."""
+    completion = row.get("completion", (row.get("messages") or [{}])[-1].get("content", ""))
+    return completion if isinstance(completion, str) else json.dumps(completion, ensure_ascii=False)
 
 
 def _duration(seconds: float) -> str:

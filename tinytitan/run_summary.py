@@ -23,6 +23,8 @@ def print_summary(summary: dict) -> None:
           + (", and with constrained decoding" if constrained else ""))
     header = f"{'artifact':<44} {'size MB':>8} {metric:>12} {'95% CI':>13}"
     header += f" {'constrained':>11}" if constrained else ""
+    free_text = summary["task"] == "generation"  # no right answer: perplexity of the real texts says more
+    header += f" {'perplexity':>10}" if free_text else ""
     print(header + f" {'KL':>8} {'decode tok/s':>12}")
     recommended = (summary["recommended"] or {}).get("artifact")
     for r in rows:
@@ -30,6 +32,8 @@ def print_summary(summary: dict) -> None:
                f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"
         if constrained:
             line += f" {_cell(r['constrained'], '{:.1%}'):>11}"
+        if free_text:
+            line += f" {_cell(r.get('perplexity'), '{:.2f}'):>10}"
         line += f" {_cell(r['kl'], '{:.4f}'):>8} {_cell(r.get('tg_tps'), '{:.1f}'):>12}"
         print(line + ("  <- recommended" if r["artifact"] == recommended else ""))
     print(f"\nreport: {summary['html']}")
