@@ -102,6 +102,15 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
     assert result.returncode == 1 and "expected SECTION.KEY=VALUE" in result.stderr
 
 
+def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
+    out = tmp_path / "short"
+    result = run_cli("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", "finetune.max_length=6")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "leaves no completion token" in result.stderr
+    check = json.loads((out / "data" / "check.json").read_text())
+    assert check["rejected"] > 0 and check["errors"][0].endswith("leaves no completion token to learn from")
+
+
 def test_recommend_takes_the_smallest_within_tolerance_that_passed():
     from tinytitan.run import recommend
 

@@ -140,7 +140,8 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
             metrics.write(record)
             progress(pos.step, record)
             if val_set and (pos.step % config.eval_every == 0 or pos.step == total_steps):
-                _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics)
+                _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics,
+                                        last=pos.step == total_steps)
             if pos.step % config.save_every == 0 or pos.step == total_steps or pos.stopped_early:
                 _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos, config)
     if dist.is_main:
@@ -188,7 +189,8 @@ def evaluate_loss(wrapped, dist, dataset, config, pad_id: int) -> float:
     return total / max(tokens, 1)
 
 
-def _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics) -> None:
+def _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics,
+                            last: bool = False) -> None:
     wrapped.eval()
     val = evaluate_loss(wrapped, dist, val_set, config, tokenizer.token_id("<pad>") or 0)
     wrapped.train()
@@ -199,7 +201,8 @@ def _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, ru
             save_weights(model, run_dir / "best", {"step": pos.step, "val_loss": val, "method": config.method})
     else:
         pos.bad_evals += 1
-        pos.stopped_early = bool(config.early_stopping) and pos.bad_evals >= config.early_stopping
+        # patience running out at the last step stops nothing: the run ends there anyway
+        pos.stopped_early = bool(config.early_stopping) and pos.bad_evals >= config.early_stopping and not last
     metrics.write({"step": pos.step, "val_loss": val, "best": improved})
     if dist.is_main:
         print(f"step {pos.step}: val loss {val:.4f}" + (" (best)" if improved else "") +
