@@ -225,6 +225,10 @@ def test_errors_are_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as caught:  # llama.cpp refuses a left-recursive grammar: 400
         chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}})
     assert caught.value.body["code"] == "invalid_schema"
+    with pytest.raises(openai.BadRequestError) as caught:  # Gemma folds the task's system prompt into a user turn
+        client.chat.completions.create(model="json", max_tokens=4, messages=[
+            {"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}])
+    assert caught.value.body["code"] == "invalid_message_order" and caught.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, content="the cat sat " * 200)
     assert caught.value.body["code"] == "context_length_exceeded" and "512" in caught.value.body["message"]
@@ -459,7 +463,7 @@ def test_chat_cli_against_the_server(server):
     assert gone.returncode == 1 and "cannot reach the server" in gone.stderr
 
 
-SEMANTIC = {"context_length_exceeded", "invalid_schema", "unsupported_schema_feature"}
+SEMANTIC = {"context_length_exceeded", "invalid_message_order", "invalid_schema", "unsupported_schema_feature"}
 
 
 def test_schemathesis_all_checks(server, tmp_path):

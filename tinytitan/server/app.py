@@ -239,7 +239,8 @@ def _chat_prompt(model, task: Task, body: api.ChatCompletionRequest) -> list[int
     try:
         return encode_chat(model, messages)
     except TinyTitanError as error:
-        raise ApiError(400, f"messages: {error}", "messages") from None
+        # a turn order the model cannot take (the OpenAPI schema cannot say so): a code clients can act on
+        raise ApiError(400, f"messages: {error}", "messages", "invalid_message_order") from None
 
 
 def _check_text(body) -> None:
