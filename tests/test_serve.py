@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import openai
 import pytest
 import torch
@@ -309,7 +308,7 @@ def test_fleet_file_errors(tmp_path, fleet):
     bad = tmp_path / "fleet.toml"
     cases = [("[tasks.x]\nmodle = 'base'\n", "tasks.x: unknown key 'modle'"),
              ("[tasks.x]\nadapter = 'missing.gguf'\n", "tasks.x.adapter"),
-             (f"[tasks.x]\nschema = {{ type = 'string', pattern = 'a' }}\n", "'pattern' is not supported"),
+             ("[tasks.x]\nschema = { type = 'string', pattern = 'a' }\n", "'pattern' is not supported"),
              ("[tasks.x]\ntemperature = 'hot'\n", "tasks.x.temperature: 'hot' is not valid"),
              ("[server]\nport = 1\n", "unknown top-level key 'server'"),
              ("tasks = 3\n", "no tasks")]
