@@ -88,9 +88,10 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
     # within a few dozen tokens, so whole-output greedy agreement is ~0 at any quantization (a Q8_0 story
     # model: 0% at mean KL 0.0025, top-1 97.5%). There it is reported, not gated; KL and top-1 at every
     # teacher-forced position of the completion carry the check.
-    texts = [reference_engine.detokenize(list(row.ids[row.completion_start:])) for row in rows]
+    reference_texts = [reference_engine.detokenize(list(row.ids[row.completion_start:])) for row in rows]
+    free_text = detect_task(reference_texts) == "generation"
     for candidate in candidates:
-        candidate.greedy_gated = detect_task(texts) != "generation"
+        candidate.greedy_gated = not free_text
     prompts = [list(row.ids[:row.completion_start]) for row in rows]
     reference_outputs = reference_engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
     # a candidate that runs 2 tokens past the reference's output already disagrees: stop it there
@@ -100,7 +101,6 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
     for index, row in enumerate(rows):
         ids, first = list(row.ids), row.completion_start - 1  # positions predicting completion tokens
         ref_logp = torch.log_softmax(torch.from_numpy(reference_engine.score(ids[:-1], first)), dim=-1)
-        reference_text = reference_engine.detokenize(ids[row.completion_start:])
         for candidate in candidates:
             logp = torch.log_softmax(torch.from_numpy(candidate.engine.score(ids[:-1], first)), dim=-1)
             candidate.kl += (ref_logp.exp() * (ref_logp - logp)).sum(-1).tolist()
@@ -111,6 +111,6 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
                 output = candidate.engine.generate(prompts[index], SamplingParams(max_tokens=budgets[index])).text
             candidate.outputs.append(output)
             candidate.agree.append(output == reference_outputs[index])
-            candidate.exact.append(same_output(output, reference_text))
+            candidate.exact.append(same_output(output, reference_texts[index]))
         if on_row:
             on_row(index + 1, len(rows))
