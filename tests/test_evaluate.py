@@ -51,6 +51,22 @@ def test_torch_logprob_sums_batched_match_one_by_one(tiny_torch):
     np.testing.assert_allclose(tiny_torch.logprob_sums(requests, batch_size=5), expected, rtol=1e-5, atol=1e-4)
 
 
+def test_torch_logprob_sums_of_labels_after_one_prompt_match_one_by_one(tiny_torch):
+    """A prompt and its candidate labels (one token and several; the prompt longer than the tiny model's
+    sliding window of 8): the prompt runs once, its cache is shared; same sums as a full pass each."""
+    rng = random.Random(1)
+    prompts = [tiny_torch.tokenize("the cat sat on the mat " * 3 + str(i), bos=True) for i in range(2)]
+    labels = [tiny_torch.tokenize(w) for w in WORDS] + [tiny_torch.tokenize(" ".join(rng.choices(WORDS, k=k)))
+                                                        for k in (2, 3, 5)]
+    assert min(map(len, labels)) == 1 and max(map(len, labels)) > 3 and len(prompts[0]) > 8
+    requests = [(prompt + label, len(prompt)) for prompt in prompts for label in labels]
+    requests += _requests(tiny_torch)[:3]  # prefixes of their own: the padded batches
+    expected = [float(tiny_torch.target_logprobs(ids, first - 1).sum()) for ids, first in requests]
+    np.testing.assert_allclose(tiny_torch.logprob_sums(requests, batch_size=4), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(TinyTitanError, match="nothing to score"):
+        tiny_torch.logprob_sums([(prompts[0], len(prompts[0]))])
+
+
 def _rows(path, completion, n=24, seed=0):
     rng = random.Random(seed)
     path.write_text("".join(json.dumps({"prompt": f"{rng.choice(WORDS)} {rng.choice(WORDS)} {i}",
@@ -179,7 +195,7 @@ def test_run_benchmark_picks_by_likelihood(tiny_llama, tmp_path):
 def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path):
     """With a schema, llama.cpp artifacts are also decoded under its grammar: every such output is valid
     JSON of the schema; classification without likelihoods is scored by generation."""
-    from tinytitan.artifacts import Artifact, parse_artifact
+    from tinytitan.artifacts import Artifact
     from tinytitan.evaluate import evaluate_task
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])

@@ -127,7 +127,11 @@ def test_torchrun_two_processes_match_one(tiny, dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stdout
     assert losses(double) == pytest.approx(losses(single), rel=1e-4)
-    val = lambda run: [json.loads(l)["val_loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
+
+    def val(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["val_loss"] for line in lines if "val_loss" in line]
+
     assert val(double) == pytest.approx(val(single), rel=1e-4)
 
 

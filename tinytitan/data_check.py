@@ -211,7 +211,7 @@ def print_report(prepared: Prepared) -> None:
         console.print(f"  [red]{rejected}[/red]", soft_wrap=True)
     if len(prepared.rejected) > MAX_LISTED:
         console.print(f"  ... and {len(prepared.rejected) - MAX_LISTED} more (--json lists all)")
-    console.print(f"[bold]splits[/bold] " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) +
+    console.print("[bold]splits[/bold] " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) +
                   (" (by hash of the input)" if s["split_mode"] == "hash" else " (from files)"))
     if s["leakage"]:
         console.print("[yellow]leakage[/yellow] " + ", ".join(f"{k}: {v} shared inputs" for k, v in s["leakage"].items()))

@@ -31,8 +31,10 @@ def _cpu_flags() -> tuple[str, str]:
     script = ROOT / "tools" / "cpu_flags.py"
     if not script.exists():
         raise TinyTitanError(f"{script} is missing: the native llama.cpp tools are built from a source checkout")
-    run = lambda *a: subprocess.run([sys.executable, str(script), *a],
-                                    check=True, capture_output=True, text=True).stdout.strip()
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
     return run(), run("--key")
 
 

@@ -94,16 +94,67 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def logprob_sums(self, requests: Sequence[tuple[Sequence[int], int]], batch_size: int = 16) -> list[float]:
-        """Right-padded batches; the LM head runs only at the positions that predict scored tokens."""
+        """For each `(ids, first)`: sum of log P(ids[i] | ids[:i]) over i >= first. Requests that share
+        their prefix `ids[:first]` (a prompt and its candidate labels) run the prefix once and only their
+        own tokens after it; the rest go in right-padded batches. The LM head runs only at the positions
+        that predict scored tokens."""
+        requests = [(list(ids), first) for ids, first in requests]
+        for ids, first in requests:
+            if not 1 <= first < len(ids):
+                raise TinyTitanError(f"nothing to score: first={first} for {len(ids)} tokens")
+        by_prefix: dict[tuple, list[int]] = {}
+        for index, (ids, first) in enumerate(requests):
+            by_prefix.setdefault(tuple(ids[:first]), []).append(index)
+        sums: list[float] = [0.0] * len(requests)
+        alone = []
+        for prefix, members in by_prefix.items():
+            if len(members) == 1:
+                alone.extend(members)
+                continue
+            for index, value in zip(members, self._sums_after_prefix(list(prefix), [requests[i][0][len(prefix):]
+                                                                                   for i in members], batch_size)):
+                sums[index] = value
+        for index, value in zip(alone, self._sums_padded([requests[i] for i in alone], batch_size)):
+            sums[index] = value
+        return sums
+
+    def _sums_after_prefix(self, prefix: list[int], tails: list[list[int]], batch_size: int) -> list[float]:
+        """Log-likelihood of each tail after one shared prefix: the prefix's cache is computed once and
+        copied for each batch of tails. Right padding needs no mask: causal attention never lets a real
+        token see the padding after it."""
+        import copy
+
+        out = self.lm.model(input_ids=torch.tensor([prefix]), use_cache=True)
+        first = torch.log_softmax(self._head(out.last_hidden_state[0, -1:]).float(), dim=-1)[0]
+        sums = []
+        for start in range(0, len(tails), batch_size):
+            group = tails[start:start + batch_size]
+            width = max(len(tail) - 1 for tail in group)
+            if width == 0:  # one-token tails: the prefix's last position scores them all
+                sums.extend(float(first[tail[0]]) for tail in group)
+                continue
+            inputs = torch.zeros((len(group), width), dtype=torch.long)
+            for row, tail in enumerate(group):
+                inputs[row, :len(tail) - 1] = torch.tensor(tail[:-1])
+            cache = copy.deepcopy(out.past_key_values)
+            cache.batch_repeat_interleave(len(group))
+            hidden = self.lm.model(input_ids=inputs, past_key_values=cache, use_cache=True).last_hidden_state
+            for row, tail in enumerate(group):
+                total = float(first[tail[0]])
+                if len(tail) > 1:
+                    logp = torch.log_softmax(self._head(hidden[row, :len(tail) - 1]).float(), dim=-1)
+                    total += float(logp.gather(1, torch.tensor(tail[1:])[:, None]).sum())
+                sums.append(total)
+        return sums
+
+    def _sums_padded(self, requests: list[tuple[list[int], int]], batch_size: int) -> list[float]:
         sums = []
         for start in range(0, len(requests), batch_size):
-            group = [(list(ids), first) for ids, first in requests[start:start + batch_size]]
+            group = requests[start:start + batch_size]
             width = max(len(ids) - 1 for ids, _ in group)
             inputs = torch.zeros((len(group), width), dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
             for row, (ids, first) in enumerate(group):
-                if not 1 <= first < len(ids):
-                    raise TinyTitanError(f"nothing to score: first={first} for {len(ids)} tokens")
                 inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
                 mask[row, :len(ids) - 1] = 1
             hidden = self.lm.model(input_ids=inputs, attention_mask=mask).last_hidden_state  # (B, T, H)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -74,6 +75,8 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
 
     @app.exception_handler(Exception)
     async def _bug(request, error: Exception):  # never a bare 500 page: the envelope, and the cause
+        logging.getLogger("tinytitan.server").error("%s %s: internal error", request.method, request.url.path,
+                                                    exc_info=error)
         return error_response(500, f"internal error: {type(error).__name__}: {error}", None, None, "server_error")
 
     @app.get("/health", response_model=api.Health)

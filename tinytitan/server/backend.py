@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import queue
 import threading
@@ -29,6 +30,7 @@ from tinytitan.engines.llama import END_PIECES, check_adapter, quiet_native_stde
 from tinytitan.engines.sampling import Sampler, Sampling
 from tinytitan.errors import ModelFileError, TinyTitanError
 
+log = logging.getLogger("tinytitan.server")
 PREFILL_CHUNK = 128  # tokens per prefill decode: a cancelled job stops within one chunk (~0.2 s)
 
 
@@ -201,8 +203,10 @@ class Slot:
                 if not job.cancelled.is_set():
                     self._run(job)
             except TinyTitanError as error:
+                log.warning("slot %d: the request failed: %s", self.index, error)
                 job.emit(("error", str(error)))
             except Exception as error:  # a bug must not kill the slot: report it on this request only
+                log.exception("slot %d: internal error", self.index)
                 job.emit(("error", f"internal error: {type(error).__name__}: {error}"))
             finally:
                 self.job = None
