@@ -30,10 +30,11 @@ def main() -> None:
     args = parser.parse_args()
     from tinytitan.chat_format import END_OF_TURN, encode_chat
     from tinytitan.engines import load_engine
+    from tinytitan.data import DataSpec
     from tinytitan.evaluate import load_rows
 
     data = args.data or _banking77_test()
-    examples = load_rows(data, None)
+    examples = load_rows(str(data), DataSpec())
     labels = sorted({e.completion for e in examples})
     engine = load_engine("torch", threads=args.threads)
     end = engine.token_id(END_OF_TURN)
