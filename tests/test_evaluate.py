@@ -214,5 +214,14 @@ def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path)
     assert figures["scored_by"] == "generation" and "likelihood" not in figures
     assert figures["score"] == figures["generation"]["accuracy"]
     assert figures["constrained"]["accuracy"] >= 0 and set(figures["constrained"]["labels"]) <= {"cat", "dog", "mat"}
+    # constrained=False (a recipe's `constrained = false`, `--no-constrained`): one decoding pass, labels too
+    (figures,) = evaluate_task([gguf], str(labels), likelihood=False, max_tokens=8, constrained=False)["results"]
+    assert "constrained" not in figures and figures["score"] == figures["generation"]["accuracy"]
+    result = run_cli("eval", str(tiny[0]), "--data", str(labels), "--no-likelihood", "--no-constrained", "--json",
+                     "--max-tokens", "8", "--out", str(tmp_path / "plain"))
+    assert result.returncode == 0, result.stderr
+    assert "constrained" not in json.loads(result.stdout)["task"]["results"][0]
+    (written,) = (tmp_path / "plain").glob("*.jsonl")
+    assert written.read_text().count('"output"') == 24 and "constrained_output" not in written.read_text()
     result = run_cli("eval", str(tiny[0]), "--data", str(data), "--schema", str(tmp_path / "missing.json"))
     assert result.returncode == 1 and "--schema" in result.stderr and "Traceback" not in result.stderr

@@ -52,6 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=options.positive_int, default=256, help="generation cap per row")
     parser.add_argument("--schema", default=None, metavar="SCHEMA.json",
                         help="JSON tasks: also decode constrained by this JSON schema (llama.cpp artifacts)")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="also decode llama.cpp artifacts constrained to --schema (JSON tasks) or to the label "
+                             "set (classification); doubles their decoding (default: on)")
     parser.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=True,
                         help="classification: score every label's likelihood too (default: on; slow with many labels)")
     parser.add_argument("--out", default=None, help="folder for per-example JSONL files and eval.json")
@@ -77,7 +80,7 @@ def run(args) -> None:
                                        kl_reference=reference, max_tokens=args.max_tokens, threads=args.threads,
                                        seed=args.seed, out=Path(args.out) if args.out else None,
                                        schema=_read_schema(args.schema) if args.schema else None,
-                                       likelihood=args.likelihood)
+                                       likelihood=args.likelihood, constrained=args.constrained)
     if args.benchmark:
         result["benchmarks"] = evaluate_benchmarks(artifacts, args.benchmark, Path(args.benchmark_dir),
                                                    args.shots, args.limit, args.threads)
@@ -130,10 +133,10 @@ def detect_task(completions: list[str]) -> str:
 
 def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
                   kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None,
-                  schema: dict | None = None, likelihood: bool = True) -> dict:
-    """Score every artifact on the rows of `data`. With `schema` (extraction) or for classification,
-    llama.cpp artifacts are also decoded constrained (the schema's grammar, or the label set): the
-    `constrained` figures. `likelihood=False` skips classification's label-likelihood pass (the
+                  schema: dict | None = None, likelihood: bool = True, constrained: bool = True) -> dict:
+    """Score every artifact on the rows of `data`. With `constrained`, and a `schema` (extraction) or
+    for classification, llama.cpp artifacts are also decoded constrained (the schema's grammar, or the
+    label set): the `constrained` figures. `likelihood=False` skips classification's label-likelihood pass (the
     costly one: every label is scored for every row), leaving generation as the headline."""
     from tinytitan.data import DataSpec
 
@@ -154,7 +157,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     examples = examples[:limit] if limit else examples
     task = detect_task([e.completion for e in examples]) if task == "auto" else task
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
-    grammar = _grammar(task, schema, labels)
+    grammar = _grammar(task, schema, labels) if constrained else None
     results = []
     reference_topk = None
     for artifact in artifacts:

@@ -260,7 +260,7 @@ class Pipeline:
                                shots_data=str(self.data / "train.jsonl"),  # every test row is scored
                                kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
                                threads=self.threads, out=examples, schema=schema,
-                               likelihood=settings.likelihood)
+                               likelihood=settings.likelihood, constrained=settings.constrained)
         (self.report_dir / "eval.json").write_text(json.dumps({"result": result}, indent=1))
 
     def _bench(self) -> None:
