@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinytitan import __version__
 from tinytitan.errors import TinyTitanError
 from tinytitan.server import api
-from tinytitan.server.backend import Backend, Job, QueueFull, Sampling
+from tinytitan.server.backend import Backend, Job, QueueFull, Sampling, log
 from tinytitan.server.fleet import Task
 from tinytitan.server.limits import ApiError, Limits, error_response
 from tinytitan.server.metrics import Metrics
@@ -75,8 +74,7 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
 
     @app.exception_handler(Exception)
     async def _bug(request, error: Exception):  # never a bare 500 page: the envelope, and the cause
-        logging.getLogger("tinytitan.server").error("%s %s: internal error", request.method, request.url.path,
-                                                    exc_info=error)
+        log.error("%s %s: internal error", request.method, request.url.path, exc_info=error)
         return error_response(500, f"internal error: {type(error).__name__}: {error}", None, None, "server_error")
 
     @app.get("/health", response_model=api.Health)
