@@ -363,8 +363,6 @@ def test_a_bug_in_a_slot_is_a_500_envelope_logged_with_its_traceback_and_the_slo
                                                                                              caplog):
     from tinytitan.server import backend
 
-    real = backend.generate_choice
-
     def broken(*args):
         raise RuntimeError("a bug")
 
@@ -377,7 +375,7 @@ def test_a_bug_in_a_slot_is_a_500_envelope_logged_with_its_traceback_and_the_slo
                                              "param": None, "code": None}
         logged = [r for r in caplog.records if r.name == "tinytitan.server"]
         assert logged and logged[-1].exc_info and "a bug" in str(logged[-1].exc_info[1])
-        monkeypatch.setattr(backend, "generate_choice", real)
+        monkeypatch.undo()
         status, _, body = get(url + "/v1/chat/completions", key=None, method="POST",
                               body={"model": "t", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] >= 1
@@ -490,11 +488,18 @@ def test_chat_cli_against_the_server(server):
 SEMANTIC = {"context_length_exceeded", "invalid_message_order", "invalid_schema", "unsupported_schema_feature"}
 
 
+def body_text(response: dict):
+    """The body of a response in a schemathesis report (text, or bytes it stored as base64)."""
+    import base64
+
+    body = response.get("content") or {}
+    return base64.b64decode(body["$base64"]) if "$base64" in body else body.get("string", "")
+
+
 def test_schemathesis_all_checks(server, tmp_path):
     """schemathesis with every check against /openapi.json: no 5xx at all, and no failure but requests the
     schema cannot judge (a prompt longer than the context, a response schema it cannot enforce).
     FUZZ_SECONDS=600 fuzzes longer (default 60); a 5xx is reported with its body and request."""
-    import base64
     import subprocess
     import sys
 
@@ -514,17 +519,15 @@ def test_schemathesis_all_checks(server, tmp_path):
             response = interaction.get("response") or {}
             statuses.append(response.get("status_code"))
             if response.get("status_code") is None or response["status_code"] >= 500:
-                body = response.get("content") or {}
-                text = base64.b64decode(body["$base64"]) if "$base64" in body else body.get("string", "")
-                server_errors.append((response.get("status_code"), text[:300], interaction.get("request")))
+                server_errors.append((response.get("status_code"), body_text(response)[:300],
+                                      interaction.get("request")))
             for check in recorder.get("checks", {}).get(case_id, []):
                 if check["status"] == "failure":
-                    body = response.get("content") or {}
-                    text = base64.b64decode(body["$base64"]) if "$base64" in body else body.get("string", "")
-                    failures.append((check["failure_info"]["failure"]["code"], response.get("status_code"), text,
+                    failures.append((check["failure_info"]["failure"]["code"], response.get("status_code"),
+                                     body_text(response),
                                      check["failure_info"]["failure"].get("message"), interaction.get("request")))
     assert len(statuses) > 500, result.stdout[-2000:]  # it really ran
     assert not server_errors, f"{len(server_errors)} 5xx responses, the first: {server_errors[0]}"
     for code, status, text, message, request in failures:
         assert code == "ST202" and status == 400, (code, status, message, request)
-        assert json.loads(text or "null")["error"]["code"] in SEMANTIC, (text[:500], body)
+        assert json.loads(text or "null")["error"]["code"] in SEMANTIC, (text[:500], request)
