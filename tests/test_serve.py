@@ -144,6 +144,15 @@ def test_chat_and_completion(client):
     assert len({c.text for c in sampled.choices}) > 1  # each choice its own seed
 
 
+def test_a_vanishing_temperature_is_greedy(client):
+    """1.2e-38 (schemathesis' pick) would overflow logits / temperature: it decodes as temperature 0,
+    under a task's schema too (it once failed with 'no token can continue')."""
+    for model in ("base", "json"):
+        tiny, zero = (client.completions.create(model=model, prompt="\u00f8\\", max_tokens=12, temperature=t)
+                      for t in (1.1754943508222875e-38, 0.0))
+        assert tiny.choices[0].text == zero.choices[0].text
+
+
 def test_stop_strings_and_max_tokens(client):
     full = chat(client, max_tokens=30).choices[0].message.content
     cut = next((full[:i] for i in range(3, len(full)) if full[i:i + 2].strip()), None)

@@ -21,6 +21,9 @@ import numpy as np
 
 from tinytitan.errors import TinyTitanError
 
+# below this, logits / temperature overflow float32 (or leave one token with all the probability):
+# such a temperature samples as greedy (schemathesis sent 1.2e-38; llama.cpp's softmax then gave NaN)
+MIN_TEMPERATURE = 1e-6
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 
 
@@ -54,7 +57,7 @@ class Sampler:
         if sampling.presence_penalty or sampling.frequency_penalty:
             add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, 256, 1.0, sampling.frequency_penalty,
                                                        sampling.presence_penalty))
-        if sampling.temperature == 0:
+        if sampling.temperature < MIN_TEMPERATURE:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
             if sampling.top_k:
