@@ -74,6 +74,16 @@ def test_seeded_sampling_is_reproducible(engine_name, request):
     assert len(others) > 1  # different seeds explore different continuations
 
 
+@pytest.mark.parametrize("engine_name", ["tiny_torch", "tiny_llama"])
+def test_a_vanishing_temperature_is_greedy(engine_name, request):
+    """1.2e-38 would overflow logits / temperature (NaN probabilities): both engines decode it as 0."""
+    engine = request.getfixturevalue(engine_name)
+    prompt = engine.tokenize("the dog", bos=True)
+    greedy = engine.generate(prompt, SamplingParams(max_tokens=8))
+    tiny = engine.generate(prompt, SamplingParams(max_tokens=8, temperature=1.1754943508222875e-38, seed=3))
+    assert tiny.tokens == greedy.tokens
+
+
 def test_top_k_one_is_greedy(tiny_torch):
     prompt = tiny_torch.tokenize("the dog", bos=True)
     greedy = tiny_torch.generate(prompt, SamplingParams(max_tokens=8))

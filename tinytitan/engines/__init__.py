@@ -6,7 +6,7 @@ Streams yield `GenerationChunk`s carrying prompt and generation speed and peak m
 benchmarks read their numbers from the normal API.
 
 Sampling is the same in both engines, in llama.cpp's order: top-k, then top-p on the model's
-distribution, then temperature; temperature 0 is greedy.
+distribution, then temperature; a temperature below MIN_TEMPERATURE (0 included) is greedy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import numpy as np
 from tinytitan.errors import TinyTitanError
 
 ENGINES = ("llama", "torch")
+# below this, logits / temperature overflow float32 (or leave one token with all the probability):
+# such a temperature samples as greedy (schemathesis sent 1.2e-38; llama.cpp's softmax then gave NaN)
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)

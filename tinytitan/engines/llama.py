@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from tinytitan.engines import Engine, SamplingParams, target_logprobs_of
+from tinytitan.engines import MIN_TEMPERATURE, Engine, SamplingParams, target_logprobs_of
 from tinytitan.errors import ModelFileError, TinyTitanError
 from tinytitan.models import ModelRef
 
@@ -151,7 +151,7 @@ class LlamaEngine(Engine):
         self.llm.set_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"))
         yield from self.llm.generate(
             prompt_ids, top_k=params.top_k, top_p=params.top_p, min_p=0.0, typical_p=1.0,
-            temp=params.temperature, repeat_penalty=1.0,
+            temp=params.temperature if params.temperature >= MIN_TEMPERATURE else 0.0, repeat_penalty=1.0,
         )
 
     def score(self, ids: Sequence[int], first: int) -> np.ndarray:

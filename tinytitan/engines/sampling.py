@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytitan.engines import MIN_TEMPERATURE
 from tinytitan.errors import TinyTitanError
 
-# below this, logits / temperature overflow float32 (or leave one token with all the probability):
-# such a temperature samples as greedy (schemathesis sent 1.2e-38; llama.cpp's softmax then gave NaN)
-MIN_TEMPERATURE = 1e-6
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from tinytitan.engines import Engine, SamplingParams
+from tinytitan.engines import MIN_TEMPERATURE, Engine, SamplingParams
 from tinytitan.errors import TinyTitanError
 from tinytitan.models import ModelRef
 from tinytitan.torch_model import load_tokenizer, load_torch_model
@@ -173,7 +173,7 @@ class TorchEngine(Engine):
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """One token from a [vocab] logits vector: greedy, or top-k -> top-p -> temperature."""
-    if params.temperature == 0.0:
+    if params.temperature < MIN_TEMPERATURE:
         return int(torch.argmax(logits))
     values, indices = torch.sort(logits, descending=True)
     if params.top_k:
