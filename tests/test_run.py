@@ -92,7 +92,8 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
              ("[task]\nkind = 'files'\ntrain = 'x'\n[finetune]\noutput = 'y'\n", "output is set by the recipe"),
              ("[task]\nkind = 'files'\ntrain = 'x'\n[eval]\ntolerance = 'small'\n", "[eval] tolerance: expected a number"),
              ("[task]\nkind = 'files'\ntrain = 'x'\n[deploy]\n", "unknown key or section 'deploy'"),
-             ("[task]\nkind = 'ingredients'\ncsv = 'x.csv'\nmax_rows = 3\n", "unknown key 'max_rows' for kind 'ingredients'")]
+             ("[task]\nkind = 'ingredients'\ncsv = 'x.csv'\nmax_rows = 3\n", "unknown key 'max_rows' for kind 'ingredients'"),
+             ("[task]\nkind = 'ingredients'\nextra_csv = 'x.csv'\n", "[task] needs csv")]
     for text, message in cases:
         bad.write_text(text)
         result = run_cli("run", str(bad))

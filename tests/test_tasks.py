@@ -41,6 +41,27 @@ def test_ingredient_fractions_round_trip_and_prepare(tmp_path):
     assert not tests & {r["prompt"] for r in train}  # no line in two splits
 
 
+def test_ingredient_extra_lines_train_only_and_spare_validation_rows_train(tmp_path):
+    main = DATA / "ingredients" / "tastecooking-ingredients-2024.csv"
+    extra = DATA / "ingredients" / "cookstr-ingredients-2017.csv"
+    prepare = task_module("ingredients").prepare
+    plain = prepare({"csv": main}, tmp_path / "plain")
+    counts = prepare({"csv": main, "extra_csv": extra}, tmp_path / "more", max_val=300, max_extra=2000)
+    assert counts["val"] == 300 and counts["test"] == plain["test"] and counts["extra"] == 2000
+    assert counts["train"] == plain["train"] + (plain["val"] - 300) + 2000  # no labelled line goes unused
+    assert counts["extra_overlap"] > 100  # common lines ("1 teaspoon kosher salt") are in both files
+    train = rows(tmp_path / "more" / "train.jsonl")
+    assert rows(tmp_path / "more" / "test.jsonl") == rows(tmp_path / "plain" / "test.jsonl")
+    main_prompts = {r["prompt"] for s in ("train", "val", "test") for r in rows(tmp_path / "plain" / f"{s}.jsonl")}
+    added = train[plain["train"] + plain["val"] - 300:]
+    assert len(added) == 2000 and not {r["prompt"] for r in added} & main_prompts  # no test line leaks in
+    with open(extra, newline="", encoding="utf-8") as file:
+        extra_prompts = {row["input"].strip() for row in csv.DictReader(file)}
+    assert {r["prompt"] for r in added} <= extra_prompts
+    again = prepare({"csv": main, "extra_csv": extra}, tmp_path / "again", max_val=300, max_extra=2000)
+    assert again == counts and rows(tmp_path / "again" / "train.jsonl") == train  # the same slice every time
+
+
 def test_banking77_keeps_the_official_test_split(tmp_path):
     counts = task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
                                                "test": DATA / "banking77" / "test.csv"}, tmp_path)
@@ -119,3 +140,6 @@ def test_unknown_task_and_missing_source(tmp_path):
         task_module("nope")
     with pytest.raises(TinyTitanError, match="no such file"):
         task_module("ingredients").prepare({"csv": tmp_path / "missing.csv"}, tmp_path)
+    with pytest.raises(TinyTitanError, match=r"missing\.csv: no such file \(more ingredient-parser lines"):
+        task_module("ingredients").prepare({"csv": DATA / "ingredients" / "tastecooking-ingredients-2024.csv",
+                                            "extra_csv": tmp_path / "missing.csv"}, tmp_path)

@@ -147,7 +147,7 @@ def _task(path: Path, spec: dict) -> tuple[str, dict[str, Path], dict]:
         else:
             known = ", ".join([*allowed_sources, *parameters])
             raise TinyTitanError(f"{path}: [task] unknown key {key!r} for kind {kind!r} (known: {known})")
-    required = ("train",) if kind == "files" else allowed_sources
+    required = ("train",) if kind == "files" else getattr(module, "REQUIRED", allowed_sources)
     missing = [s for s in required if s not in sources]
     if missing:
         raise TinyTitanError(f"{path}: [task] needs {missing[0]} (a file path)")

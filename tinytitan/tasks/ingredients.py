@@ -15,13 +15,15 @@ an answer back into the data's encoding.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
 from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
 
-SOURCES = ("csv",)
+SOURCES = ("csv", "extra_csv")
+REQUIRED = ("csv",)
 FIELDS = ("name", "quantity", "unit", "size", "preparation", "comment", "purpose")
 GLYPHS = {(1, 2): "½", (1, 3): "⅓", (2, 3): "⅔", (1, 4): "¼", (3, 4): "¾", (1, 5): "⅕", (2, 5): "⅖",
           (3, 5): "⅗", (4, 5): "⅘", (1, 6): "⅙", (5, 6): "⅚", (1, 7): "⅐", (1, 8): "⅛", (3, 8): "⅜",
@@ -45,8 +47,8 @@ def quantity_from_model(text: str) -> str:
     return "".join(back.get(ch, ch) for ch in text)
 
 
-def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, split=(0.8, 0.1, 0.1)) -> dict:
-    path = need_file(sources, "csv", "ingredient-parser's CSV")
+def read_lines(path: Path) -> list[dict]:
+    """One example per CSV row, exact repeats kept (drop_repeats decides), fractions as glyphs."""
     try:
         with open(path, newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)
@@ -63,13 +65,37 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, s
             raise TinyTitanError(f"{path}:{number}: the input is empty")
         record = {f: quantity_for_model((row[f] or "").strip()) for f in FIELDS}  # fractions appear in any field
         examples.append({"prompt": line, "completion": record})
-    examples, duplicates = drop_repeats(examples)  # the same line with the same labels: once is enough
+    return examples
+
+
+def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, max_extra: int = 0,
+            split=(0.8, 0.1, 0.1)) -> dict:
+    """train/val/test from `csv`; validation rows past `max_val` train instead of going unused.
+
+    `extra_csv` (optional, same columns) adds up to `max_extra` lines (0 = all) to training only, so
+    validation and test stay the main set's; a line already in the main set is left out of the extra
+    one (counted as `extra_overlap`), and the slice is spread over the file by a stable hash.
+    """
+    path = need_file(sources, "csv", "ingredient-parser's CSV")
+    examples, duplicates = drop_repeats(read_lines(path))  # the same line with the same labels: once is enough
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for example in examples:
         splits[split_name(example["prompt"], split)].append(example)
+    if max_val:
+        splits["train"] += splits["val"][max_val:]
+        splits["val"] = splits["val"][:max_val]
+    counts: dict = {}
+    if "extra_csv" in sources:
+        extra_path = need_file(sources, "extra_csv", "more ingredient-parser lines, for training")
+        extra, extra_duplicates = drop_repeats(read_lines(extra_path))
+        known = {example["prompt"] for example in examples}
+        fresh = [example for example in extra if example["prompt"] not in known]
+        fresh.sort(key=lambda example: hashlib.sha256(example["prompt"].encode()).digest())
+        taken = fresh[:max_extra] if max_extra else fresh
+        splits["train"] += taken
+        duplicates += extra_duplicates
+        counts = {"extra": len(taken), "extra_overlap": len(extra) - len(fresh)}
     if max_train:
         splits["train"] = splits["train"][:max_train]
-    if max_val:
-        splits["val"] = splits["val"][:max_val]
-    counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
+    counts |= {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
     return {**counts, "duplicates_dropped": duplicates}
