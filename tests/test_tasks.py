@@ -49,12 +49,14 @@ def test_ingredient_extra_lines_train_only_and_spare_validation_rows_train(tmp_p
     counts = prepare({"csv": main, "extra_csv": extra}, tmp_path / "more", max_val=300, max_extra=2000)
     assert counts["val"] == 300 and counts["test"] == plain["test"] and counts["extra"] == 2000
     assert counts["train"] == plain["train"] + (plain["val"] - 300) + 2000  # no labelled line goes unused
+    assert counts["extra_unlabelled"] == 32625  # cookstr's rows past its first 15,003 have every field empty
     assert counts["extra_overlap"] > 100  # common lines ("1 teaspoon kosher salt") are in both files
     train = rows(tmp_path / "more" / "train.jsonl")
     assert rows(tmp_path / "more" / "test.jsonl") == rows(tmp_path / "plain" / "test.jsonl")
     main_prompts = {r["prompt"] for s in ("train", "val", "test") for r in rows(tmp_path / "plain" / f"{s}.jsonl")}
     added = train[plain["train"] + plain["val"] - 300:]
     assert len(added) == 2000 and not {r["prompt"] for r in added} & main_prompts  # no test line leaks in
+    assert all(any(r["completion"].values()) for r in added)
     with open(extra, newline="", encoding="utf-8") as file:
         extra_prompts = {row["input"].strip() for row in csv.DictReader(file)}
     assert {r["prompt"] for r in added} <= extra_prompts

@@ -73,8 +73,9 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
     """train/val/test from `csv`; validation rows past `max_val` train instead of going unused.
 
     `extra_csv` (optional, same columns) adds up to `max_extra` lines (0 = all) to training only, so
-    validation and test stay the main set's; a line already in the main set is left out of the extra
-    one (counted as `extra_overlap`), and the slice is spread over the file by a stable hash.
+    validation and test stay the main set's. Left out of it, and counted: lines with every field
+    empty (`extra_unlabelled`: cookstr's rows past its first 15,003 carry no labels) and lines the
+    main set holds (`extra_overlap`). The slice is spread over the file by a stable hash.
     """
     path = need_file(sources, "csv", "ingredient-parser's CSV")
     examples, duplicates = drop_repeats(read_lines(path))  # the same line with the same labels: once is enough
@@ -88,13 +89,15 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
     if "extra_csv" in sources:
         extra_path = need_file(sources, "extra_csv", "more ingredient-parser lines, for training")
         extra, extra_duplicates = drop_repeats(read_lines(extra_path))
+        labelled = [example for example in extra if any(example["completion"].values())]
         known = {example["prompt"] for example in examples}
-        fresh = [example for example in extra if example["prompt"] not in known]
+        fresh = [example for example in labelled if example["prompt"] not in known]
         fresh.sort(key=lambda example: hashlib.sha256(example["prompt"].encode()).digest())
         taken = fresh[:max_extra] if max_extra else fresh
         splits["train"] += taken
         duplicates += extra_duplicates
-        counts = {"extra": len(taken), "extra_overlap": len(extra) - len(fresh)}
+        counts = {"extra": len(taken), "extra_unlabelled": len(extra) - len(labelled),
+                  "extra_overlap": len(labelled) - len(fresh)}
     if max_train:
         splits["train"] = splits["train"][:max_train]
     counts |= {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
