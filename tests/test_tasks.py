@@ -49,8 +49,8 @@ def test_ingredient_extra_lines_train_only_and_spare_validation_rows_train(tmp_p
     counts = prepare({"csv": main, "extra_csv": extra}, tmp_path / "more", max_val=300, max_extra=2000)
     assert counts["val"] == 300 and counts["test"] == plain["test"] and counts["extra"] == 2000
     assert counts["train"] == plain["train"] + (plain["val"] - 300) + 2000  # no labelled line goes unused
-    assert counts["extra_unlabelled"] == 32625  # cookstr's rows past its first 15,003 have every field empty
-    assert counts["extra_overlap"] > 100  # common lines ("1 teaspoon kosher salt") are in both files
+    assert counts["extra_unlabelled"] == 32623  # cookstr's rows past its first 15,003: every field empty (2 repeats dropped)
+    assert counts["extra_overlap"] == 3  # labelled cookstr lines that tastecooking also holds
     train = rows(tmp_path / "more" / "train.jsonl")
     assert rows(tmp_path / "more" / "test.jsonl") == rows(tmp_path / "plain" / "test.jsonl")
     main_prompts = {r["prompt"] for s in ("train", "val", "test") for r in rows(tmp_path / "plain" / f"{s}.jsonl")}
