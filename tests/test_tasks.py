@@ -41,20 +41,20 @@ def test_ingredient_fractions_round_trip_and_prepare(tmp_path):
     assert not tests & {r["prompt"] for r in train}  # no line in two splits
 
 
-def test_ingredient_extra_lines_train_only_and_spare_validation_rows_train(tmp_path):
+def test_ingredient_extra_lines_train_only(tmp_path):
     main = DATA / "ingredients" / "tastecooking-ingredients-2024.csv"
     extra = DATA / "ingredients" / "cookstr-ingredients-2017.csv"
     prepare = task_module("ingredients").prepare
     plain = prepare({"csv": main}, tmp_path / "plain")
     counts = prepare({"csv": main, "extra_csv": extra}, tmp_path / "more", max_val=300, max_extra=2000)
     assert counts["val"] == 300 and counts["test"] == plain["test"] and counts["extra"] == 2000
-    assert counts["train"] == plain["train"] + (plain["val"] - 300) + 2000  # no labelled line goes unused
+    assert counts["train"] == plain["train"] + 2000
     assert counts["extra_unlabelled"] == 32623  # cookstr's rows past its first 15,003: every field empty (2 repeats dropped)
     assert counts["extra_overlap"] == 3  # labelled cookstr lines that tastecooking also holds
     train = rows(tmp_path / "more" / "train.jsonl")
     assert rows(tmp_path / "more" / "test.jsonl") == rows(tmp_path / "plain" / "test.jsonl")
     main_prompts = {r["prompt"] for s in ("train", "val", "test") for r in rows(tmp_path / "plain" / f"{s}.jsonl")}
-    added = train[plain["train"] + plain["val"] - 300:]
+    added = train[plain["train"]:]
     assert len(added) == 2000 and not {r["prompt"] for r in added} & main_prompts  # no test line leaks in
     assert all(any(r["completion"].values()) for r in added)
     with open(extra, newline="", encoding="utf-8") as file:

@@ -70,7 +70,7 @@ def read_lines(path: Path) -> list[dict]:
 
 def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, max_extra: int = 0,
             split=(0.8, 0.1, 0.1)) -> dict:
-    """train/val/test from `csv`; validation rows past `max_val` train instead of going unused.
+    """train/val/test from `csv` (validation cut to `max_val` rows, 0 = all).
 
     `extra_csv` (optional, same columns) adds up to `max_extra` lines (0 = all) to training only, so
     validation and test stay the main set's. Left out of it, and counted: lines with every field
@@ -83,7 +83,6 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
     for example in examples:
         splits[split_name(example["prompt"], split)].append(example)
     if max_val:
-        splits["train"] += splits["val"][max_val:]
         splits["val"] = splits["val"][:max_val]
     counts: dict = {}
     if "extra_csv" in sources:
