@@ -54,11 +54,16 @@ def write_jsonl(path: Path, rows) -> int:
     return count
 
 
-def split_name(key: str, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> str:
-    """train | val | test for a key, stable across runs (the same hash `data.split_of` uses)."""
+def stable_hash(text: str) -> bytes:
+    """sha256 of the text: the same on every run and machine, unlike `hash()`."""
     import hashlib
 
-    value = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    return hashlib.sha256(text.encode()).digest()
+
+
+def split_name(key: str, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """train | val | test for a key, stable across runs (the same hash `data.split_of` uses)."""
+    value = int.from_bytes(stable_hash(f"{seed}:{key}")[:8], "big") / 2**64
     if value < ratios[0]:
         return "train"
     return "val" if value < ratios[0] + ratios[1] else "test"

@@ -15,12 +15,11 @@ an answer back into the data's encoding.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
+from tinytitan.tasks import drop_repeats, need_file, split_name, stable_hash, write_jsonl
 
 SOURCES = ("csv", "extra_csv")
 REQUIRED = ("csv",)
@@ -91,7 +90,7 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
         labelled = [example for example in extra if any(example["completion"].values())]
         known = {example["prompt"] for example in examples}
         fresh = [example for example in labelled if example["prompt"] not in known]
-        fresh.sort(key=lambda example: hashlib.sha256(example["prompt"].encode()).digest())
+        fresh.sort(key=lambda example: stable_hash(example["prompt"]))
         taken = fresh[:max_extra] if max_extra else fresh
         splits["train"] += taken
         duplicates += extra_duplicates
