@@ -156,4 +156,13 @@ def test_batched_greedy_matches_one_at_a_time(tiny, tmp_path):
         alone = [engine.generate(p, SamplingParams(max_tokens=b)).text for p, b in zip(prompts, budgets)]
         batched = engine.generate_greedy_batch(prompts, max_tokens=20, budgets=budgets, sequences=3)
         assert batched == alone, lora
+        # one grammar per prompt, each sequence held to its own
+        grammars = [f'root ::= "row {i}" | "other"\n' for i in range(len(prompts))]
+        held = engine.generate_greedy_batch(prompts, max_tokens=20, grammars=grammars, sequences=3)
+        assert all(text in (f"row {i}", "other") for i, text in enumerate(held)), held
+        only = engine.generate_greedy_batch(prompts, max_tokens=20, grammars=[f'root ::= "row {i}"\n'
+                                                                                  for i in range(len(prompts))])
+        assert only == [f"row {i}" for i in range(len(prompts))]
+        with pytest.raises(ValueError, match="2 grammars for 7 prompts"):
+            engine.generate_greedy_batch(prompts, max_tokens=4, grammars=grammars[:2])
         engine.close()

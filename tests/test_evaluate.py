@@ -225,3 +225,30 @@ def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path)
     assert written.read_text().count('"output"') == 24 and "constrained_output" not in written.read_text()
     result = run_cli("eval", str(tiny[0]), "--data", str(data), "--schema", str(tmp_path / "missing.json"))
     assert result.returncode == 1 and "--schema" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_constrained_decoding_takes_copied_words_from_each_row(tiny, tmp_path):
+    """A schema field marked `x-input-words` is decoded, row by row, from that row's own words."""
+    import re
+
+    from tinytitan.artifacts import Artifact
+    from tinytitan.data import DataSpec, load_examples
+    from tinytitan.evaluate import _grammars, evaluate_task
+    from tinytitan.structured import input_words, schema_to_grammar
+
+    gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
+    data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(WORDS)})
+    schema = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": ["zz"]}},
+              "required": ["w"], "additionalProperties": False}
+    evaluate_task([gguf], str(data), schema=schema, max_tokens=16, out=tmp_path / "out")
+    records = [json.loads(line) for line in (tmp_path / "out" / "tiny.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()]
+    assert len(records) == len(prompts) == 24
+    for record, prompt in zip(records, prompts):
+        value = re.match(r'\{"w":"([^"]*)', record["constrained_output"])  # a cut-off output is scored too
+        assert value, record["constrained_output"]
+        assert set(value.group(1).split()) <= input_words(prompt) | {"zz"}, (prompt, value.group(1))
+    # each row gets the grammar made with its own input (the random model may well write nothing)
+    examples = load_examples(data, DataSpec()).examples
+    assert _grammars("extraction", schema, [], examples) == [schema_to_grammar(schema, p) for p in prompts]
+    assert len(set(_grammars("extraction", schema, [], examples))) == len(set(prompts))

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -176,6 +177,21 @@ def test_streaming_matches_non_streaming(client):
     assert "".join(p.choices[0].text for p in pieces) == plain.choices[0].text
 
 
+def test_a_task_schema_with_input_words_is_made_for_each_request():
+    from collections import OrderedDict
+
+    from tinytitan.server.app import _grammar
+    from tinytitan.server.fleet import Task
+    from tinytitan.structured import schema_to_grammar
+
+    copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": []}}, "required": ["w"]}
+    task = Task("copy", None, schema=copied, grammar=schema_to_grammar(copied))
+    assert _grammar(None, task, None, OrderedDict(), "red fish") == schema_to_grammar(copied, "red fish")
+    assert '"red"' in _grammar(None, task, None, OrderedDict(), "red fish") != task.grammar
+    plain = Task("plain", None, schema=SCHEMA, grammar=schema_to_grammar(SCHEMA))
+    assert _grammar(None, plain, None, OrderedDict(), "red fish") is plain.grammar
+
+
 def test_json_schema_output_validates(client):
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
                                                "size": {"enum": ["s", "m", "l"]},
@@ -196,6 +212,13 @@ def test_json_schema_output_validates(client):
         content = chat(client, max_tokens=20, response_format={"type": "json_schema", "json_schema": {
             "name": "o", "schema": schema_ab}}).choices[0].message.content
         assert list(json.loads(content)) == order
+    # a field held to the words of the last user message (`x-input-words`), whatever the model would say
+    copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": ["zz"]}}, "required": ["w"]}
+    for seed in range(4):
+        content = chat(client, max_tokens=16, temperature=1.0, seed=seed, content="red fish, blue fish",
+                       response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": copied}})
+        value = re.match(r'\{"w":"([^"]*)', content.choices[0].message.content)
+        assert value and set(value.group(1).split()) <= {"red", "fish", "fish,", "blue", "zz"}, value
     free = chat(client, model="json", max_tokens=12, response_format={"type": "text"}).choices[0].message.content
     assert free == chat(client, max_tokens=12, content="Answer in JSON.\n\nthe cat sat").choices[0].message.content
     obj = chat(client, max_tokens=200, temperature=0.7, seed=3, response_format={"type": "json_object"})

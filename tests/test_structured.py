@@ -7,6 +7,7 @@ import json
 import jsonschema
 import pytest
 
+from tinytitan.errors import TinyTitanError
 from tinytitan.structured import SchemaError, canonical_json, infer_schema, json_object_grammar, schema_to_grammar
 
 RECORD = {"type": "object", "properties": {
@@ -169,3 +170,61 @@ def test_inferred_grammar_accepts_every_training_target(tiny_model):
     targets = [canonical_completion(row, key_order=["name", "unit", "note"]) for row in rows]
     grammar = schema_to_grammar(infer_schema([json.loads(t) for t in targets]))
     assert all(grammar_accepts(tiny_model, grammar, t) for t in targets)
+
+
+COPIED = {"type": "object", "properties": {"name": {"type": "string", "x-input-words": ["leaf"]},
+                                           "note": {"type": "string"}},
+          "required": ["name", "note"], "additionalProperties": False}
+
+
+def test_input_words_hold_a_field_to_the_input(tiny_model):
+    from tinytitan.server.backend import grammar_accepts
+    from tinytitan.structured import input_words, uses_input
+
+    text = '2 c "fresh" basil leaves, chopped (1-inch)'
+    assert input_words(text) >= {"2", "c", "fresh", '"fresh"', "basil", "leaves", "leaves,", "chopped", "1-inch",
+                                 "1", "inch", "(1-inch)"}
+    grammar = schema_to_grammar(COPIED, text)
+    accepts = lambda name, note="": grammar_accepts(tiny_model, grammar, canonical_json({"name": name, "note": note}))  # noqa: E731
+    assert accepts("fresh basil leaf") and accepts("basil leaves") and accepts("") and accepts('"fresh" basil')
+    assert accepts("1-inch", note="any text at all")  # only the marked field is held
+    assert not accepts("fresh basil leafs") and not accepts("sliver") and not accepts("basil  leaf")
+    assert not accepts(" basil") and not accepts("basil ")  # single spaces between words, none around them
+    assert grammar_accepts(tiny_model, schema_to_grammar(COPIED), canonical_json({"name": "sliver", "note": ""}))
+    assert grammar_accepts(tiny_model, schema_to_grammar(COPIED, ""), canonical_json({"name": "leaf", "note": ""}))
+    empty = {"type": "string", "x-input-words": []}
+    assert grammar_accepts(tiny_model, schema_to_grammar(empty, ""), '""')
+    assert not grammar_accepts(tiny_model, schema_to_grammar(empty, ""), '"a"')
+    assert uses_input(COPIED) and uses_input({"anyOf": [empty]}) and not uses_input(RECORD)
+    with pytest.raises(SchemaError, match="expected a list of words"):
+        schema_to_grammar({"type": "string", "x-input-words": ["two words"]}, "x")
+    with pytest.raises(SchemaError, match="together with format/minLength/maxLength"):
+        schema_to_grammar({"type": "string", "x-input-words": [], "maxLength": 3}, "x")
+
+
+def test_infer_schema_marks_fields_copied_from_the_input(tiny_model):
+    from tinytitan.server.backend import grammar_accepts
+
+    herbs = ["basil", "mint", "sage", "thyme", "dill", "chive", "parsley", "tarragon", "oregano", "cilantro"]
+    inputs, targets = [], []
+    for i in range(60):
+        herb = herbs[i % len(herbs)]
+        cut = ["chopped", "minced", "sliced", "torn"][i % 4]
+        inputs.append(f"{i % 4 + 1} c fresh {herb} leaves, {cut}")
+        targets.append({"name": f"fresh {herb} leaf", "quantity": f"{i % 4 + 1}.0", "unit": "c", "preparation": cut})
+    schema = infer_schema(targets, inputs=inputs, max_enum=3)
+    fields = schema["properties"]
+    assert fields["name"]["x-input-words"] == ["leaf"]  # copied, with the one word written in its own form
+    assert "x-input-words" not in fields["quantity"]  # "2.0" is never in "2 c ...": not copied
+    assert fields["unit"] == {"type": "string", "enum": ["c"]}  # an enum is narrower still
+    assert fields["preparation"]["x-input-words"] == []  # every word from the input
+    assert "x-input-words" not in infer_schema(targets)["properties"]["name"]  # no inputs, no marks
+    # a field whose own words do not recur is not copied: the held-out half cannot spell its values
+    novel = [{"name": f"word{i}"} for i in range(60)]
+    assert "x-input-words" not in infer_schema(novel, inputs=["x"] * 60)["properties"]["name"]
+    assert "x-input-words" not in infer_schema(targets[:10], inputs=inputs[:10])["properties"]["name"]  # too few
+    with pytest.raises(TinyTitanError, match="3 inputs for 60 targets"):
+        infer_schema(targets, inputs=inputs[:3])
+    for text, target in list(zip(inputs, targets))[:12]:  # every training target stays writable
+        assert grammar_accepts(tiny_model, schema_to_grammar(schema, text), canonical_json(target))
+    assert not grammar_accepts(tiny_model, schema_to_grammar(schema, inputs[0]), canonical_json(targets[1]))

@@ -40,6 +40,11 @@ class Example:
         """The prompt as one string: for the split hash, duplicates and leakage."""
         return json.dumps([[m.role, m.content] for m in self.messages], ensure_ascii=False)
 
+    @property
+    def input_text(self) -> str:
+        """What the model answers: the last user message (an extractor copies its words)."""
+        return self.messages[-1].content
+
 
 @dataclass
 class Rejected:

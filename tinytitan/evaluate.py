@@ -157,7 +157,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     examples = examples[:limit] if limit else examples
     task = detect_task([e.completion for e in examples]) if task == "auto" else task
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
-    grammar = _grammar(task, schema, labels) if constrained else None
+    grammars = _grammars(task, schema, labels, examples) if constrained else None
     results = []
     reference_topk = None
     for artifact in artifacts:
@@ -178,7 +178,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
                 bar = progress.add_task("rows", total=len(rows))
                 figures, per_example = _score(engine, task, rows, examples, labels, max_tokens, kl,
                                               lambda done: progress.update(bar, completed=done),
-                                              grammar=grammar, likelihood=likelihood)
+                                              grammars=grammars, likelihood=likelihood)
             if kl is not None:
                 figures["kl"] = kl.result()
         finally:
@@ -205,14 +205,17 @@ def _headline(task: str) -> str:
     return task_module(task).HEADLINE
 
 
-def _grammar(task: str, schema: dict | None, labels: list[str]) -> str | None:
-    """The grammar constrained decoding uses: the schema's, or exactly one of the labels."""
-    from tinytitan.structured import literal, schema_to_grammar
+def _grammars(task: str, schema: dict | None, labels: list[str], examples) -> list[str] | None:
+    """Each row's grammar for constrained decoding: the schema's (made with the row's input when
+    the schema takes words from it), or exactly one of the labels."""
+    from tinytitan.structured import literal, schema_to_grammar, uses_input
 
     if task == "extraction" and schema is not None:
-        return schema_to_grammar(schema)
+        if uses_input(schema):
+            return [schema_to_grammar(schema, e.input_text) for e in examples]
+        return [schema_to_grammar(schema)] * len(examples)
     if task == "classification" and labels:
-        return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
+        return ["root ::= " + " | ".join(literal(label) for label in labels) + "\n"] * len(examples)
     return None
 
 
@@ -232,7 +235,7 @@ def _encode(engine, examples, shots) -> list[dict]:
     return rows
 
 
-def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar=None,
+def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammars=None,
            likelihood=True) -> tuple[dict, dict]:
     started = time.perf_counter()
     references = [e.completion for e in examples]
@@ -243,9 +246,9 @@ def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar
     batched = constrained = None
     if hasattr(engine, "generate_greedy_batch"):  # many rows decoded at once
         batched = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets)
-        if grammar is not None and engine.name == "llama":
+        if grammars is not None and engine.name == "llama":
             constrained = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets,
-                                                       grammar=grammar)
+                                                       grammars=grammars)
     from tinytitan.chat_format import END_OF_TURN
     from tinytitan.engines import SamplingParams
 

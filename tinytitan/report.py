@@ -199,7 +199,8 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
              f"turns of 200 prompt + 100 reply tokens; see bench.json for every profile and its assumptions."]
     if constrained:
         about.append("The constrained column decodes with the grammar the server applies (the JSON schema "
-                     "inferred from the training targets, or the label set): llama.cpp artifacts only.")
+                     "inferred from the training targets, with the fields copied from the input held to the "
+                     "input's words; or the label set): llama.cpp artifacts only.")
     if recommended:
         about.append(f"Recommended: **{recommended['artifact']}**, the smallest artifact that passed its parity gate "
                      f"with a score within the recipe's tolerance of the best.")

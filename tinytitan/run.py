@@ -103,7 +103,8 @@ class Pipeline:
                                                  if k in ("system", "max_length", "skip_bad", "max_bad_fraction",
                                                           "max_rows", "seed")}},
                   lambda: [self.data / "check.json"], self._check, lambda: 1),
-            Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT},
+            Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT,
+                                     "inference": _sha(Path(__file__).with_name("structured.py"))},
                   lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
                                        "model": self._model_sha()},
@@ -205,14 +206,17 @@ class Pipeline:
 
     def _schema(self) -> None:
         from tinytitan.data import DataSpec, load_examples
-        from tinytitan.structured import infer_schema, schema_to_grammar
+        from tinytitan.structured import INPUT_WORDS, infer_schema, schema_to_grammar
 
-        targets = [json.loads(e.completion) for e in load_examples(self.data / "train.jsonl", DataSpec()).examples]
-        schema = infer_schema(targets)
+        examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
+        schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
         schema_to_grammar(schema)  # it must be enforceable
         (self.root / "schema.json").write_text(json.dumps(schema, indent=1, ensure_ascii=False))
-        enums = [k for k, v in schema.get("properties", {}).items() if "enum" in v]
-        self._say(f"      {len(schema.get('properties', {}))} fields" + (f"; enums: {', '.join(enums)}" if enums else ""))
+        fields = schema.get("properties", {})
+        enums = [k for k, v in fields.items() if "enum" in v]
+        copied = [k for k, v in fields.items() if INPUT_WORDS in v]
+        self._say(f"      {len(fields)} fields" + (f"; enums: {', '.join(enums)}" if enums else "")
+                  + (f"; words from the input: {', '.join(copied)}" if copied else ""))
 
     def _finetune(self) -> None:
         from tinytitan.finetune import train

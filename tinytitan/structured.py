@@ -16,6 +16,13 @@ date-time, uuid), local $ref into $defs / definitions, and annotations (title, d
 
 `infer_schema` goes the other way: the schema of a task's JSON targets (fields, types, and an
 enum where a text field takes few values), for constrained decoding of a fine-tuned extractor.
+
+One keyword of our own, `x-input-words` (a list of words) on a string, is for extraction: the value
+is words joined by single spaces (or empty), each one a word of the request's input text
+(`input_words`) or one of the listed words. A grammar made with the input (`schema_to_grammar(schema,
+input_text)`) enforces it, so a decoder cannot write a word the input does not hold ("sliver" for
+"sauerkraut"); made without an input, the keyword is an annotation. `infer_schema` adds it to a
+top-level text field when the training targets show the field is copied from the input.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from collections.abc import Sequence
 
 from tinytitan.errors import TinyTitanError
 
+INPUT_WORDS = "x-input-words"
 ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
                "readOnly", "writeOnly", "$defs", "definitions"}
 SUPPORTED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
-             "maxItems", "enum", "const", "anyOf", "minLength", "maxLength", "format", "$ref"} | ANNOTATIONS
+             "maxItems", "enum", "const", "anyOf", "minLength", "maxLength", "format", "$ref",
+             INPUT_WORDS} | ANNOTATIONS
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 FORMATS = ("date", "time", "date-time", "uuid")
 MAX_REPEAT = 2000  # llama.cpp's grammar parser caps {m,n} repetitions at 2000 (MAX_REPETITION_THRESHOLD)
@@ -76,6 +85,9 @@ def meta_schema(self_ref: str) -> dict:
             "enum": {"type": "array", "minItems": 1}, "const": {},
             "anyOf": {"type": "array", "items": node, "minItems": 1},
             "format": {"enum": list(FORMATS)}, "$ref": {"type": "string", "pattern": "^#"},
+            INPUT_WORDS: {"type": "array", "items": {"type": "string", "pattern": r"^\S+$"}, "uniqueItems": True,
+                          "description": "the value is words joined by single spaces, each a word of the "
+                                         "request's input or one of these"},
             "$defs": {"type": "object", "additionalProperties": node},
             "definitions": {"type": "object", "additionalProperties": node},
             "title": {"type": "string"}, "description": {"type": "string"}, "$schema": {"type": "string"},
@@ -127,11 +139,36 @@ def json_object_grammar() -> str:
     return schema_to_grammar({"type": "object", "additionalProperties": True})
 
 
-def schema_to_grammar(schema) -> str:
-    """GBNF whose root matches the canonical compact JSON of documents valid under `schema`."""
-    grammar = _Converter(schema).grammar()
+def schema_to_grammar(schema, input_text: str | None = None) -> str:
+    """GBNF whose root matches the canonical compact JSON of documents valid under `schema`; with
+    `input_text`, a string marked `x-input-words` holds only words of that text and its own list."""
+    grammar = _Converter(schema, input_text).grammar()
     _check_against_meta(schema)  # what the converter reads is checked; this checks the rest (annotations...)
     return grammar
+
+
+def uses_input(schema) -> bool:
+    """Does the schema's grammar depend on the input text (an `x-input-words` anywhere in it)?"""
+    if isinstance(schema, dict):
+        return INPUT_WORDS in schema or any(uses_input(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(uses_input(v) for v in schema)
+    return False
+
+
+def input_words(text: str) -> set[str]:
+    """The words an `x-input-words` value may take from `text`: each whitespace-separated piece, that
+    piece without the punctuation around it, its parts between punctuation (with and without hyphens
+    kept), and its letter-and-digit runs. "(2-inch)" gives "(2-inch)", "2-inch", "2", "inch"."""
+    words: set[str] = set()
+    for piece in text.split():
+        words.add(piece)
+        words.add(piece.strip(".,;:()[]*!?\"'"))
+        words.update(re.findall(r"[^\W_]+(?:['’][^\W_]+)*", piece))
+        words.update(re.split(r"[/,;:()\[\]*]", piece))
+        words.update(re.split(r"[-/,;:()\[\]*–]", piece))
+    words.discard("")
+    return words
 
 
 def _check_against_meta(schema) -> None:
@@ -145,10 +182,11 @@ def _check_against_meta(schema) -> None:
 
 
 class _Converter:
-    def __init__(self, root):
+    def __init__(self, root, input_text: str | None = None):
         if not isinstance(root, dict):
             raise SchemaError("/", f"a schema must be a JSON object, not {type(root).__name__}")
         self.root = root
+        self.input_text = input_text
         self.rules: dict[str, str] = {}
         self.refs: dict[str, str] = {}  # "$ref" -> rule name
 
@@ -330,6 +368,8 @@ class _Converter:
         return self.rule(f"{where}-array", f'"[" {body} "]"' if low > 0 else f'"[" ({body})? "]"')
 
     def of_string(self, schema: dict, where: str) -> str:
+        if INPUT_WORDS in schema:
+            return self.of_words(schema, where)
         if "format" in schema:
             fmt = schema["format"]
             if fmt not in FORMATS:
@@ -352,6 +392,24 @@ class _Converter:
                 raise SchemaError(where, f"maxLength {high} is below minLength {low}")
         char = self.primitive("char")
         return self.rule(f"{where}-string", f'"\\"" {char}{{{low},{"" if high is None else high}}} "\\""')
+
+    def of_words(self, schema: dict, where: str) -> str:
+        extra = schema[INPUT_WORDS]
+        if not isinstance(extra, list) or not all(isinstance(w, str) and w and not re.search(r"\s", w)
+                                                  for w in extra):
+            raise SchemaError(where + "/" + INPUT_WORDS, "expected a list of words (text without whitespace)")
+        if {"format", "minLength", "maxLength"} & set(schema):
+            raise SchemaError(where, f"{INPUT_WORDS} together with format/minLength/maxLength is not supported",
+                              INPUT_WORDS)
+        if self.input_text is None:  # no input to take words from: an annotation
+            return self.primitive("string")
+        words = sorted(input_words(self.input_text) | set(extra))
+        # each word as the JSON string body writes it (`"` -> `\"`), as a GBNF literal
+        alternatives = " | ".join(literal(canonical_json(w)[1:-1]) for w in words)
+        if not alternatives:
+            return self.rule(f"{where}-words", '"\\"\\""')
+        word = self.rule(f"{where}-word", f"({alternatives})")
+        return self.rule(f"{where}-words", f'"\\"" ({word} (" " {word})*)? "\\""')
 
     def of_integer(self, schema, where):
         return self.primitive("integer")
@@ -391,15 +449,48 @@ def _json_type(value) -> str:
 # the schema of a task's targets
 
 
-def infer_schema(values: Sequence, *, max_enum: int = 12, min_rows_per_value: int = 5) -> dict:
+def infer_schema(values: Sequence, *, max_enum: int = 12, min_rows_per_value: int = 5,
+                 inputs: Sequence[str] | None = None, min_copied: float = 0.99, min_copied_rows: int = 20) -> dict:
     """The JSON schema of training targets (parsed JSON values): object fields in first-seen order
     (nested ones sorted, as `canonical_completion` writes them), required when every row has them,
     types unified (integer within number; null makes a field nullable), and an enum for a text field
-    that takes at most `max_enum` values, each seen at least `min_rows_per_value` times on average."""
+    that takes at most `max_enum` values, each seen at least `min_rows_per_value` times on average.
+
+    With `inputs` (each target's input text), a top-level text field without an enum is marked
+    `x-input-words` when it is copied: its words come from the input, or from a short list of words
+    the targets write in their own form ("leaves" -> "leaf"). The test is held out: the list is
+    gathered on one half of the rows, and at least `min_copied` of the other half's values (both
+    ways round, at least `min_copied_rows` non-empty values) must be spelled with it and their input."""
     values = list(values)
     if not values:
         raise TinyTitanError("no targets to infer a schema from")
-    return _infer(values, max_enum, min_rows_per_value, top=True)
+    schema = _infer(values, max_enum, min_rows_per_value, top=True)
+    if inputs is not None:
+        inputs = list(inputs)
+        if len(inputs) != len(values):
+            raise TinyTitanError(f"{len(inputs)} inputs for {len(values)} targets")
+        for key, field in schema.get("properties", {}).items():
+            if field.get("type") == "string" and "enum" not in field:
+                rows = [(input_words(text), value[key]) for text, value in zip(inputs, values)
+                        if isinstance(value[key], str) and value[key]]
+                if len(rows) >= min_copied_rows and _held_out_copied(rows) >= min_copied:
+                    field[INPUT_WORDS] = sorted(_own_words(rows))
+    return schema
+
+
+def _own_words(rows: list[tuple[set[str], str]]) -> set[str]:
+    """The words of the values that their input does not hold."""
+    return {word for words, value in rows for word in value.split() if word not in words}
+
+
+def _held_out_copied(rows: list[tuple[set[str], str]]) -> float:
+    """The share of values spelled with their input's words and the other half's own words."""
+    halves = rows[0::2], rows[1::2]
+    spelled = 0
+    for seen, held in (halves, halves[::-1]):
+        extra = _own_words(seen)
+        spelled += sum(all(w in words or w in extra for w in value.split()) for words, value in held)
+    return spelled / len(rows)
 
 
 def _infer(values: list, max_enum: int, min_rows: int, top: bool = False) -> dict:

@@ -249,18 +249,20 @@ class LlamaEngine(Engine):
         return sums
 
     def generate_greedy_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int, *,
-                              budgets: Sequence[int] | None = None, grammar: str | None = None,
+                              budgets: Sequence[int] | None = None, grammars: Sequence[str] | None = None,
                               sequences: int = 16) -> list[str]:
         """Greedy completions of many prompts, `sequences` at a time in one llama.cpp context: each step
         decodes one token of every unfinished sequence in a single batch, which on a CPU costs little
-        more than one token alone. With `grammar` (GBNF), each sequence is constrained by it
-        (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget."""
+        more than one token alone. With `grammars` (GBNF, one per prompt), each sequence is constrained
+        by its own (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget."""
         import llama_cpp
 
         prompts = [list(p) for p in prompts]
         budgets = [min(b, max_tokens) for b in (budgets or [max_tokens] * len(prompts))]
         if not prompts:
             return []
+        if grammars is not None and len(grammars) != len(prompts):
+            raise ValueError(f"{len(grammars)} grammars for {len(prompts)} prompts")
         room = max(len(p) + b for p, b in zip(prompts, budgets))
         self._check_length(room)
         ctx = self._batch_context(min(sequences, len(prompts)), room)
@@ -273,7 +275,7 @@ class LlamaEngine(Engine):
                 llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
                 states = []  # [row, seq, position, tokens, sampler, next token]
                 try:
-                    self._run_group(ctx, batch, group, prompts, budgets, grammar, states, results)
+                    self._run_group(ctx, batch, group, prompts, budgets, grammars, states, results)
                 finally:
                     for state in states:
                         if state[4] is not None:
@@ -282,7 +284,7 @@ class LlamaEngine(Engine):
             llama_cpp.llama_batch_free(batch)
         return results
 
-    def _run_group(self, ctx, batch, group, prompts, budgets, grammar, states, results) -> None:
+    def _run_group(self, ctx, batch, group, prompts, budgets, grammars, states, results) -> None:
         """Decode one group of prompts to the end (`states` collects each sequence's state)."""
         import llama_cpp
 
@@ -296,8 +298,8 @@ class LlamaEngine(Engine):
                                    for k, t in enumerate(part)])
                 if llama_cpp.llama_decode(ctx, batch) != 0:
                     raise TinyTitanError(f"llama.cpp failed to decode a prompt of {len(prompt)} tokens")
-            sampler = Sampler(self, Sampling(max_tokens=budgets[row], temperature=0), grammar) \
-                if grammar else None
+            sampler = Sampler(self, Sampling(max_tokens=budgets[row], temperature=0), grammars[row]) \
+                if grammars else None
             first = self._pick(ctx, sampler, batch.n_tokens - 1)
             states.append([row, seq, len(prompt), [], sampler, first])
         while True:

@@ -107,8 +107,9 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
         task = _task(fleet, body.model)
         model = models[task.name]
         prompts = [_chat_prompt(model, task, body)]
-        job, n = _job(backend, model, task, body, prompts, _grammar(model, task, body.response_format, grammars),
-                      body.max_completion_tokens)
+        user = [m.text() for m in body.messages if m.role == "user"]
+        grammar = _grammar(model, task, body.response_format, grammars, user[-1] if user else "")
+        job, n = _job(backend, model, task, body, prompts, grammar, body.max_completion_tokens)
         return await _respond(request, backend, metrics, job, body, n, chat=True, route="chat")
 
     @app.post("/v1/completions", response_model=api.Completion, responses={**post_errors, **stream_doc})
@@ -118,7 +119,7 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
         model = models[task.name]
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         prompts = [model.tokenize(text, bos=True) for text in texts]  # user text: never control tokens
-        grammar = _grammar(model, task, body.response_format, grammars)
+        grammar = _grammar(model, task, body.response_format, grammars, "\n".join(texts))
         job, n = _job(backend, model, task, body, prompts, grammar, None)
         echo = texts if body.echo else None
         return await _respond(request, backend, metrics, job, body, n, chat=False, route="completions", echo=echo)
@@ -255,12 +256,16 @@ def _check_text(body) -> None:
         raise ApiError(400, str(error), param, "invalid_value") from None
 
 
-def _grammar(model, task: Task, response_format, cache: OrderedDict) -> str | None:
-    """The request's grammar, made and checked by llama.cpp once per schema (refusals cached too)."""
+def _grammar(model, task: Task, response_format, cache: OrderedDict, input_text: str) -> str | None:
+    """The request's grammar, made and checked by llama.cpp once per schema (refusals cached too). A
+    schema that takes words from the input (`x-input-words`) gets its grammar made with `input_text`:
+    the last user message, or a completion request's prompts."""
     from tinytitan.engines.sampling import grammar_error
-    from tinytitan.structured import SchemaError, json_object_grammar, schema_to_grammar
+    from tinytitan.structured import SchemaError, json_object_grammar, schema_to_grammar, uses_input
 
     if response_format is None:
+        if task.schema is not None and uses_input(task.schema):  # checked at start-up: only the words differ
+            return schema_to_grammar(task.schema, input_text)
         return task.grammar
     if response_format.type == "text":
         return None
@@ -271,8 +276,9 @@ def _grammar(model, task: Task, response_format, cache: OrderedDict) -> str | No
         schema = response_format.json_schema.schema_
         if schema is None:  # a named format without a schema: any JSON object
             schema = {"type": "object", "additionalProperties": True}
-        key = json.dumps(schema)  # key order matters: the grammar keeps the schema's
-        make = lambda: schema_to_grammar(schema)  # noqa: E731
+        text = input_text if uses_input(schema) else None
+        key = json.dumps(schema) + ("" if text is None else f"\0{text}")  # key order matters: the grammar keeps it
+        make = lambda: schema_to_grammar(schema, text)  # noqa: E731
     key = f"{model.path}\0{key}"
     if key not in cache:
         param = "response_format.json_schema.schema"
