@@ -8,7 +8,8 @@ import jsonschema
 import pytest
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.structured import SchemaError, canonical_json, infer_schema, json_object_grammar, schema_to_grammar
+from tinytitan.schema_inference import infer_schema
+from tinytitan.structured import SchemaError, canonical_json, json_object_grammar, schema_to_grammar
 
 RECORD = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 12},

@@ -104,7 +104,7 @@ class Pipeline:
                                                           "max_rows", "seed")}},
                   lambda: [self.data / "check.json"], self._check, lambda: 1),
             Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT,
-                                     "inference": _sha(Path(__file__).with_name("structured.py"))},
+                                     "inference": _sha(Path(__file__).with_name("schema_inference.py"))},
                   lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
                                        "model": self._model_sha()},
@@ -206,7 +206,8 @@ class Pipeline:
 
     def _schema(self) -> None:
         from tinytitan.data import DataSpec, load_examples
-        from tinytitan.structured import INPUT_WORDS, infer_schema, schema_to_grammar
+        from tinytitan.schema_inference import infer_schema
+        from tinytitan.structured import INPUT_WORDS, schema_to_grammar
 
         examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
         schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
