@@ -161,3 +161,88 @@ def test_awkward_inputs_are_clean_errors(tmp_path, tiny):
     huge = tmp_path / "huge.csv"
     huge.write_text("input,label\n" + "word " * 40000 + ",long\n")
     assert len(load_examples(huge).examples) == 1
+
+
+def test_optional_fields_stay_absent_and_every_split_spells_keys_in_the_training_order(tmp_path):
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"input": "12 Main St", "output": {"AddressNumber": "12", "StreetName": "Main", "StreetNamePostType": "St"}},
+        {"input": "PO Box 7", "output": {"USPSBoxType": "PO Box", "USPSBoxID": "7"}},
+        {"input": "Main St 12", "output": {"StreetNamePostType": "St", "AddressNumber": "12", "StreetName": "Main"}}]))
+    # the test file meets the keys in another order first: its targets still follow the training file's
+    test.write_text(json.dumps({"input": "Box 9, 3 Elm", "output": {"USPSBoxID": "9", "StreetName": "Elm",
+                                                                     "AddressNumber": "3"}}) + "\n")
+    report = load_examples(train)
+    assert report.json_keys == ["AddressNumber", "StreetName", "StreetNamePostType", "USPSBoxType", "USPSBoxID"]
+    assert [e.completion for e in report.examples] == [
+        '{"AddressNumber":"12","StreetName":"Main","StreetNamePostType":"St"}',
+        '{"USPSBoxType":"PO Box","USPSBoxID":"7"}',  # absent stays absent: no empty strings are added
+        '{"AddressNumber":"12","StreetName":"Main","StreetNamePostType":"St"}']
+    tested = load_examples(test, key_order=report.json_keys)
+    assert tested.examples[0].completion == '{"AddressNumber":"3","StreetName":"Elm","USPSBoxID":"9"}'
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"prompt": "x", "completion": {"v": NaN}}', "bad JSON (NaN is not a JSON value)"),
+    ('{"prompt": "x", "completion": {"v": -Infinity}}', "bad JSON (-Infinity is not a JSON value)"),
+    ('{"prompt": "x", "completion": {"v": 1, "v": 2}}', "bad JSON (the key 'v' appears twice in one object)"),
+    ('{"prompt": "x", "completion": {"v": ' + "[" * 5000 + "]" * 5000 + "}}", "nested 5002 deep (at most 64)"),
+    ('{"prompt": "x", "completion": {"v": 123456789012345678901}}', "completion.v: an integer of 21 digits"),
+])
+def test_values_json_has_no_spelling_for_are_bad_rows(tmp_path, line, reason):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "ok", "completion": {"v": 1}}\n' + line + "\n")
+    report = load_examples(path)
+    assert len(report.examples) == 1 and [r.reason for r in report.rejected][0].startswith(reason)
+
+
+def test_bom_crlf_and_a_10_mb_row_are_read_as_data(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    long = "word " * 2_000_000
+    rows = [{"prompt": "a [/INST] b", "completion": {"v": "x"}}, {"prompt": long, "completion": {"v": "y"}}]
+    path.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\r\n" for r in rows))
+    report = load_examples(path)
+    assert not report.rejected and [e.completion for e in report.examples] == ['{"v":"x"}', '{"v":"y"}']
+    assert report.examples[1].messages[-1].content == long
+
+
+def test_a_file_in_another_encoding_is_named_by_line_and_byte_and_read_when_told(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({"prompt": "ok", "completion": "a"}).encode() + b"\n" +
+                     '{"prompt": "café", "completion": "b"}\n'.encode("latin-1"))
+    report = load_examples(path)
+    assert [str(r) for r in report.rejected] == [
+        f"{path}:2: not valid UTF-8 (byte 0xE9 at byte 16 of the line); say the file's encoding with --encoding "
+        f"(a recipe: encoding = \"...\"), e.g. latin-1, cp1252, cesu-8"]
+    assert load_examples(path, DataSpec(encoding="latin-1")).examples[1].messages[-1].content == "café"
+    check = run_cli("data", "check", str(path), "--model", "gemma-3-270m")
+    assert check.returncode == 1 and "Traceback" not in check.stderr
+    assert check.stderr.strip().splitlines()[-1].startswith(f"error: 1 bad row (first: {path}:2: not valid UTF-8 "
+                                                             f"(byte 0xE9 at byte 16 of the line)")
+    with pytest.raises(TinyTitanError, match="encoding 'klingon' is not one Python knows"):
+        load_examples(path, DataSpec(encoding="klingon"))
+
+
+def test_cesu_8_joins_surrogate_pairs_and_names_a_lone_one(tmp_path):
+    from tinytitan.data import decode
+
+    pizza = "🍕".encode("utf-16-le").decode("utf-16-le")
+    cesu = "".join(chr(u) for u in (0xD83C, 0xDF55)).encode("utf-8", "surrogatepass")
+    assert decode(b'"pie ' + cesu + b'"', "f.json", "cesu-8") == f'"pie {pizza}"'
+    with pytest.raises(TinyTitanError, match=r"f.json:2: not valid UTF-8 \(byte 0xED at byte 3 of the line\)"):
+        decode(b"ok\nab" + cesu, "f.json")
+    with pytest.raises(TinyTitanError, match=r"f.json:1: not valid cesu-8 \(byte 0xED at byte 1 of the line\)"):
+        decode(cesu[:3] + b"x", "f.json", "cesu-8")
+
+
+def test_a_test_file_without_a_validation_file_splits_validation_off_training(tmp_path):
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"row {i}", "completion": f"c{i % 3}"}) + "\n" for i in range(200)))
+    test.write_text("".join(json.dumps({"prompt": f"test {i}", "completion": "c0"}) + "\n" for i in range(7)))
+    result = run_cli("data", "check", str(train), "--test", str(test), "--model", "gemma-3-270m", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["split_mode"] == "hash-val" and stats["splits"]["test"] == 7
+    assert stats["splits"]["train"] + stats["splits"]["val"] == 200 and 10 < stats["splits"]["val"] < 40
+    shown = run_cli("data", "check", str(train), "--test", str(test), "--model", "gemma-3-270m")
+    assert "validation split off the training file by hash of the input; test from its file" in shown.stdout

@@ -21,9 +21,9 @@ def test_extraction_exact_match_validity_and_field_scores():
     assert found["exact_match"] == pytest.approx(1 / 3)
     assert found["json_valid"] == pytest.approx(2 / 3)
     # name: tp 2 (flour, salt), fn 1 (egg) -> P 1, R 2/3; unit: tp 1, fp 1 (tsp) -> P 1/2, R 1
-    assert found["fields"]["name"] == pytest.approx({"exact_match": 2 / 3, "precision": 1.0, "recall": 2 / 3,
-                                                      "f1": 0.8})
-    assert found["fields"]["unit"] == pytest.approx({"exact_match": 2 / 3, "precision": 0.5, "recall": 1.0,
+    assert found["fields"]["name"] == pytest.approx({"support": 3, "predicted": 2, "precision": 1.0,
+                                                      "recall": 2 / 3, "f1": 0.8})
+    assert found["fields"]["unit"] == pytest.approx({"support": 1, "predicted": 2, "precision": 0.5, "recall": 1.0,
                                                       "f1": 2 / 3})
     assert found["fields"]["qty"]["recall"] == pytest.approx(2 / 3)
     # micro: tp 5, fp 1, fn 2
@@ -31,6 +31,33 @@ def test_extraction_exact_match_validity_and_field_scores():
     errors = {(e["field"], e["error"]): e["count"] for e in found["top_errors"]}
     assert errors == {("unit", "extra"): 1, ("name", "missing"): 1, ("qty", "missing"): 1}
     assert found["per_example"] == [1.0, 0.0, 0.0]
+
+
+def test_extraction_scores_optional_nested_and_repeated_fields_as_slot_f1():
+    references = ['{"intent": "play", "artist": "abba"}',
+                  '{"intent": "play", "artist": ["abba", "queen"], "where": {"city": "paris"}}',
+                  '{"intent": "rate", "stars": 5, "ok": true}',
+                  '{"intent": "rate"}']
+    predictions = ['{"intent": "play", "artist": "abba", "album": ""}',  # an empty field the reference lacks
+                   '{"artist": ["queen", "abba"], "intent": "play", "where": {"city": "rome"}}',  # list order, nested
+                   '{"intent": "rate", "stars": 5.0, "ok": 1}',  # 5.0 is 5; 1 is not true
+                   '{"intent": "rate", "intent": "play"}']  # a repeated key is not valid JSON
+    found = metrics.extraction_metrics(predictions, references)
+    assert found["json_valid"] == pytest.approx(3 / 4)
+    # record exact match: an empty field the reference lacks is wrong, a list is ordered, true is not 1
+    assert found["per_example"] == [0.0, 0.0, 0.0, 0.0]
+    fields = found["fields"]
+    assert "album" not in fields  # "" is no value: no false positive for slot F1
+    # artist: references abba, abba, queen (one value per list item); predictions abba, queen, abba: all matched
+    assert fields["artist"] == pytest.approx({"support": 3, "predicted": 3, "precision": 1.0, "recall": 1.0, "f1": 1.0})
+    assert fields["where.city"] == pytest.approx({"support": 1, "predicted": 1, "precision": 0.0, "recall": 0.0,
+                                                  "f1": 0.0})
+    assert fields["stars"]["f1"] == 1.0 and fields["ok"]["f1"] == 0.0
+    # the invalid fourth output writes nothing: its reference intent is a false negative
+    assert fields["intent"] == pytest.approx({"support": 4, "predicted": 3, "precision": 1.0, "recall": 0.75,
+                                              "f1": 2 * 0.75 / 1.75})
+    assert metrics.same_json({"a": [1, {"b": None}]}, {"a": [1.0, {"b": None}]})
+    assert not metrics.same_json({"a": True}, {"a": 1}) and not metrics.same_json({"a": ""}, {})
 
 
 def test_classification_accuracy_macro_f1_and_confusions():

@@ -145,3 +145,57 @@ def test_unknown_task_and_missing_source(tmp_path):
     with pytest.raises(TinyTitanError, match=r"missing\.csv: no such file \(more ingredient-parser lines"):
         task_module("ingredients").prepare({"csv": DATA / "ingredients" / "tastecooking-ingredients-2024.csv",
                                             "extra_csv": tmp_path / "missing.csv"}, tmp_path)
+
+
+def test_snips_queries_become_records_of_only_their_slots(tmp_path):
+    folder = DATA / "snips-nlu"
+    counts = task_module("snips-nlu").prepare({"folder": folder}, tmp_path, encoding="cesu-8", max_val=0)
+    assert counts["test"] == 700 and counts["in_test_set"] == 11 and counts["duplicates_dropped"] == 169
+    assert counts["train"] + counts["val"] == 13_784 - 11 - 169
+    train, test = rows(tmp_path / "train.jsonl"), rows(tmp_path / "test.jsonl")
+    assert not {r["prompt"].lower() for r in train} & {r["prompt"].lower() for r in test}
+    first = test[0]  # validate_AddToPlaylist.json's first query, span by span
+    source = json.loads((folder / "AddToPlaylist" / "validate_AddToPlaylist.json").read_text())["AddToPlaylist"][0]
+    assert first["prompt"] == " ".join("".join(s["text"] for s in source["data"]).split())
+    assert first["completion"] == {"intent": "AddToPlaylist", **{s["entity"]: s["text"].strip() for s in source["data"]
+                                                                 if "entity" in s}}
+    said_twice = next(r for r in train if r["prompt"] == "add The Field album to my romantic evening album")
+    assert said_twice["completion"]["music_item"] == ["album", "album"]  # a slot said twice: a list, in order
+    pizza = next(r for r in train if "Pop Punk Perfection" in r["prompt"])
+    assert pizza["completion"]["playlist"] == "Pop Punk Perfection 🍕"  # CESU-8 surrogates joined into one emoji
+
+
+def test_snips_without_its_encoding_is_one_line_naming_file_line_and_byte(tmp_path):
+    recipe = tmp_path / "snips.toml"
+    recipe.write_text(f'[task]\nkind = "snips-nlu"\nfolder = "{DATA / "snips-nlu"}"\n')
+    result = run_cli("run", str(recipe), "--output", str(tmp_path / "run"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {DATA / 'snips-nlu' / 'PlayMusic' / 'train_PlayMusic_full.json'}:9091: not valid UTF-8 (byte 0xED "
+        f"at byte 40 of the line); say the file's encoding with --encoding (a recipe: encoding = \"...\"), e.g. "
+        f"latin-1, cp1252, cesu-8")
+
+
+def test_snips_mean_slot_f1_groups_slots_by_the_reference_intent():
+    from tinytitan.data import Example
+
+    references = [{"intent": "PlayMusic", "artist": "abba", "service": "spotify"},
+                  {"intent": "PlayMusic", "artist": ["abba", "queen"]},
+                  {"intent": "GetWeather", "city": "paris"},
+                  {"intent": "GetWeather", "city": "rome", "state": "lazio"}]
+    outputs = ['{"intent": "PlayMusic", "artist": "abba", "service": "deezer"}',
+               '{"intent": "PlayMusic", "artist": "abba"}',
+               '{"intent": "PlayMusic", "city": "paris"}',  # wrong intent, right slot: slots score by the reference's
+               'not json']
+    examples = [Example((), json.dumps(r), f"t:{i}") for i, r in enumerate(references)]
+    found = task_module("snips-nlu").score(outputs, examples)
+    # PlayMusic/artist: tp 2, fn 1 (queen) -> P 1, R 2/3, F1 0.8; PlayMusic/service: tp 0, fp 1, fn 1 -> 0
+    # GetWeather/city: tp 1, fn 1 -> F1 2/3; GetWeather/state: fn 1 -> 0
+    assert found["slot_f1_by_slot"] == pytest.approx({"PlayMusic/artist": 0.8, "PlayMusic/service": 0.0,
+                                                      "GetWeather/city": 2 / 3, "GetWeather/state": 0.0})
+    assert found["slot_f1"] == pytest.approx((0.8 + 2 / 3) / 4)
+    assert found["slot_f1_by_intent"] == pytest.approx({"PlayMusic": 0.4, "GetWeather": 1 / 3})
+    assert found["intent_accuracy"] == pytest.approx(0.5) and found["exact_match"] == 0.0
+    low, high = found["ci95"]
+    assert 0 <= low <= found["slot_f1"] <= high <= 1 and low < high
+    assert found["per_example"] == [0.0, 0.0, 0.0, 0.0]

@@ -34,6 +34,7 @@ class FinetuneConfig:
     input_template: str = ""
     columns: list[str] = field(default_factory=list)  # names for a headerless CSV/TSV
     system: str = ""
+    encoding: str = "utf-8"  # the data files' text encoding: any Python codec, or cesu-8
     max_length: int = 512
     skip_bad: bool = False
     max_bad_fraction: float = 0.05
@@ -103,6 +104,9 @@ class FinetuneConfig:
                 bad(key, "a number in [0, 1]")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.lora_alpha <= 0:
             raise TinyTitanError("weight_decay and max_grad_norm must be >= 0, lora_alpha > 0")
+        from tinytitan.data import check_encoding
+
+        check_encoding(self.encoding)
         if len(self.split) != 3 or any(x < 0 for x in self.split) or abs(sum(self.split) - 1) > 1e-6:
             bad("split", "three fractions train, val, test summing to 1")
         unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]

@@ -6,16 +6,22 @@ Shapes, detected per file:
 - CSV/TSV with a header (or `columns`): an input column (or an input template over the columns)
   and one output column (text) or several (a JSON object of them).
 A completion that is a JSON object or array is serialized canonically: compact, top-level keys in
-the order they first appear in the file, nested keys sorted, so every target has exactly one form.
+the order they first appear in the training file (`key_order` carries that order to the
+validation and test files), nested keys sorted, so every target has exactly one form. Fields may
+be absent from a row (absent stays absent: it is not an empty string), and values may be text,
+numbers, booleans, null, lists and nested objects.
 
-Rows are rejected for: bad JSON, a missing or wrong-typed field, an empty completion, non-UTF-8
-bytes, and exact duplicates. Blank lines are not rows. A split of one file into train/val/test is
+Rows are rejected for: bad JSON (NaN and Infinity included: JSON has neither), nesting deeper
+than `MAX_DEPTH`, a missing or wrong-typed field, an empty completion, bytes the file's encoding
+cannot decode (UTF-8 unless `DataSpec.encoding` says otherwise), and exact duplicates. Blank lines
+are not rows; a UTF-8 byte-order mark and CRLF line ends are read as what they are. A split of one file into train/val/test is
 by hash of the prompt, so it is deterministic and the same input never lands in two splits.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,8 +31,12 @@ from pathlib import Path
 
 from tinytitan.chat_format import END_OF_TURN, Message, encode_chat
 from tinytitan.errors import TinyTitanError
+from tinytitan.structured import canonical_json
 
 SHAPES = ("messages", "prompt/completion", "input/output", "csv")
+MAX_DEPTH = 64  # lists and objects nested deeper than this in one row are refused
+MAX_DIGITS = 20  # an integer of more digits is refused (the constrained decoder writes at most this many)
+ENCODING_HINT = "say the file's encoding with --encoding (a recipe: encoding = \"...\"), e.g. latin-1, cp1252, cesu-8"
 
 
 @dataclass(frozen=True)
@@ -77,16 +87,21 @@ class DataSpec:
     input_template: str | None = None
     columns: tuple[str, ...] = ()  # names for a CSV/TSV without a header row
     system: str | None = None
+    encoding: str = "utf-8"  # any Python codec name, or "cesu-8" (UTF-8 with surrogate pairs, see `decode`)
 
 
 class _RowError(Exception):
     pass
 
 
-def load_examples(path: str | Path, spec: DataSpec = DataSpec(), duplicates: str = "reject") -> LoadReport:
+def load_examples(path: str | Path, spec: DataSpec = DataSpec(), duplicates: str = "reject",
+                  key_order: Sequence[str] = ()) -> LoadReport:
     """Read every row of `path`. A row repeating an earlier (prompt, completion) pair is rejected
     (`duplicates="reject"`: in training it only over-weights that row) or kept and counted
-    (`"keep"`: a test set is scored as published; banking77's official test file repeats a message)."""
+    (`"keep"`: a test set is scored as published; banking77's official test file repeats a message).
+    JSON completions write their top-level keys in `key_order` (the training file's order, so that
+    validation and test targets are spelled as the training ones), then in first-seen order."""
+    check_encoding(spec.encoding)
     if duplicates not in ("reject", "keep"):
         raise ValueError(f"duplicates must be 'reject' or 'keep', not {duplicates!r}")
     path = Path(path)
@@ -95,11 +110,14 @@ def load_examples(path: str | Path, spec: DataSpec = DataSpec(), duplicates: str
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (spreadsheet exports) is not data
         raw = raw[3:]
+    if _wide(spec.encoding):  # UTF-16/32: lines are not byte lines, so the whole file is decoded first
+        raw = decode(raw, path, spec.encoding).encode("utf-8", "surrogatepass")
+        spec = dataclasses.replace(spec, encoding="utf-8")
     if not raw.strip():
         raise TinyTitanError(f"{path}: the file is empty (expected a JSONL, CSV or TSV dataset)")
     fmt = spec.format if spec.format != "auto" else _detect_format(path, raw)
     if fmt == "jsonl":
-        report = _load_jsonl(path, raw, spec)
+        report = _load_jsonl(path, raw, spec, key_order)
     elif fmt in ("csv", "tsv"):
         report = _load_table(path, raw, spec, "\t" if fmt == "tsv" else ",")
     else:
@@ -121,7 +139,7 @@ def _detect_format(path: Path, raw: bytes) -> str:
                          f"or pass --format")
 
 
-def _load_jsonl(path: Path, raw: bytes, spec: DataSpec) -> LoadReport:
+def _load_jsonl(path: Path, raw: bytes, spec: DataSpec, key_order: Sequence[str] = ()) -> LoadReport:
     rows = 0
     shape = None
     parsed: list[tuple[str, dict]] = []
@@ -132,14 +150,14 @@ def _load_jsonl(path: Path, raw: bytes, spec: DataSpec) -> LoadReport:
         rows += 1
         source = f"{path}:{number}"
         try:
-            text = line.decode("utf-8")
+            text = decode_line(line, spec.encoding)
         except UnicodeDecodeError as error:
-            rejected.append(Rejected(source, f"not valid UTF-8 (byte {error.start + 1} of the line)"))
+            rejected.append(Rejected(source, _undecodable(error, spec.encoding)))
             continue
         try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            rejected.append(Rejected(source, f"bad JSON ({error.msg} at column {error.colno})"))
+            row = parse_json(text)
+        except ValueError as error:
+            rejected.append(Rejected(source, str(error)))
             continue
         if not isinstance(row, dict):
             rejected.append(Rejected(source, f"expected a JSON object, got {type(row).__name__}"))
@@ -154,7 +172,7 @@ def _load_jsonl(path: Path, raw: bytes, spec: DataSpec) -> LoadReport:
             rejected.append(Rejected(source, f"row is {row_shape} but the file is {shape}"))
             continue
         parsed.append((source, row))
-    key_order = _json_key_order(row.get("completion", row.get("output")) for _, row in parsed)
+    key_order = _json_key_order((row.get("completion", row.get("output")) for _, row in parsed), key_order)
     examples = []
     for source, row in parsed:
         try:
@@ -224,7 +242,8 @@ def _messages_example(messages, source: str) -> Example:
 
 
 def canonical_completion(value, key_order: Sequence[str] = (), name: str = "completion") -> str:
-    """Text stays text (stripped); a JSON object/array becomes its one canonical compact form."""
+    """Text stays text (stripped); a JSON object/array becomes its one canonical compact form:
+    top-level keys in `key_order` (others after them, sorted), nested keys sorted, no whitespace."""
     if isinstance(value, str):
         if not value.strip():
             raise _RowError(f'"{name}" is empty')
@@ -232,14 +251,75 @@ def canonical_completion(value, key_order: Sequence[str] = (), name: str = "comp
     if isinstance(value, dict):
         if not value:
             raise _RowError(f'"{name}" is an empty object')
+        _check_value(value, name)
         order = [k for k in key_order if k in value] + sorted(k for k in value if k not in key_order)
-        value = {k: _sorted_json(value[k]) for k in order}
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return canonical_json({k: _sorted_json(value[k]) for k in order})
     if isinstance(value, list):
         if not value:
             raise _RowError(f'"{name}" is an empty list')
-        return json.dumps(_sorted_json(value), ensure_ascii=False, separators=(",", ":"))
+        _check_value(value, name)
+        return canonical_json(_sorted_json(value))
     raise _RowError(f'"{name}" must be text or a JSON object, got {_type_name(value)}')
+
+
+def _check_value(value, where: str) -> None:
+    """What the constrained decoder cannot write, refused by name: lone surrogates, huge integers."""
+    from tinytitan.structured import check_text
+
+    try:
+        check_text(value, where)
+    except TinyTitanError as error:
+        raise _RowError(str(error)) from None
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict):
+            stack += [(v, f"{at}.{k}") for k, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(v, f"{at}[{i}]") for i, v in enumerate(item)]
+        elif isinstance(item, int) and not isinstance(item, bool) and len(str(abs(item))) > MAX_DIGITS:
+            raise _RowError(f"{at}: an integer of {len(str(abs(item)))} digits (at most {MAX_DIGITS}; "
+                            f"write it as text)")
+
+
+def parse_json(text: str):
+    """`json.loads` for data: NaN/Infinity (not JSON), duplicate keys (JSON keeps the last, silently)
+    and nesting deeper than MAX_DEPTH raise ValueError with a one-line reason."""
+    def constant(name: str):
+        raise ValueError(f"{name} is not a JSON value")
+
+    def pairs(items: list) -> dict:
+        record = dict(items)
+        if len(record) != len(items):
+            seen = set()
+            key = next(k for k, _ in items if k in seen or seen.add(k))
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        return record
+
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested {depth} deep (at most {MAX_DEPTH})")
+    try:
+        return json.loads(text, parse_constant=constant, object_pairs_hook=pairs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"bad JSON ({error.msg} at column {error.colno})") from None
+    except ValueError as error:
+        raise ValueError(f"bad JSON ({error})") from None
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (before parsing, which recurses)."""
+    import re
+
+    deepest = depth = 0
+    for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
 
 
 def _sorted_json(value):
@@ -250,12 +330,69 @@ def _sorted_json(value):
     return value
 
 
-def _json_key_order(values) -> list[str]:
-    order: dict[str, None] = {}
+def _json_key_order(values, start: Sequence[str] = ()) -> list[str]:
+    """`start`, then the top-level keys of the JSON objects among `values` in first-seen order."""
+    order: dict[str, None] = dict.fromkeys(start)
     for value in values:
         if isinstance(value, dict):
             order.update((k, None) for k in value if k not in order)
     return list(order)
+
+
+# ---------------------------------------------------------------------------------------------
+# text encodings
+
+
+def check_encoding(encoding: str) -> None:
+    import codecs
+
+    if encoding != "cesu-8":
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise TinyTitanError(f"encoding {encoding!r} is not one Python knows (e.g. utf-8, latin-1, cp1252, "
+                                 f"utf-16, or cesu-8)") from None
+
+
+def decode_line(raw: bytes, encoding: str = "utf-8") -> str:
+    """Bytes as text in `encoding`. "cesu-8" is UTF-8 whose characters beyond U+FFFF are written as two
+    3-byte surrogates (Java's modified UTF-8, old MySQL exports; the Snips NLU data holds a few):
+    read as UTF-8 with the surrogate pairs joined. Raises UnicodeDecodeError on bytes it cannot read."""
+    if encoding != "cesu-8":
+        return raw.decode(encoding)
+    text = raw.decode("utf-8", "surrogatepass")
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    lone = next((i for i, ch in enumerate(joined) if "\ud800" <= ch <= "\udfff"), None)
+    if lone is not None:
+        start = len(joined[:lone].encode("utf-8", "surrogatepass"))
+        raise UnicodeDecodeError("cesu-8", raw, start, start + 3, "a lone surrogate")
+    return joined
+
+
+def decode(raw: bytes, path, encoding: str = "utf-8") -> str:
+    """A whole file's bytes as text, or a one-line error naming the file, the line and the byte."""
+    check_encoding(encoding)
+    try:
+        return decode_line(raw, encoding)
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1)
+        offset = UnicodeDecodeError(error.encoding, error.object, column, column + 1, error.reason)
+        raise TinyTitanError(f"{path}:{line}: {_undecodable(offset, encoding, raw[error.start])}") from None
+
+
+def _undecodable(error: UnicodeDecodeError, encoding: str, byte: int | None = None) -> str:
+    byte = error.object[error.start] if byte is None else byte
+    name = "UTF-8" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
+    return f"not valid {name} (byte 0x{byte:02X} at byte {error.start + 1} of the line); {ENCODING_HINT}"
+
+
+def _wide(encoding: str) -> bool:
+    import codecs
+
+    return encoding != "cesu-8" and codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
 
 
 def _type_name(value) -> str:
@@ -264,13 +401,21 @@ def _type_name(value) -> str:
 
 
 def _load_table(path: Path, raw: bytes, spec: DataSpec, delimiter: str) -> LoadReport:
-    text = raw.decode("utf-8", errors="surrogateescape")  # bad bytes become marked, rejected per row
+    # bad bytes become marked (surrogate escapes) and their rows are rejected by line
+    text = "\n".join(_escaped(line, spec.encoding) for line in raw.split(b"\n"))
     csv.field_size_limit(2**31 - 1)  # long documents are data, not errors
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         return _read_table(path, reader, spec)
     except csv.Error as error:
         raise TinyTitanError(f"{path}:{reader.line_num}: unreadable CSV ({error})") from None
+
+
+def _escaped(line: bytes, encoding: str) -> str:
+    try:
+        return decode_line(line, encoding)
+    except UnicodeDecodeError:
+        return line.decode("utf-8" if encoding == "cesu-8" else encoding, errors="surrogateescape")
 
 
 def _read_table(path: Path, reader, spec: DataSpec) -> LoadReport:
@@ -286,8 +431,10 @@ def _read_table(path: Path, reader, spec: DataSpec) -> LoadReport:
             continue
         rows += 1
         source = f"{path}:{reader.line_num}"
-        if any("\udc80" <= ch <= "\udcff" for value in values for ch in value):
-            rejected.append(Rejected(source, "not valid UTF-8"))
+        bad = next((ch for value in values for ch in value if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:
+            name = "UTF-8" if spec.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else spec.encoding
+            rejected.append(Rejected(source, f"not valid {name} (byte 0x{ord(bad) - 0xDC00:02X}); {ENCODING_HINT}"))
             continue
         if len(values) != len(header):
             rejected.append(Rejected(source, f"has {len(values)} columns, the header has {len(header)}"))

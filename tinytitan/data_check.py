@@ -32,7 +32,7 @@ class Prepared:
     rejected: list[Rejected]
     rows: int
     leakage: dict[str, int]
-    split_mode: str  # "files" | "hash"
+    split_mode: str  # "files" | "hash" (one file split three ways) | "hash-val" (val split off train; test file)
     stats: dict = field(default_factory=dict)
 
     @property
@@ -49,23 +49,31 @@ class Prepared:
 def spec_from(config) -> DataSpec:
     return DataSpec(format=config.format, input_column=config.input_column or None,
                     output_columns=tuple(config.output_columns), input_template=config.input_template or None,
-                    columns=tuple(config.columns), system=config.system or None)
+                    columns=tuple(config.columns), system=config.system or None,
+                    encoding=config.encoding)
 
 
 def prepare_data(config, tokenizer, strict_errors: bool = True) -> Prepared:
     """Read, check, split and tokenize per `config` (a FinetuneConfig or anything with its data keys)."""
     spec = spec_from(config)
     reports = [load_examples(config.train, spec)]
+    order = reports[0].json_keys  # validation and test targets are spelled in the training file's key order
     if config.val:
-        reports.append(load_examples(config.val, spec))
+        reports.append(load_examples(config.val, spec, key_order=order))
         if config.test:
-            reports.append(load_examples(config.test, spec, duplicates="keep"))  # scored as published
+            reports.append(load_examples(config.test, spec, duplicates="keep", key_order=order))  # scored as published
         raw = {"train": reports[0].examples, "val": reports[1].examples,
                "test": reports[2].examples if config.test else []}
         mode = "files"
+    elif config.test:  # a published test set and one training file: validation is split off the training file
+        reports.append(load_examples(config.test, spec, duplicates="keep", key_order=order))
+        train, val, _ = config.split
+        if train <= 0 or val <= 0:
+            raise TinyTitanError(f"split {list(config.split)}: with a test file, the train and val shares must be > 0")
+        parts = split_examples(reports[0].examples, (train / (train + val), val / (train + val), 0.0), config.seed)
+        raw = {"train": parts["train"], "val": parts["val"], "test": reports[1].examples}
+        mode = "hash-val"
     else:
-        if config.test:
-            raise TinyTitanError("test: give val too, or neither (one file is split by `split`)")
         raw = split_examples(reports[0].examples, config.split, config.seed)
         mode = "hash"
     if config.max_rows:
@@ -188,7 +196,7 @@ def run(args) -> None:
         train=args.file, val=args.val, test=args.test, split=split, format=args.format,
         input_column=args.input_column, input_template=args.input_template, system=args.system,
         output_columns=[c for c in args.output_columns.split(",") if c],
-        columns=[c for c in args.columns.split(",") if c], max_length=args.max_length,
+        columns=[c for c in args.columns.split(",") if c], max_length=args.max_length, encoding=args.encoding,
         skip_bad=args.skip_bad, max_bad_fraction=args.max_bad_fraction, seed=args.seed)
     tokenizer = load_tokenizer(resolve(args.model))
     prepared = prepare_data(config, tokenizer, strict_errors=False)
@@ -202,17 +210,20 @@ def run(args) -> None:
 
 def print_report(prepared: Prepared) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    console = Console(highlight=False)
+    # no wrapping at the terminal's width (a value cut in two reads as two), and user data is text, not markup
+    console = Console(highlight=False, soft_wrap=True)
     s = prepared.stats
     console.print(f"[bold]rows[/bold] {s['rows']} read, {s['usable']} usable, {s['rejected']} rejected "
                   f"({s['shape']})")
     for rejected in prepared.rejected[:MAX_LISTED]:
-        console.print(f"  [red]{rejected}[/red]", soft_wrap=True)
+        console.print(f"  [red]{escape(str(rejected))}[/red]")
     if len(prepared.rejected) > MAX_LISTED:
         console.print(f"  ... and {len(prepared.rejected) - MAX_LISTED} more (--json lists all)")
-    console.print("[bold]splits[/bold] " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) +
-                  (" (by hash of the input)" if s["split_mode"] == "hash" else " (from files)"))
+    how = {"hash": " (by hash of the input)", "files": " (from files)",
+           "hash-val": " (validation split off the training file by hash of the input; test from its file)"}
+    console.print("[bold]splits[/bold] " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + how[s["split_mode"]])
     if s["leakage"]:
         console.print("[yellow]leakage[/yellow] " + ", ".join(f"{k}: {v} shared inputs" for k, v in s["leakage"].items()))
     if s.get("repeated_test_rows"):
@@ -226,7 +237,7 @@ def print_report(prepared: Prepared) -> None:
     if "labels" in s:
         top = list(s["labels"].items())[:15]
         console.print(f"[bold]labels[/bold] {len(s['labels'])} distinct: " +
-                      ", ".join(f"{k[:30]} {v}" for k, v in top) + (" ..." if len(s["labels"]) > 15 else ""))
+                      ", ".join(f"{escape(k[:30])} {v}" for k, v in top) + (" ..." if len(s["labels"]) > 15 else ""))
     for key, info in s.get("fields", {}).items():
-        console.print(f"[bold]field {key}[/bold] filled {info['filled']:.0%}, {info['distinct']} distinct, "
-                      f"e.g. {', '.join(info['top'][:3])}")
+        console.print(f"[bold]field {escape(key)}[/bold] filled {info['filled']:.0%}, {info['distinct']} distinct, "
+                      f"e.g. {escape(', '.join(info['top'][:3]))}")

@@ -31,7 +31,7 @@ import numpy as np
 from tinytitan import metrics, options
 from tinytitan.errors import TinyTitanError
 
-TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one")
+TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one", "snips-nlu")
 HEADLINE = {"extraction": "exact_match", "classification": "accuracy", "generation": "chrf"}
 
 
@@ -110,10 +110,10 @@ def _read_schema(path: str) -> dict:
 # task rows
 
 
-def load_rows(path: str, spec, limit: int | None = None):
+def load_rows(path: str, spec, limit: int | None = None, key_order=()):
     from tinytitan.data import load_examples
 
-    report = load_examples(path, spec, duplicates="keep")  # every row is scored, repeats included
+    report = load_examples(path, spec, duplicates="keep", key_order=key_order)  # every row is scored, repeats included
     if report.rejected:
         first = report.rejected[0]
         raise TinyTitanError(f"{first} ({len(report.rejected)} bad rows in {path}; "
@@ -122,7 +122,7 @@ def load_rows(path: str, spec, limit: int | None = None):
 
 
 def detect_task(completions: list[str]) -> str:
-    if all(metrics.parse_record(c) is not None for c in completions):
+    if all(metrics.parse_answer(c) is not None for c in completions):
         return "extraction"
     distinct = set(completions)
     if len(distinct) <= min(100, max(2, len(completions) // 2)) and all(len(c) <= 60 and "\n" not in c
@@ -141,7 +141,8 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     from tinytitan.data import DataSpec
 
     spec = spec or DataSpec()
-    examples = load_rows(data, spec)
+    # references are spelled in the schema's key order, as the model was trained to write them
+    examples = load_rows(data, spec, key_order=list((schema or {}).get("properties", {})))
     shots = []
     if base_shots and any(a.is_base for a in artifacts):
         if shots_data:  # drawn at random: a file sorted by label must not give the base 3 of one label
@@ -187,7 +188,8 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
         headline = figures["chrf"] / 100 if task == "generation" else figures[_headline(task)] \
             if task != "classification" else figures["accuracy"]
         values = [v / 100 for v in per_example["chrf"]] if task == "generation" else per_example["correct"]
-        low, high = metrics.bootstrap_ci(values, seed=seed)
+        # a task's own headline that is no mean over rows (Snips' mean slot F1) comes with its own interval
+        low, high = figures.pop("ci95") if "ci95" in figures else metrics.bootstrap_ci(values, seed=seed)
         figures.update(artifact=artifact.label, spec=artifact.spec, size_mb=artifact.size_bytes() / 2**20,
                        headline=_headline(task), score=headline, ci95=[low, high],
                        few_shot=len(shots) if artifact.is_base else 0)
@@ -207,10 +209,11 @@ def _headline(task: str) -> str:
 
 def _grammars(task: str, schema: dict | None, labels: list[str], examples) -> list[str] | None:
     """Each row's grammar for constrained decoding: the schema's (made with the row's input when
-    the schema takes words from it), or exactly one of the labels."""
+    the schema takes words from it) for rows whose answers are JSON, or exactly one of the labels."""
     from tinytitan.structured import literal, schema_to_grammar, uses_input
 
-    if task == "extraction" and schema is not None:
+    json_answers = all(metrics.parse_answer(e.completion) is not None for e in examples)
+    if schema is not None and json_answers and task not in ("classification", "generation"):
         if uses_input(schema):
             return [schema_to_grammar(schema, e.input_text) for e in examples]
         return [schema_to_grammar(schema)] * len(examples)
@@ -281,7 +284,11 @@ def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar
     found, correct = _task_metrics(task, outputs, references, examples)
     per_example.update(correct)
     if constrained is not None:
-        figures["constrained"], _ = _task_metrics(task, constrained, references, examples)
+        found_constrained, verdicts = _task_metrics(task, constrained, references, examples)
+        if "ci95" not in found_constrained:
+            found_constrained["ci95"] = list(metrics.bootstrap_ci(verdicts["correct"]))
+        figures["constrained"] = found_constrained
+        per_example["constrained_correct"] = verdicts["correct"]
     if task == "classification":
         found = {"generation": found, "accuracy": found["accuracy"], "scored_by": "generation"}
         if likelihood:
@@ -304,9 +311,9 @@ def _task_metrics(task: str, outputs: list[str], references: list[str], examples
         return found, {"chrf": found.pop("per_example")}
     from tinytitan.tasks import task_module
 
-    found = task_module(task).score(outputs, examples)
-    return found, {"correct": found.pop("per_example"), **{k: found.pop(k) for k in list(found)
-                                                           if isinstance(found[k], list)}}
+    module = task_module(task)
+    found = module.score(outputs, examples)
+    return found, {"correct": found.pop("per_example"), **{k: found.pop(k) for k in module.PER_EXAMPLE}}
 
 
 def _reference(artifact, rows, threads):

@@ -242,7 +242,8 @@ def _check_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict, res
     if not saved.exists():
         raise TinyTitanError(f"{run_dir}: nothing to resume (no config.json)")
     before = json.loads(saved.read_text())
-    changed = sorted(k for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES and before.get(k) != v)
+    changed = sorted(k for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES
+                     and before.get(k, _default(k)) != v)  # a key newer than the run's config.json: its default
     if changed:
         raise TinyTitanError(f"{run_dir}: cannot resume with a different {changed[0]} "
                              f"(was {before.get(changed[0])!r}, now {getattr(config, changed[0])!r})")
@@ -255,6 +256,13 @@ def _check_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict, res
     if not same:
         raise TinyTitanError(f"{run_dir}: cannot resume: the data or the model changed since the run started "
                              f"(data_fingerprint.json differs)")
+
+
+def _default(key: str):
+    import dataclasses
+
+    spec = dataclasses.fields(FinetuneConfig)[[f.name for f in dataclasses.fields(FinetuneConfig)].index(key)]
+    return spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
 
 
 def _create_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict) -> None:

@@ -1,7 +1,7 @@
 """Task metrics, as plain functions of predictions and references (no model in sight).
 
-- extraction (JSON records): validity, record exact match, per-field exact match and
-  precision/recall/F1, the most common field errors;
+- extraction (JSON records): validity, record exact match, per-field precision/recall/F1 with
+  support (slot F1: absent on both sides counts nowhere), the most common field errors;
 - classification: accuracy, macro-F1 (over every label seen in references or predictions, as
   scikit-learn does), the most common confusions;
 - generation: chrF (character 1..6-grams, beta 2, spaces removed: sacreBLEU's defaults) and
@@ -29,66 +29,108 @@ import numpy as np
 
 
 def parse_record(text: str) -> dict | None:
-    """The JSON object in a model's output, or None when it is not one."""
+    """The JSON object in a model's output, or None when it is not one (an object that repeats a
+    key is not one: JSON parsers disagree on which value wins)."""
+    value = parse_answer(text)
+    return value if isinstance(value, dict) else None
+
+
+def parse_answer(text: str) -> dict | list | None:
+    """The JSON object or array in a model's output, or None (bad JSON, a repeated key, NaN...)."""
+    from tinytitan.data import parse_json
+
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def same_json(a, b) -> bool:
+    """JSON equality: numbers by value (1 == 1.0), but true is not 1, and key order does not matter."""
+    return _key(a) == _key(b)
+
+
+def _key(value):
+    """A hashable form of a JSON value in which equal JSON values are equal."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, (int, float)):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("text", value)
+    if isinstance(value, list):
+        return ("list", tuple(_key(v) for v in value))
+    return ("object", frozenset((k, _key(v)) for k, v in value.items()))
+
+
+def field_values(record, path: str = "") -> dict[str, Counter]:
+    """The values of a record by field, for per-field scores: nested objects give dotted fields
+    ("address.city"), a list gives one value per item ("tags" holds each tag; a list of objects gives
+    "items.name"...). An empty string, null, an empty list or object is no value."""
+    found: dict[str, Counter] = {}
+
+    def add(value, at: str) -> None:
+        if value in ("", None) or value == [] or value == {}:
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(item, f"{at}.{key}" if at else key)
+        elif isinstance(value, list):
+            for item in value:
+                add(item, at)
+        else:
+            found.setdefault(at or "(value)", Counter())[_key(value)] += 1
+
+    add(record, path)
+    return found
 
 
 def extraction_metrics(predictions: Sequence[str], references: Sequence[str], top_errors: int = 10) -> dict:
     """Record-level and field-level scores of JSON outputs against JSON references.
 
-    A predicted (field, value) pair is a true positive when the reference has that field with an
-    equal value; a wrong or extra pair is a false positive, and each reference pair not matched is
-    a false negative. Empty values ("" / null / []) count as absent."""
+    Record exact match compares whole records as JSON values: a field the reference does not have is
+    wrong to write, even empty. Per field (see `field_values`: nested fields dotted, a list's items one
+    value each), a predicted value is a true positive when the reference has that value in that field;
+    a wrong or extra value is a false positive, and each reference value not matched a false negative,
+    as slot F1 is scored in NLU benchmarks: a row where neither side has the field counts nowhere.
+    `support` is how many reference values the field has."""
     n = len(references)
     valid = exact = 0
     per_example = []
-    tp, fp, fn, field_equal = Counter(), Counter(), Counter(), Counter()
-    fields: set[str] = set()
-    reference_fields: set[str] = set()
+    tp, fp, fn = Counter(), Counter(), Counter()
     errors: Counter = Counter()
     for prediction, reference in zip(predictions, references, strict=True):
-        ref = _present(parse_record(reference) or {})
-        parsed = parse_record(prediction)
+        ref_value = parse_answer(reference)
+        parsed = parse_answer(prediction)
         valid += parsed is not None
-        pred = _present(parsed or {})
-        fields |= set(ref) | set(pred)
-        reference_fields |= set(ref)
-        same = parsed is not None and pred == ref
+        same = parsed is not None and same_json(parsed, ref_value)
         exact += same
         per_example.append(float(same))
+        ref, pred = field_values(ref_value), field_values(parsed)
         for key in set(ref) | set(pred):
-            if key in pred and key in ref and pred[key] == ref[key]:
-                tp[key] += 1
-                continue
-            if key in pred:
-                fp[key] += 1
-            if key in ref:
-                fn[key] += 1
-            kind = "missing" if key not in pred else "extra" if key not in ref else "wrong"
-            errors[(key, kind)] += 1
-    for key in fields:
-        field_equal[key] = n - sum(count for (k, _), count in errors.items() if k == key)
-    per_field = {key: {"exact_match": field_equal[key] / n if n else 0.0,
-                       **_prf(tp[key], fp[key], fn[key])} for key in sorted(fields)}
+            gold, guess = ref.get(key, Counter()), pred.get(key, Counter())
+            hit = sum((gold & guess).values())
+            tp[key] += hit
+            fp[key] += sum(guess.values()) - hit
+            fn[key] += sum(gold.values()) - hit
+            if gold != guess:
+                kind = "missing" if not guess else "extra" if not gold else "wrong"
+                errors[(key, kind)] += 1
+    fields = set(tp) | set(fp) | set(fn)
+    per_field = {key: {**_prf(tp[key], fp[key], fn[key]), "support": tp[key] + fn[key],
+                       "predicted": tp[key] + fp[key]} for key in sorted(fields)}
     return {
         "rows": n,
         "json_valid": valid / n if n else 0.0,
         "exact_match": exact / n if n else 0.0,
         "fields": per_field,
-        "reference_fields": sorted(reference_fields),
+        "reference_fields": sorted(k for k in fields if tp[k] + fn[k]),
         "micro": _prf(sum(tp.values()), sum(fp.values()), sum(fn.values())),
         "top_errors": [{"field": key, "error": kind, "count": count}
                        for (key, kind), count in errors.most_common(top_errors)],
         "per_example": per_example,
     }
-
-
-def _present(record: dict) -> dict:
-    return {key: value for key, value in record.items() if value not in ("", None, [], {})}
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:

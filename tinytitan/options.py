@@ -52,6 +52,9 @@ def add_data_spec(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-template", default="", help='input built from columns, e.g. "{title}: {body}"')
     group.add_argument("--columns", default="", help="the column names of a file without a header")
     group.add_argument("--system", default="", help="system prompt for rows that have none")
+    group.add_argument("--encoding", default="utf-8",
+                       help="the files' text encoding: any Python codec (latin-1, cp1252, utf-16...) or cesu-8 "
+                            "(default: utf-8)")
 
 
 def data_spec_from(args):
@@ -60,7 +63,8 @@ def data_spec_from(args):
     return DataSpec(format=args.format, input_column=args.input_column or None,
                     output_columns=tuple(c for c in args.output_columns.split(",") if c),
                     input_template=args.input_template or None,
-                    columns=tuple(c for c in args.columns.split(",") if c), system=args.system or None)
+                    columns=tuple(c for c in args.columns.split(",") if c), system=args.system or None,
+                    encoding=args.encoding)
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from tinytitan.config import FinetuneConfig, _coerce, read_table
 from tinytitan.errors import TinyTitanError
 
 # data keys of [finetune] that describe the source files; a built-in task writes JSONL, so they apply to `files` only
-DATA_KEYS = {"format", "input_column", "output_columns", "input_template", "columns"}
+DATA_KEYS = {"format", "input_column", "output_columns", "input_template", "columns", "encoding"}
 # [finetune] keys the recipe sets itself
 MANAGED_KEYS = {"train", "val", "test", "output"}
 

@@ -245,15 +245,20 @@ def _details(evaluation: dict) -> list[str]:
     best = _deployed(evaluation)
     lines = []
     if "fields" in best:
-        lines += [f"Per-field scores of {best['artifact']}:", "", "| field | exact match | precision | recall | F1 |",
+        lines += [f"Per-field scores of {best['artifact']}: precision, recall and F1 over the values present "
+                  f"(a row where neither the reference nor the output has the field counts nowhere); support is the "
+                  f"number of reference values.", "", "| field | support | precision | recall | F1 |",
                   "|---|---|---|---|---|"]
-        for name, f in best["fields"].items():
-            if name not in best.get("reference_fields", best["fields"]):
-                continue
-            lines.append(f"| {name} | {100 * f['exact_match']:.1f}% | {f['precision']:.3f} | {f['recall']:.3f} | "
+        for name, f in sorted(best["fields"].items(), key=lambda item: -item[1].get("support", 0)):
+            lines.append(f"| {name} | {f.get('support', '-')} | {f['precision']:.3f} | {f['recall']:.3f} | "
                          f"{f['f1']:.3f} |")
-        lines += ["", "Most common field errors: " + ", ".join(
+        lines += ["", "Most common field errors (rows): " + ", ".join(
             f"{e['field']} {e['error']} ({e['count']})" for e in best["top_errors"][:8])]
+    if "slot_f1_by_intent" in best:
+        lines += ["", f"Mean slot F1 of {best['artifact']} per intent (each slot's F1 over the rows of that reference "
+                      f"intent, averaged): " + ", ".join(f"{intent} {value:.3f}" for intent, value
+                                                          in best["slot_f1_by_intent"].items())
+                  + f"; intent accuracy {100 * best['intent_accuracy']:.1f}%."]
     if "likelihood" in best:
         lines += [f"{best['artifact']}: accuracy {100 * best['likelihood']['accuracy']:.1f}% by label likelihood, "
                   f"{100 * best['generation']['accuracy']:.1f}% by generation; macro-F1 "

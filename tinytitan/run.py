@@ -148,7 +148,9 @@ class Pipeline:
     def _finetune_key(self) -> dict:
         from tinytitan.finetune import RESUMABLE_CHANGES
 
-        return {k: v for k, v in self._config().as_dict().items() if k not in RESUMABLE_CHANGES | {"train", "val", "test"}}
+        # how the files are read is the prepare stage's business (its outputs are hashed into this key)
+        return {k: v for k, v in self._config().as_dict().items()
+                if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
 
     def _reading_key(self) -> dict:
         """What `files` rows depend on besides the files: how they are read and split."""
@@ -156,7 +158,7 @@ class Pipeline:
             return {}
         config = self._config().as_dict()
         return {k: config[k] for k in ("format", "input_column", "output_columns", "input_template", "columns",
-                                       "system", "split", "seed", "skip_bad", "max_bad_fraction")}
+                                       "system", "split", "seed", "skip_bad", "max_bad_fraction", "encoding")}
 
     def _model_sha(self) -> str:
         from tinytitan.models import resolve
@@ -188,6 +190,10 @@ class Pipeline:
             counts = task_module(self.recipe.kind).prepare(self.recipe.sources, self.data, **self.recipe.options)
         (self.data / "prepared.json").write_text(json.dumps({"kind": self.recipe.kind, **counts}, indent=1))
         self._say(f"      rows: {', '.join(f'{k} {v}' for k, v in counts.items())}")
+        empty = [name for name in ("train", "val", "test") if not counts.get(name)]
+        if empty:
+            raise TinyTitanError(f"the {empty[0]} split is empty (rows: {', '.join(f'{k} {v}' for k, v in counts.items())}"
+                                 f"): give more rows, a {empty[0]} file of its own, or other [finetune] split shares")
 
     def _check(self) -> None:
         from tinytitan.data_check import enforce, prepare_data
@@ -207,7 +213,7 @@ class Pipeline:
     def _schema(self) -> None:
         from tinytitan.data import DataSpec, load_examples
         from tinytitan.schema_inference import infer_schema
-        from tinytitan.structured import INPUT_WORDS, schema_to_grammar
+        from tinytitan.structured import schema_to_grammar, uses_input
 
         examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
         schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
@@ -215,7 +221,7 @@ class Pipeline:
         (self.root / "schema.json").write_text(json.dumps(schema, indent=1, ensure_ascii=False))
         fields = schema.get("properties", {})
         enums = [k for k, v in fields.items() if "enum" in v]
-        copied = [k for k, v in fields.items() if INPUT_WORDS in v]
+        copied = [k for k, v in fields.items() if uses_input(v)]
         self._say(f"      {len(fields)} fields" + (f"; enums: {', '.join(enums)}" if enums else "")
                   + (f"; words from the input: {', '.join(copied)}" if copied else ""))
 
@@ -414,18 +420,22 @@ def _prepare_files(recipe, out: Path) -> dict:
 
     config = recipe.finetune_config(out)
     spec = spec_from(config)
-    loaded = {name: load_examples(path, spec, duplicates="keep" if name == "test" else "reject")
-              for name, path in recipe.sources.items()}
+    loaded = {"train": load_examples(recipe.sources["train"], spec)}
+    order = loaded["train"].json_keys  # every split's targets spelled in the training file's key order
+    for name in ("val", "test"):
+        if name in recipe.sources:
+            loaded[name] = load_examples(recipe.sources[name], spec, duplicates="keep" if name == "test" else "reject",
+                                         key_order=order)
     bad = [r for report in loaded.values() for r in report.rejected]
     if bad and not config.skip_bad:
         raise TinyTitanError(f"{len(bad)} bad rows (first: {bad[0]}); fix them or set finetune.skip_bad = true")
-    if "val" in loaded and "test" in loaded:
-        splits = {name: loaded[name].examples for name in ("train", "val", "test")}
-    else:
-        splits = split_examples(loaded["train"].examples, config.split, config.seed)
-        for name in ("val", "test"):
-            if name in loaded:
-                splits[name] = loaded[name].examples
+    # the training file gives the splits that have no file of their own (a published test set: train and val)
+    shares = [share if name == "train" or name not in loaded else 0.0
+              for name, share in zip(("train", "val", "test"), config.split)]
+    splits = split_examples(loaded["train"].examples, [share / sum(shares) for share in shares], config.seed)
+    for name in ("val", "test"):
+        if name in loaded:
+            splits[name] = loaded[name].examples
     return {name: write_jsonl(out / f"{name}.jsonl", (_row(e) for e in examples)) for name, examples in splits.items()}
 
 
@@ -453,9 +463,13 @@ def _absolute(spec: str) -> str:
 
 
 def _sha(path: Path) -> str | None:
+    """A file's sha256; a folder's (a task source such as the Snips benchmark) over its files' names and sha256s."""
     from tinytitan.models import file_sha256
 
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _digest([[str(p.relative_to(path)), file_sha256(p)] for p in files])
     return file_sha256(path) if path.is_file() else None
 
 

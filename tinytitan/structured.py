@@ -45,8 +45,10 @@ MAX_REPEAT = 2000  # llama.cpp's grammar parser caps {m,n} repetitions at 2000 (
 PRIMITIVES = {
     "char": r'[^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-f])',
     "string": r'"\"" char* "\""',
-    "integer": r'"-"? ("0" | [1-9] [0-9]{0,15})',
-    "number": r'"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
+    # integers of up to 20 digits (data.MAX_DIGITS); floats as Python's repr writes them (up to 17
+    # significant digits, which 0.000123... spreads over 20 places after the point)
+    "integer": r'"-"? ("0" | [1-9] [0-9]{0,19})',
+    "number": r'"-"? ("0" | [1-9] [0-9]{0,19}) ("." [0-9]{1,24})? ([eE] [-+]? [0-9]{1,3})?',
     "boolean": r'"true" | "false"',
     "null": r'"null"',
     "value": r"object | array | string | number | boolean | null",
@@ -156,15 +158,19 @@ def uses_input(schema) -> bool:
 
 def input_words(text: str) -> set[str]:
     """The words an `x-input-words` value may take from `text`: each whitespace-separated piece, that
-    piece without the punctuation around it, its parts between punctuation (with and without hyphens
-    kept), and its letter-and-digit runs. "(2-inch)" gives "(2-inch)", "2-inch", "2", "inch"."""
+    piece without the punctuation around it (with and without a final dot: "D.R.E.A.M.?" gives
+    "D.R.E.A.M." and "D.R.E.A.M"), its parts between punctuation (with and without hyphens kept), its
+    letter-and-digit runs, and a possessive's owner ("tobymac's" gives "tobymac"). "(2-inch)" gives
+    "(2-inch)", "2-inch", "2", "inch"."""
     words: set[str] = set()
     for piece in text.split():
         words.add(piece)
         words.add(piece.strip(".,;:()[]*!?\"'"))
+        words.add(piece.strip(",;:()[]*!?\"'"))
         words.update(re.findall(r"[^\W_]+(?:['’][^\W_]+)*", piece))
         words.update(re.split(r"[/,;:()\[\]*]", piece))
         words.update(re.split(r"[-/,;:()\[\]*–]", piece))
+    words.update(re.sub(r"['’]s?$", "", word) for word in list(words) if re.search(r"\w['’]s?$", word))
     words.discard("")
     return words
 

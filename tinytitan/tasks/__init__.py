@@ -3,7 +3,8 @@
 A task module has `prepare(sources: dict[str, Path], out: Path, **options) -> dict` that writes
 `train.jsonl`, `val.jsonl` and `test.jsonl` into `out` and returns counts, and may have
 `score(outputs, examples) -> dict` for metrics the generic task kinds do not cover (chess: legal
-moves and mates). Splits are by a hash of the prompt (or of a group key), so they never change
+moves and mates; Snips NLU: the vendors' mean slot F1), with `HEADLINE` naming its headline figure,
+`per_example` its per-row verdicts and `PER_EXAMPLE` any other per-row lists it returns. Splits are by a hash of the prompt (or of a group key), so they never change
 between runs and identical prompts never straddle splits.
 """
 
@@ -20,6 +21,7 @@ TASKS = {
     "banking77": "tinytitan.tasks.banking77",
     "bedtime-stories": "tinytitan.tasks.stories",
     "chess-mate-in-one": "tinytitan.tasks.chess_mates",
+    "snips-nlu": "tinytitan.tasks.snips_nlu",
 }
 
 

@@ -100,3 +100,4 @@ def score(outputs: list[str], examples) -> dict:
 
 
 HEADLINE = "mate_rate"
+PER_EXAMPLE = ("legal",)
