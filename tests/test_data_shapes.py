@@ -169,3 +169,25 @@ def test_a_five_line_recipe_runs_end_to_end_on_these_shapes(tiny, tmp_path, shap
         assert (name in schema["required"]) == all(name in record for record in records)
     evaluation = json.loads((tmp_path / "run" / "report" / "eval.json").read_text())["result"]
     assert all("fields" in r and "constrained" in r for r in evaluation["results"] if "torch" not in r["artifact"])
+
+
+def test_a_recipe_reads_its_files_in_their_encoding_and_the_prepared_rows_stay_utf8(tiny, tmp_path):
+    from tinytitan.data import load_examples
+    from tinytitan.recipe import load_recipe
+    from tinytitan.run import Pipeline
+
+    rows = "".join(f'{{"input": "café crème {i}", "output": {{"drink": "crème", "n": {i}}}}}\n' for i in range(40))
+    (tmp_path / "latin1.jsonl").write_bytes(rows.encode("latin-1"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[task]\ntrain = "latin1.jsonl"\n[finetune]\nmodel = "{tiny[0]}"\n')
+    result = run_cli("run", str(recipe), "--output", str(tmp_path / "bad"))
+    assert result.returncode == 1 and "latin1.jsonl:1: not valid UTF-8 (byte 0xE9" in result.stderr
+    recipe.write_text(recipe.read_text() + 'encoding = "latin-1"\n')
+    loaded = load_recipe(recipe)
+    loaded.output = tmp_path / "run"
+    pipeline = Pipeline(loaded, quiet=True)
+    for stage in pipeline.stages()[:3]:
+        stage.work()
+    examples = load_examples(pipeline.data / "train.jsonl").examples
+    assert examples and all(e.messages[-1].content.startswith("café crème") for e in examples)
+    assert json.loads((pipeline.root / "schema.json").read_text())["properties"]["drink"]["enum"] == ["crème"]

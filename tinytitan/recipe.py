@@ -76,12 +76,15 @@ class Recipe:
     eval: EvalSettings
     report: ReportSettings
 
-    def finetune_config(self, data: Path, threads: int = 0) -> FinetuneConfig:
+    def finetune_config(self, data: Path, threads: int = 0, sources: bool = False) -> FinetuneConfig:
+        """The fine-tuning settings over the prepared rows in `data` (UTF-8 JSONL that describes itself:
+        the data keys, such as format and encoding, are dropped), or with `sources`, the settings that
+        read a `files` task's own files."""
         values = {**self.finetune, "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"),
                   "test": str(data / "test.jsonl"), "output": str(self.output / "train")}
         if threads:
             values["threads"] = threads
-        if self.kind != "files":  # the prepared JSONL rows describe themselves
+        if not (sources and self.kind == "files"):
             for key in DATA_KEYS:
                 values.pop(key, None)
         return FinetuneConfig(**values)

@@ -148,7 +148,7 @@ class Pipeline:
     def _finetune_key(self) -> dict:
         from tinytitan.finetune import RESUMABLE_CHANGES
 
-        # how the files are read is the prepare stage's business (its outputs are hashed into this key)
+        # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
         return {k: v for k, v in self._config().as_dict().items()
                 if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
 
@@ -156,7 +156,7 @@ class Pipeline:
         """What `files` rows depend on besides the files: how they are read and split."""
         if self.recipe.kind != "files":
             return {}
-        config = self._config().as_dict()
+        config = self.recipe.finetune_config(self.data, sources=True).as_dict()
         return {k: config[k] for k in ("format", "input_column", "output_columns", "input_template", "columns",
                                        "system", "split", "seed", "skip_bad", "max_bad_fraction", "encoding")}
 
@@ -418,7 +418,7 @@ def _prepare_files(recipe, out: Path) -> dict:
     from tinytitan.data_check import spec_from
     from tinytitan.tasks import write_jsonl
 
-    config = recipe.finetune_config(out)
+    config = recipe.finetune_config(out, sources=True)
     spec = spec_from(config)
     loaded = {"train": load_examples(recipe.sources["train"], spec)}
     order = loaded["train"].json_keys  # every split's targets spelled in the training file's key order
