@@ -84,6 +84,28 @@ def test_run_then_rerun_then_change_the_quant_list(recipe):
     assert any("q8_0" in r["artifact"] for r in summary["table"])
 
 
+def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
+    fresh = run_cli("run", str(recipe / "tiny.toml"), "--output", str(tmp_path / "new"), "--dry-run", "--json")
+    assert fresh.returncode == 0, fresh.stderr
+    plan = json.loads(fresh.stdout)
+    assert [s["status"] for s in plan["stages"]] == ["would run"] * 6 + ["not needed", "would run"]
+    assert plan["rows"]["train"] > 0 and plan["fields"] == 2 and plan["seconds"] > 0
+    assert not (tmp_path / "new").exists()  # nothing written where the run would go
+    # the module's run ended with quant f16,q8_0: that is up to date, and a quant change redoes export onwards
+    same = json.loads(run_cli("run", str(recipe / "tiny.toml"), "--set", "export.quant=f16,q8_0", "--dry-run",
+                              "--json").stdout)
+    assert {s["status"] for s in same["stages"]} == {"up to date", "not needed"}
+    shown = run_cli("run", str(recipe / "tiny.toml"), "--dry-run")
+    assert shown.returncode == 0 and "[4/8] finetune: up to date" in shown.stdout
+    assert "[5/8] export: would run, about" in shown.stdout and "nothing was trained" in shown.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "completion": {"v": NaN}}\n' * 3)
+    (tmp_path / "bad.toml").write_text(f'[task]\ntrain = "{bad}"\n')
+    failed = run_cli("run", str(tmp_path / "bad.toml"), "--dry-run")
+    assert failed.returncode == 1 and "bad JSON (NaN is not a JSON value)" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
 def test_recipe_errors_are_one_line(recipe, tmp_path):
     bad = tmp_path / "bad.toml"
     cases = [("[task]\nkind = 'files'\n", "[task] needs train"),

@@ -55,6 +55,23 @@ def spec_from(config) -> DataSpec:
 
 def prepare_data(config, tokenizer, strict_errors: bool = True) -> Prepared:
     """Read, check, split and tokenize per `config` (a FinetuneConfig or anything with its data keys)."""
+    reports, raw, mode = split_rows(config)
+    rejected = [r for report in reports for r in report.rejected]
+    splits = {}
+    for name, examples in raw.items():
+        tokenized, cut = tokenize_examples(tokenizer, examples, config.max_length)
+        splits[name] = tokenized
+        rejected += cut
+    rows = sum(r.rows for r in reports)
+    prepared = Prepared(splits, reports, rejected, rows, leakage(raw), mode)
+    prepared.stats = statistics(prepared, reports, config.max_length)
+    if strict_errors:
+        enforce(prepared, config.skip_bad, config.max_bad_fraction)
+    return prepared
+
+
+def split_rows(config) -> tuple[list[LoadReport], dict[str, list], str]:
+    """(the files' load reports, the train/val/test examples, how they were split) per `config`."""
     spec = spec_from(config)
     reports = [load_examples(config.train, spec)]
     order = reports[0].json_keys  # validation and test targets are spelled in the training file's key order
@@ -78,18 +95,7 @@ def prepare_data(config, tokenizer, strict_errors: bool = True) -> Prepared:
         mode = "hash"
     if config.max_rows:
         raw["train"] = raw["train"][:config.max_rows]
-    rejected = [r for report in reports for r in report.rejected]
-    splits = {}
-    for name, examples in raw.items():
-        tokenized, cut = tokenize_examples(tokenizer, examples, config.max_length)
-        splits[name] = tokenized
-        rejected += cut
-    rows = sum(r.rows for r in reports)
-    prepared = Prepared(splits, reports, rejected, rows, leakage(raw), mode)
-    prepared.stats = statistics(prepared, reports, config.max_length)
-    if strict_errors:
-        enforce(prepared, config.skip_bad, config.max_bad_fraction)
-    return prepared
+    return reports, raw, mode
 
 
 def enforce(prepared: Prepared, skip_bad: bool, max_bad_fraction: float,

@@ -134,7 +134,10 @@ def detect_task(completions: list[str]) -> str:
 def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
                   kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None,
                   schema: dict | None = None, likelihood: bool = True, constrained: bool = True) -> dict:
-    """Score every artifact on the rows of `data`. With `constrained`, and a `schema` (extraction) or
+    """Score every artifact on the rows of `data`. The base model's `base_shots` solved examples come from
+    `shots_data` (a file, or a list of examples such as a run's training split), else from `data`, whose
+    rows they then leave out of every score (said on stderr and in `left_out`). With `constrained`, and a
+    `schema` (extraction) or
     for classification, llama.cpp artifacts are also decoded constrained (the schema's grammar, or the
     label set): the `constrained` figures. `likelihood=False` skips classification's label-likelihood pass (the
     costly one: every label is scored for every row), leaving generation as the headline."""
@@ -143,10 +146,10 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     spec = spec or DataSpec()
     # references are spelled in the schema's key order, as the model was trained to write them
     examples = load_rows(data, spec, key_order=list((schema or {}).get("properties", {})))
-    shots = []
+    shots, left_out = [], 0
     if base_shots and any(a.is_base for a in artifacts):
         if shots_data:  # drawn at random: a file sorted by label must not give the base 3 of one label
-            pool = load_rows(shots_data, spec)
+            pool = load_rows(shots_data, spec) if isinstance(shots_data, (str, Path)) else list(shots_data)
             shots = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(base_shots, len(pool))))]
         else:  # drawn from the data and left out of every artifact's rows, so all score the same rows
             if base_shots >= len(examples):
@@ -155,6 +158,10 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
             picked = set(random.Random(seed).sample(range(len(examples)), base_shots))
             shots = [examples[i] for i in sorted(picked)]
             examples = [e for i, e in enumerate(examples) if i not in picked]
+            left_out = len(picked)
+            print(f"{data}: {left_out} rows ({', '.join(e.source for e in shots)}) are the base model's solved "
+                  f"examples and are left out of every artifact's score (--shots-data keeps every row)",
+                  file=sys.stderr)
     examples = examples[:limit] if limit else examples
     task = detect_task([e.completion for e in examples]) if task == "auto" else task
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
@@ -164,26 +171,31 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     for artifact in artifacts:
         from tinytitan.progress import progress_bar
 
-        engine = artifact.open(threads=threads)
-        try:
-            rows = _encode(engine, examples, shots if artifact.is_base else [])
-            if kl_reference is not None and reference_topk is None:
-                # the reference sees the plain prompts; a few-shot base model is compared against that
-                reference_topk = _reference(kl_reference, _encode(engine, examples, []), threads)
-            kl = None
-            if reference_topk is not None:
-                from tinytitan.kl import KLAgainst
+        row_shots = shots if artifact.is_base else []
+        cache = _cache_path(artifact, examples, row_shots, task, labels, max_tokens, grammars, likelihood,
+                            kl_reference)
+        raw = _load_cached(cache)
+        if raw is None:
+            engine = artifact.open(threads=threads)
+            try:
+                rows = _encode(engine, examples, row_shots)
+                if kl_reference is not None and reference_topk is None:
+                    # the reference sees the plain prompts; a few-shot base model is compared against that
+                    reference_topk = _reference(kl_reference, _encode(engine, examples, []), threads)
+                kl = None
+                if reference_topk is not None:
+                    from tinytitan.kl import KLAgainst
 
-                kl = KLAgainst(reference_topk)
-            with progress_bar(f"eval {artifact.label}") as progress:
-                bar = progress.add_task("rows", total=len(rows))
-                figures, per_example = _score(engine, task, rows, examples, labels, max_tokens, kl,
-                                              lambda done: progress.update(bar, completed=done),
-                                              grammars=grammars, likelihood=likelihood)
-            if kl is not None:
-                figures["kl"] = kl.result()
-        finally:
-            engine.close()
+                    kl = KLAgainst(reference_topk)
+                with progress_bar(f"eval {artifact.label}") as progress:
+                    bar = progress.add_task("rows", total=len(rows))
+                    raw = _decode(engine, task, rows, labels, max_tokens, kl,
+                                  lambda done: progress.update(bar, completed=done), grammars=grammars,
+                                  likelihood=likelihood)
+            finally:
+                engine.close()
+            _save_cached(cache, raw)
+        figures, per_example = _figures(raw, task, examples, labels, likelihood)
         # headline and interval as fractions (chrF's 0-100 scale too)
         headline = figures["chrf"] / 100 if task == "generation" else figures[_headline(task)] \
             if task != "classification" else figures["accuracy"]
@@ -196,7 +208,8 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
         results.append(figures)
         if out:
             _write_examples(out / f"{_file_name(artifact.label)}.jsonl", examples, per_example)
-    return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results}
+    return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results,
+            "left_out": left_out}
 
 
 def _headline(task: str) -> str:
@@ -238,10 +251,10 @@ def _encode(engine, examples, shots) -> list[dict]:
     return rows
 
 
-def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammars=None,
-           likelihood=True) -> tuple[dict, dict]:
+def _decode(engine, task, rows, labels, max_tokens, kl, on_row, grammars=None, likelihood=True) -> dict:
+    """What an artifact does on the rows, before any metric: its outputs (free and constrained), label
+    picks, the reference completions' log-likelihood, the KL against the reference, the seconds taken."""
     started = time.perf_counter()
-    references = [e.completion for e in examples]
     nll, tokens = 0.0, 0
     outputs, label_picks = [], []
     prompts = [r["prompt"] for r in rows]
@@ -276,8 +289,17 @@ def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar
             sums = engine.logprob_sums([(row["prompt"] + ids, len(row["prompt"])) for ids in label_ids])
             label_picks.append(labels[int(np.argmax(sums))])
         on_row(index + 1)
-    seconds = time.perf_counter() - started
-    figures: dict = {"reference_perplexity": math.exp(nll / max(tokens, 1)), "seconds": round(seconds, 1)}
+    return {"outputs": outputs, "constrained": constrained, "label_picks": label_picks, "nll": nll, "tokens": tokens,
+            "kl": kl.result() if kl is not None else None, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _figures(raw: dict, task: str, examples, labels, likelihood: bool) -> tuple[dict, dict]:
+    """The task's metrics of one artifact's decoded rows: (figures, per-example lists)."""
+    references = [e.completion for e in examples]
+    outputs, constrained = raw["outputs"], raw["constrained"]
+    figures: dict = {"reference_perplexity": math.exp(raw["nll"] / max(raw["tokens"], 1)), "seconds": raw["seconds"]}
+    if raw["kl"] is not None:
+        figures["kl"] = raw["kl"]
     per_example: dict = {"output": outputs}
     if constrained is not None:
         per_example["constrained_output"] = constrained
@@ -292,10 +314,43 @@ def _score(engine, task, rows, examples, labels, max_tokens, kl, on_row, grammar
     if task == "classification":
         found = {"generation": found, "accuracy": found["accuracy"], "scored_by": "generation"}
         if likelihood:
-            by_likelihood = metrics.classification_metrics(label_picks, references)
-            per_example.update(correct=by_likelihood.pop("per_example"), label=label_picks)
+            by_likelihood = metrics.classification_metrics(raw["label_picks"], references)
+            per_example.update(correct=by_likelihood.pop("per_example"), label=raw["label_picks"])
             found.update(likelihood=by_likelihood, accuracy=by_likelihood["accuracy"], scored_by="likelihood")
     return {**figures, **found}, per_example
+
+
+# what a cached evaluation depends on besides its inputs: bump when decoding changes what it writes
+DECODING = 1
+
+
+def _cache_path(artifact, examples, shots, task, labels, max_tokens, grammars, likelihood, kl_reference) -> Path:
+    """Where one artifact's decoded rows are cached (`$TINYTITAN_HOME/evals/`): a hash of the artifact's
+    files, the exact rows, shots, grammars and settings. `eval`, `report` and `run` share it, so an
+    artifact scored once on the same rows is never decoded again; metrics are always computed afresh."""
+    import hashlib
+
+    from tinytitan.models import home
+
+    rows = [[e.key, e.completion] for e in examples]
+    key = [DECODING, _identity(artifact), rows, [[s.key, s.completion] for s in shots], task, labels, max_tokens,
+           grammars, likelihood, _identity(kl_reference) if kl_reference is not None else None]
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:32]
+    return home() / "evals" / f"{digest}.json"
+
+
+def _load_cached(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or a file cut short: decode again
+        return None
+
+
+def _save_cached(path: Path, raw: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(raw, ensure_ascii=False))
+    temporary.replace(path)
 
 
 def _task_metrics(task: str, outputs: list[str], references: list[str], examples) -> tuple[dict, dict]:

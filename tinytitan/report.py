@@ -53,7 +53,8 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     artifacts = run_artifacts(run_dir, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None)
     evaluation = _cached(out / "eval.json", {"data": str(Path(data).resolve()), "limit": args.limit,
-                                             "base_shots": args.base_shots, "artifacts": [a.spec for a in artifacts]},
+                                             "base_shots": args.base_shots, "shots_from": "training split",
+                                             "artifacts": [a.spec for a in artifacts]},
                          args.fresh, lambda: _evaluate(artifacts, data, args, run_dir, out))
     bench = None
     if args.bench:
@@ -108,8 +109,18 @@ def _evaluate(artifacts, data, args, run_dir: Path, out: Path) -> dict:
     from tinytitan.artifacts import parse_artifact
     from tinytitan.evaluate import evaluate_task
 
-    return evaluate_task(artifacts, data, limit=args.limit, base_shots=args.base_shots,
+    return evaluate_task(artifacts, data, limit=args.limit, base_shots=args.base_shots, shots_data=training_rows(run_dir),
                          kl_reference=parse_artifact(str(run_dir)), threads=args.threads, out=out / "examples")
+
+
+def training_rows(run_dir: Path) -> list:
+    """The examples the run trained on (its training split, as fine-tuning split them): where the base
+    model's solved examples come from, so that every held-out row is scored."""
+    from tinytitan.config import FinetuneConfig
+    from tinytitan.data_check import split_rows
+
+    config = FinetuneConfig(**json.loads((run_dir / "config.json").read_text()))
+    return split_rows(config)[1]["train"]
 
 
 def _bench(artifacts, context: str, data: str, reps: int = 3) -> list[dict]:

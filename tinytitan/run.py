@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", default=None, help="the run folder (default: the recipe's output)")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the recipe, the data and the schema (in a scratch folder) and print the plan: "
+                             "which stages would run and about how long they would take; nothing is trained")
     options.add_json(parser)
 
 
@@ -55,6 +58,10 @@ def run(args) -> None:
     if args.output:
         recipe.output = Path(args.output)
     pipeline = Pipeline(recipe, threads=args.threads, fresh=args.fresh, quiet=args.json)
+    if args.dry_run:
+        plan = pipeline.plan()
+        print(json.dumps(plan) if args.json else format_plan(plan))
+        return
     summary = pipeline.run()
     if args.json:
         print(json.dumps(summary))
@@ -68,7 +75,7 @@ class Stage:
     inputs: Callable[[], dict]  # what the stage is computed from (hashed into its key)
     outputs: Callable[[], list[Path]]  # what it writes (hashed after it runs)
     work: Callable[[], None]
-    units: Callable[[], float]  # work units for the time estimate (rows, tokens, artifacts...)
+    units: Callable[[], float | None]  # work units for the time estimate (rows, tokens...); None: not known yet
     applies: Callable[[], bool] = lambda: True
 
 
@@ -320,22 +327,22 @@ class Pipeline:
         fleet.write_text("\n".join(lines) + "\n")
         return f"tinytitan serve --fleet {fleet}"
 
-    def _finetune_units(self) -> float:
+    def _finetune_units(self) -> float | None:
         check = self.data / "check.json"
         if not check.exists():
-            return 0
+            return None  # unknown until the data check has counted the tokens
         stats = json.loads(check.read_text())
         config = self._config()
         train_share = stats["splits"]["train"] / max(stats["usable"], 1)
         return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
 
-    def _eval_units(self) -> float:
+    def _eval_units(self) -> float | None:
         """Decoded tokens, roughly: every artifact decodes every row (twice when constrained), up to twice the
         reference's length + 8 tokens (at about 4 characters a token), capped by max_tokens; + 8 for the prompt."""
         settings = self.recipe.eval
         test = self.data / "test.jsonl"
         if not test.exists():
-            return 0
+            return None
         references = [_completion(json.loads(line)) for line in test.read_text().splitlines() if line.strip()]
         references = references[:settings.rows] if settings.rows else references
         per_row = sum(min(settings.max_tokens, len(text) / 2 + 8) + 8 for text in references)
@@ -344,6 +351,42 @@ class Pipeline:
 
     def _bench_units(self) -> float:
         return 1 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
+
+    # --- planning --------------------------------------------------------------------------------
+    def plan(self) -> dict:
+        """A dry run: prepare, check and infer the schema in a scratch folder (so bad data, a bad recipe or
+        a schema the decoder cannot enforce fail here, as they would in the run), then say which stages of
+        the real run folder are up to date and which would run, with this machine's time estimate."""
+        import dataclasses
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            probe = Pipeline(dataclasses.replace(self.recipe, output=Path(scratch)), self.threads, quiet=True)
+            probe_stages = probe.stages()
+            for stage in probe_stages[:3]:  # prepare, check, schema
+                if stage.applies():
+                    with contextlib.redirect_stdout(sys.stderr):
+                        stage.work()
+            check = json.loads((probe.data / "check.json").read_text())
+            schema_path = probe.root / "schema.json"
+            schema = json.loads(schema_path.read_text()) if schema_path.exists() else None
+            rates, steps, changed = _load_rates(), [], self.fresh
+            for stage, probed in zip(self.stages(), probe_stages):
+                if not probed.applies():
+                    steps.append({"stage": stage.name, "status": "not needed"})
+                    continue
+                record = self.state.get(stage.name)
+                if not changed and record and record["key"] == _digest(stage.inputs()) and _unchanged(record["outputs"]):
+                    steps.append({"stage": stage.name, "status": "up to date"})
+                    continue
+                changed = True  # what follows reads what this stage writes: it runs unless that comes out the same
+                units = probed.units() or 0
+                steps.append({"stage": stage.name, "status": "would run",
+                              "seconds": round(rates.get(_rate_key(stage), DEFAULT_RATES[_rate_key(stage)]) * units)})
+        return {"recipe": str(self.recipe.path), "run": str(self.root), "rows": check["splits"],
+                "rejected": check["rejected"], "truncated": check["truncated"], "tokens": check["tokens"],
+                "fields": len(schema["properties"]) if schema and "properties" in schema else None,
+                "stages": steps, "seconds": sum(s.get("seconds", 0) for s in steps)}
 
     # --- running ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -369,9 +412,12 @@ class Pipeline:
                 done.append({"stage": stage.name, "status": "up to date"})
                 self._say(f"{tag}: up to date")
                 continue
-            left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * s.units()
-                       for s in stages[number - 1:] if s.applies())
-            self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
+            pending = [(s, s.units()) for s in stages[number - 1:] if s.applies()]
+            if any(n is None for _, n in pending):  # a guess without the data's size would jump by minutes once it is known: none yet
+                self._say(f"{tag}: running (the time left is estimated once the data is checked)")
+            else:
+                left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * n for s, n in pending)
+                self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
             self.state.pop(stage.name, None)
             self._save()
             began = time.perf_counter()
@@ -405,6 +451,20 @@ class Pipeline:
     def _say(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
+
+
+def format_plan(plan: dict) -> str:
+    rows = plan["rows"]
+    lines = [f"dry run of {plan['recipe']} -> {plan['run']}: the recipe, the data and the schema check out",
+             f"  rows: train {rows['train']}, val {rows['val']}, test {rows['test']} ({plan['rejected']} rejected, "
+             f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
+             + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
+    for number, step in enumerate(plan["stages"], start=1):
+        estimate = f", about {_duration(step['seconds'])}" if "seconds" in step else ""
+        lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")
+    lines.append(f"about {_duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
+                 f"defaults for a 2-core CPU); nothing was trained")
+    return "\n".join(lines)
 
 
 def _toml(text: str) -> str:
