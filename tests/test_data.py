@@ -246,3 +246,29 @@ def test_a_test_file_without_a_validation_file_splits_validation_off_training(tm
     assert stats["splits"]["train"] + stats["splits"]["val"] == 200 and 10 < stats["splits"]["val"] < 40
     shown = run_cli("data", "check", str(train), "--test", str(test), "--model", "gemma-3-270m")
     assert "validation split off the training file by hash of the input; test from its file" in shown.stdout
+
+
+def test_data_schema_is_the_schema_run_infers(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"input": f"{w} cat {i}", "output": {"w": w, **({"n": i} if i % 2 else {})}})
+                            + "\n" for i, w in enumerate(["red", "blue"] * 20)))
+    result = run_cli("data", "schema", str(path))
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["required"] == ["w"] and schema["properties"]["n"] == {"type": "integer"}  # n: optional
+    assert schema["properties"]["w"]["enum"] == ["blue", "red"]
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"input": "a", "output": "plain"}\n')
+    refused = run_cli("data", "schema", str(text))
+    assert refused.returncode == 1 and "needs every answer to be a JSON object" in refused.stderr
+
+
+def test_data_check_never_wraps_a_value_when_piped(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    place = "Cedar Rapids, a city on the Cedar River in Linn County, Iowa, United States of America [/INST]"
+    path.write_text("".join(json.dumps({"prompt": f"where {i}", "completion": {"city": place, "n": str(i % 2)}})
+                            + "\n" for i in range(30)))
+    result = run_cli("data", "check", str(path), "--model", "gemma-3-270m", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("field city"))
+    assert place in line  # one line, whatever the width; "[/INST]" printed as text, not read as markup

@@ -94,7 +94,8 @@ def test_eval_cli_every_task_kind(tiny, tmp_path, task, completion):
     assert figures["reference_perplexity"] > 1.0
     lines = (out / f"{tiny[0].stem}.jsonl").read_text().splitlines()
     assert len(lines) == 24 and {"source", "prompt", "reference", "output"} <= set(json.loads(lines[0]))
-    assert json.loads((out / "eval.json").read_text())["task"]["task"] == task
+    saved = json.loads((out / "eval.json").read_text())  # the layout `run` and `report` write
+    assert saved["result"]["task"] == task and saved["settings"]["max_tokens"] == 12
     if task == "classification":
         # the likelihood pick is the label with the largest sum log P(label, <end_of_turn> | prompt)
         from tinytitan.engines import load_engine
@@ -205,15 +206,23 @@ def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path)
     report = evaluate_task([gguf], str(data), schema=schema, max_tokens=24, out=tmp_path / "out")
     (figures,) = report["results"]
     assert figures["constrained"]["json_valid"] == 1.0 and figures["json_valid"] < 1.0  # the random model, free
-    record = json.loads((tmp_path / "out" / "tiny.jsonl").read_text().splitlines()[0])
-    assert json.loads(record["constrained_output"])["w"] in ("cat", "dog", "red")
+    records = [json.loads(line) for line in (tmp_path / "out" / "tiny.jsonl").read_text().splitlines()]
+    assert json.loads(records[0]["constrained_output"])["w"] in ("cat", "dog", "red")
+    # the constrained score has its own interval, and each row's file holds both verdicts
+    constrained = figures["constrained"]
+    assert constrained["exact_match"] == sum(r["constrained_correct"] for r in records) / len(records)
+    assert constrained["ci95"][0] <= constrained["exact_match"] <= constrained["ci95"][1]
+    assert figures["score"] == sum(r["correct"] for r in records) / len(records)
 
     labels = _rows(tmp_path / "labels.jsonl", lambda rng: rng.choice(["cat", "dog", "mat"]))
-    report = evaluate_task([gguf], str(labels), likelihood=False, max_tokens=8)
+    report = evaluate_task([gguf], str(labels), likelihood=False, max_tokens=8, out=tmp_path / "labels-out")
     (figures,) = report["results"]
     assert figures["scored_by"] == "generation" and "likelihood" not in figures
     assert figures["score"] == figures["generation"]["accuracy"]
-    assert figures["constrained"]["accuracy"] >= 0 and set(figures["constrained"]["labels"]) <= {"cat", "dog", "mat"}
+    records = [json.loads(line) for line in (tmp_path / "labels-out" / "tiny.jsonl").read_text().splitlines()]
+    assert {r["constrained_output"] for r in records} <= {"cat", "dog", "mat"}  # only ever a label
+    assert figures["constrained"]["accuracy"] == \
+        sum(r["constrained_output"] == r["reference"] for r in records) / len(records)
     # constrained=False (a recipe's `constrained = false`, `--no-constrained`): one decoding pass, labels too
     (figures,) = evaluate_task([gguf], str(labels), likelihood=False, max_tokens=8, constrained=False)["results"]
     assert "constrained" not in figures and figures["score"] == figures["generation"]["accuracy"]

@@ -218,13 +218,25 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     assert checkpoint.latest(folder).name == "step-0000001"
 
 
-def test_example_recipe_is_valid():
+def test_example_recipe_is_valid_for_finetune_and_run_alike(tmp_path):
     from tinytitan.config import FinetuneConfig, read_recipe
+    from tinytitan.recipe import load_recipe
 
     recipe = ROOT / "examples" / "ingredients-lora.toml"
     assert recipe.read_text().splitlines()[0] == "# tinytitan finetune examples/ingredients-lora.toml"
     config = FinetuneConfig(**read_recipe(recipe))
-    assert config.method == "lora" and config.max_rows == 2000
+    assert config.method == "lora" and config.max_rows == 2000 and config.input_column == "input"
+    assert Path(config.train).resolve() == ROOT / "recipes" / "data" / "ingredients" / "tastecooking-ingredients-2024.csv"
+    assert config.output == "runs/ingredients-lora/train"  # where `tinytitan run` trains it too
+    assert load_recipe(recipe).finetune["lora_rank"] == 16  # one format: `run` reads the same file
+    old = tmp_path / "old.toml"  # the sections of the earlier finetune-only format are refused by name
+    old.write_text('[data]\ntrain = "x.csv"\n[lora]\nlora_rank = 8\n')
+    result = run_cli("finetune", str(old))
+    assert result.returncode == 1 and "unknown key or section 'data'" in result.stderr
+    built_in = tmp_path / "built-in.toml"
+    built_in.write_text('[task]\nkind = "banking77"\ntrain = "a.csv"\ntest = "b.csv"\n')
+    result = run_cli("finetune", str(built_in))
+    assert result.returncode == 1 and "prepared by `tinytitan run" in result.stderr
 
 
 def test_non_finite_settings_are_refused(dataset):

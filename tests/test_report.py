@@ -24,14 +24,19 @@ def test_report_covers_every_artifact(exported_run):
     result = run_cli("report", str(run), "--data", str(data), "--limit", "12", "--context", "64,128", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    rows = {r["artifact"]: r for r in summary["rows"]}
+    rows = {r["artifact"]: r for r in summary["table"]}
     assert set(rows) == {"torch (run)", "run-f16", "run-q8_0", "base+run-adapter-f16", "base (few-shot)"}
     assert rows["torch (run)"]["kl"] < 1e-9 and rows["torch (run)"]["tg_tps"] is None  # the reference itself
     for name in ("run-f16", "run-q8_0", "base+run-adapter-f16"):
         row = rows[name]
         assert row["kl"] < 0.05 and row["tg_tps"] > 0 and row["pp_tps"] > 0 and row["j_per_conversation"] > 0
     report = (run / "report" / "report.md").read_text()
-    assert "| run-q8_0 |" in report and "![Task metric vs file size](metric_vs_size.png)" in report
+    for name in rows:  # every artifact has its row; the recommended one is marked
+        mark = f"**{name}** (recommended)" if name == summary["recommended"]["artifact"] else name
+        assert f"| {mark} |" in report, name
+    assert "![Task metric vs file size](metric_vs_size.png)" in report
+    # per-field scores over the values present, with their support (a field in 1 of 300 rows is not "99.7%")
+    assert "| field | support | precision | recall | F1 |" in report and "| w | 12 |" in report
     for png in ("loss.png", "metric_vs_size.png", "context.png"):
         assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run / "report" / "report.html").read_text()
@@ -40,9 +45,18 @@ def test_report_covers_every_artifact(exported_run):
     base = next(b for b in bench if b["artifact"] == "base (few-shot)")
     assert [c["depth"] for c in base["context"]] == [64, 128]
     assert len(list((run / "report" / "examples").glob("*.jsonl"))) == 5
-    # the same inputs again: saved measurements are reused, nothing is measured twice
+    # the base model's solved examples come from the run's training split: every one of the 12 rows is scored
+    evaluation = json.loads((run / "report" / "eval.json").read_text())["result"]
+    assert evaluation["rows"] == 12 and evaluation["left_out"] == 0
+    assert summary["recommended"]["artifact"] in rows and summary["serve"] == f"tinytitan serve --fleet {run / 'report' / 'fleet.toml'}"
+    from tinytitan.server.fleet import load_fleet
+
+    (task,) = load_fleet(run / "report" / "fleet.toml")  # the recommendation, servable as written
+    assert task.name == "run" and task.defaults == {"temperature": 0.0, "max_tokens": 256}
+    # the same inputs again: every artifact's decoded rows are reused, nothing is decoded twice
     again = run_cli("report", str(run), "--data", str(data), "--limit", "12", "--context", "64,128", "--json")
-    assert again.returncode == 0 and "eval " not in again.stderr and "bench " not in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("its decoded rows are reused") == 5, again.stderr
 
 
 def test_bench_cli_json_last_line(tiny, tmp_path):

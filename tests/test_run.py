@@ -106,6 +106,24 @@ def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
     assert "Traceback" not in failed.stderr
 
 
+def test_report_on_a_run_folder_is_the_report_stage_and_reuses_its_evaluations(recipe):
+    run = recipe / "run"
+    stage = json.loads((run / "summary.json").read_text())
+    result = run_cli("report", str(run), "--no-bench", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # the run's settings (8 rows, 2 shots from training, the schema): every artifact's rows are reused
+    assert result.stderr.count("its decoded rows are reused") == len(stage["table"]) == len(summary["table"])
+    assert [(r["artifact"], r["score"], r["constrained"]) for r in summary["table"]] == \
+        [(r["artifact"], r["score"], r["constrained"]) for r in stage["table"]]
+    assert summary["recommended"]["artifact"] == stage["recommended"]["artifact"]
+    assert summary["serve"] == f"tinytitan serve --fleet {run / 'fleet.toml'}"
+    assert 'schema = "schema.json"' in (run / "fleet.toml").read_text()
+    shown = run_cli("report", str(run / "train"), "--no-bench")  # the training folder names the same run
+    assert shown.returncode == 0 and f"serve the recommended artifact: tinytitan serve --fleet {run / 'fleet.toml'}" \
+        in shown.stdout
+
+
 def test_recipe_errors_are_one_line(recipe, tmp_path):
     bad = tmp_path / "bad.toml"
     cases = [("[task]\nkind = 'files'\n", "[task] needs train"),
@@ -131,12 +149,15 @@ def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
     last = result.stderr.strip().splitlines()[-1]  # after the stage lines: one error line
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert last.startswith("error: no usable training rows") and "leaves no completion token" in last
+    # no time estimate before the data is checked (a guess without its size jumped from 3 to 102 minutes)
+    assert "[1/8] prepare: running (the time left is estimated once the data is checked)" in result.stderr
+    assert "[2/8] check: running (the time left is estimated once the data is checked)" in result.stderr
     check = json.loads((out / "data" / "check.json").read_text())
     assert check["rejected"] > 0 and check["errors"][0].endswith("leaves no completion token to learn from")
 
 
 def test_recommend_takes_the_smallest_within_tolerance_that_passed():
-    from tinytitan.run import recommend
+    from tinytitan.run_summary import recommend
 
     rows = [{"artifact": "torch (run)", "size_mb": 1000, "score": 0.95},
             {"artifact": "x-f16", "size_mb": 500, "score": 0.90},
@@ -153,7 +174,7 @@ def test_recommend_takes_the_smallest_within_tolerance_that_passed():
 def test_fleet_file_is_valid_toml_with_any_text():
     import tomllib
 
-    from tinytitan.run import _toml
+    from tinytitan.server.fleet import toml_string
 
     text = 'Réponds en JSON 😀 "quoted" \\ back\nline'
-    assert tomllib.loads(f"system = {_toml(text)}")["system"] == text
+    assert tomllib.loads(f"system = {toml_string(text)}")["system"] == text

@@ -1,7 +1,7 @@
 """Fine-tuning settings: one typed dataclass, merged in one place as flags > recipe file > defaults.
 
-A recipe is a TOML or YAML file of these keys (flat, or grouped under tables whose names are
-ignored), and its first line is a comment with the command that runs it. Unknown keys, wrong
+A recipe (`recipe.load_recipe`, the one format `tinytitan run` reads) holds these keys in its
+[finetune] table; its first line is a comment with the command that runs it. Unknown keys, wrong
 types and bad values are errors that name the key. Every key is also a flag: `lora_rank` is
 `--lora-rank`, list values are comma-separated (`--output-columns name,unit`).
 """
@@ -157,18 +157,18 @@ def read_table(path: str | Path, what: str = "recipe") -> dict:
 
 
 def read_recipe(path: str | Path) -> dict:
-    """A recipe file's keys (tables flattened). Unknown keys are errors naming the key and the file."""
-    raw = read_table(path, "recipe")
-    flat: dict = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):  # a table such as [lora] groups keys for the reader
-            flat.update(value)
-        else:
-            flat[key] = value
-    unknown = sorted(k for k in flat if k not in FIELDS)
-    if unknown:
-        raise TinyTitanError(f"{path}: unknown key {unknown[0]!r} (known keys: see `tinytitan finetune --help`)")
-    return {k: _coerce(k, v, str(path)) for k, v in flat.items()}
+    """The fine-tuning settings of a recipe (the one format `tinytitan run` reads, docs/recipes.md): its
+    [finetune] keys, the data files of its `files` task ([task] train, val, test) and its training folder
+    (OUTPUT/train, where `run` trains too). A built-in task's rows are made by `run`'s prepare stage."""
+    from tinytitan.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    if recipe.kind != "files":
+        raise TinyTitanError(f"{path}: the {recipe.kind!r} task's rows are prepared by `tinytitan run {path}`; "
+                             f"`finetune` reads a files task ([task] train = ...)")
+    values = {**recipe.finetune, "output": str(recipe.output / "train")}
+    values.update({name: str(file) for name, file in recipe.sources.items()})
+    return values
 
 
 def _coerce(key: str, value, origin: str):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,9 +189,15 @@ def add_arguments(parser) -> None:
     check.add_argument("--max-bad-fraction", type=float, default=0.05, help="fail above this share of bad rows")
     check.add_argument("--seed", type=int, default=0, help="seed of the split hash")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    schema = sub.add_parser("schema", help="the JSON schema of a file's JSON answers, as `run` infers it")
+    schema.add_argument("file", help="training rows with JSON answers: JSONL, CSV or TSV")
+    options.add_data_spec(schema)
+    schema.add_argument("--out", "-o", default=None, help="write it here (default: print it)")
 
 
 def run(args) -> None:
+    if args.action == "schema":
+        return write_schema(args)
     from tinytitan.config import FinetuneConfig
     from tinytitan.models import resolve
     from tinytitan.torch_model import load_tokenizer
@@ -212,6 +220,30 @@ def run(args) -> None:
     else:
         print_report(prepared)
     enforce(prepared, args.skip_bad, args.max_bad_fraction, hint="fix them or pass --skip-bad")
+
+
+def write_schema(args) -> None:
+    """`tinytitan data schema FILE`: the schema `tinytitan run` would infer from these training rows (fields,
+    types, optional fields, enums, `x-input-words`), for `eval --schema`, `report --schema` and serving."""
+    from tinytitan.metrics import parse_answer
+    from tinytitan.schema_inference import infer_schema
+    from tinytitan.structured import schema_to_grammar
+
+    report = load_examples(args.file, options.data_spec_from(args), duplicates="keep")  # a repeat changes nothing here
+    if report.rejected:
+        raise TinyTitanError(f"{report.rejected[0]} ({len(report.rejected)} bad rows; `tinytitan data check "
+                             f"{args.file}` lists them)")
+    answers = [parse_answer(e.completion) for e in report.examples]
+    if not answers or any(a is None for a in answers) or len({type(a) for a in answers}) > 1:
+        raise TinyTitanError(f"{args.file}: a schema needs every answer to be a JSON object (or every one a list)")
+    schema = infer_schema(answers, inputs=[e.input_text for e in report.examples])
+    schema_to_grammar(schema)  # enforceable, as `run` requires
+    text = json.dumps(schema, indent=1, ensure_ascii=False)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}: {len(schema.get('properties', {}))} fields", file=sys.stderr)
+    else:
+        print(text)
 
 
 def print_report(prepared: Prepared) -> None:

@@ -79,21 +79,25 @@ def run(args) -> None:
                                        limit=args.limit, base_shots=args.base_shots, shots_data=args.shots_data,
                                        kl_reference=reference, max_tokens=args.max_tokens, threads=args.threads,
                                        seed=args.seed, out=Path(args.out) if args.out else None,
-                                       schema=_read_schema(args.schema) if args.schema else None,
+                                       schema=read_schema(args.schema) if args.schema else None,
                                        likelihood=args.likelihood, constrained=args.constrained)
     if args.benchmark:
         result["benchmarks"] = evaluate_benchmarks(artifacts, args.benchmark, Path(args.benchmark_dir),
                                                    args.shots, args.limit, args.threads)
-    if args.out:
+    if args.out:  # the layout `tinytitan run` and `report` write: the result, and the settings it was made with
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "eval.json").write_text(json.dumps(result, indent=1))
+        settings = {"rows": args.limit or 0, "base_shots": args.base_shots, "max_tokens": args.max_tokens,
+                    "constrained": args.constrained, "likelihood": args.likelihood, "task": args.task}
+        saved = {"result": result.get("task"), "settings": settings, "benchmarks": result.get("benchmarks")}
+        (Path(args.out) / "eval.json").write_text(json.dumps({k: v for k, v in saved.items() if v is not None},
+                                                             indent=1))
     if args.json:
         print(json.dumps(result))
     else:
         print_result(result)
 
 
-def _read_schema(path: str) -> dict:
+def read_schema(path: str) -> dict:
     try:
         schema = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -175,7 +179,10 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
         cache = _cache_path(artifact, examples, row_shots, task, labels, max_tokens, grammars, likelihood,
                             kl_reference)
         raw = _load_cached(cache)
-        if raw is None:
+        if raw is not None:
+            print(f"eval {artifact.label}: its decoded rows are reused (the same files, rows and settings were "
+                  f"evaluated before)", file=sys.stderr)
+        else:
             engine = artifact.open(threads=threads)
             try:
                 rows = _encode(engine, examples, row_shots)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html
 import json
 from pathlib import Path
@@ -25,10 +26,22 @@ ENERGY_PROFILE = "phone"  # the J/conversation column: the edge device this tool
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", help="a fine-tuning run folder (with export/ from `tinytitan export`)")
+    parser.add_argument("run", help="a `tinytitan run` folder (RUN, or RUN/train) or a fine-tuning run folder, "
+                                    "with export/ from `tinytitan export`")
     parser.add_argument("--data", default=None, help="held-out task rows (default: the run's test file)")
+    parser.add_argument("--schema", default=None, metavar="SCHEMA.json",
+                        help="JSON tasks: decode constrained by this schema too, and serve with it (default: the "
+                             "run's schema.json, when it has one)")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="also decode llama.cpp artifacts constrained (the schema, or the label set)")
+    parser.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
+                        help="classification: score every label's likelihood too")
     parser.add_argument("--limit", type=options.positive_int, default=None, help="score at most this many rows")
-    parser.add_argument("--base-shots", type=int, default=3, help="solved examples in the base model's prompt")
+    parser.add_argument("--base-shots", type=options.non_negative_int, default=None,
+                        help="solved examples, from the run's training split, in the base model's prompt")
+    parser.add_argument("--max-tokens", type=options.positive_int, default=None, help="generation cap per row")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="recommend the smallest artifact within this of the best score (a fraction)")
     parser.add_argument("--context", default="1024,4096,16384,32768",
                         help="context lengths for the base model's scaling curve, or 'none'")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
@@ -36,34 +49,78 @@ def add_arguments(parser) -> None:
     parser.add_argument("--only", default=None,
                         help="exported GGUFs to include, by name ending, e.g. f16,q8_0,q4_k_m,adapter-f16 (default: all)")
     parser.add_argument("--out", default=None, help="report folder (default: RUN/report)")
-    parser.add_argument("--fresh", action="store_true", help="measure again even if results are saved")
+    parser.add_argument("--fresh", action="store_true", help="measure speed again even if results are saved")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     options.add_json(parser)
 
 
 def run(args) -> None:
-    run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file():
-        raise TinyTitanError(f"{run_dir}: not a fine-tuning run (no config.json)")
+    """The run's report stage on any run folder: evaluate (reusing every artifact already decoded on the
+    same rows), bench, report, recommend, and write the fleet file that serves the recommendation. The
+    evaluation settings a `tinytitan run` used (in its eval.json) are the defaults; flags override them."""
+    from tinytitan.artifacts import parse_artifact
+    from tinytitan.evaluate import evaluate_task, read_schema
+    from tinytitan.recipe import EvalSettings
+    from tinytitan.run_summary import print_summary
+
+    run_dir, root = locate_run(Path(args.run))
+    recorded = _recorded_settings(root / "report" / "eval.json") if root else {}
+    known = {f.name for f in dataclasses.fields(EvalSettings)}
+    settings = EvalSettings(**{**{k: v for k, v in recorded.items() if k in known}, **{k: v for k, v in {
+        "constrained": args.constrained, "likelihood": args.likelihood, "base_shots": args.base_shots,
+        "max_tokens": args.max_tokens, "tolerance": args.tolerance}.items() if v is not None}})
+    if not 0 <= settings.tolerance < 1:
+        raise TinyTitanError(f"--tolerance {settings.tolerance}: expected a fraction in [0, 1)")
     config = json.loads((run_dir / "config.json").read_text())
-    data = args.data or config.get("test") or None
+    data = args.data or (str(root / "data" / "test.jsonl") if root else config.get("test") or None)
     if not data:
         raise TinyTitanError(f"{run_dir}: the run has no test file; pass --data with held-out rows")
-    out = Path(args.out) if args.out else run_dir / "report"
+    out = Path(args.out) if args.out else (root or run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    schema_path = Path(args.schema) if args.schema else root / "schema.json" if root else None
+    schema_path = schema_path if schema_path and (args.schema or schema_path.exists()) else None
+    schema = read_schema(str(schema_path)) if schema_path and settings.constrained else None
     artifacts = run_artifacts(run_dir, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None)
-    evaluation = _cached(out / "eval.json", {"data": str(Path(data).resolve()), "limit": args.limit,
-                                             "base_shots": args.base_shots, "shots_from": "training split",
-                                             "artifacts": [a.spec for a in artifacts]},
-                         args.fresh, lambda: _evaluate(artifacts, data, args, run_dir, out))
+    limit = args.limit or settings.rows or None
+    evaluation = evaluate_task(artifacts, data, limit=limit, base_shots=settings.base_shots,
+                               shots_data=training_rows(run_dir), kl_reference=parse_artifact(str(run_dir)),
+                               max_tokens=settings.max_tokens, threads=args.threads, out=out / "examples",
+                               schema=schema, likelihood=settings.likelihood, constrained=settings.constrained)
+    (out / "eval.json").write_text(json.dumps({"result": evaluation, "settings": dataclasses.asdict(settings)},
+                                              indent=1))
     bench = None
     if args.bench:
         ggufs = [a for a in artifacts if a.kind != "run"]
         bench = _cached(out / "bench.json", {"artifacts": [a.spec for a in ggufs], "context": args.context},
                         args.fresh, lambda: _bench(ggufs, args.context, data))
-    paths = write_report(run_dir, out, evaluation, bench)
-    summary = {"report": str(paths["md"]), "html": str(paths["html"]), "rows": table_rows(evaluation, bench)}
-    print(json.dumps(summary) if args.json else f"wrote {paths['md']} and {paths['html']}")
+    name = (root or run_dir).resolve().name
+    summary = finish_report(run_dir, out, evaluation, bench, name=name, tolerance=settings.tolerance,
+                            fleet=(root or out) / "fleet.toml", schema=schema_path if schema else None,
+                            system=config.get("system", ""), max_tokens=settings.max_tokens, source=str(run_dir))
+    summary = {"run": str(root or run_dir), **summary, "nothing_to_do": False}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+
+
+def _recorded_settings(path: Path) -> dict:
+    """The evaluation settings a `tinytitan run` recorded beside its results ({} when none, or unreadable)."""
+    try:
+        recorded = json.loads(path.read_text()).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def locate_run(path: Path) -> tuple[Path, Path | None]:
+    """(the fine-tuning folder, the `tinytitan run` folder around it or None) of RUN or RUN/train."""
+    if (path / "train" / "config.json").is_file():
+        return path / "train", path
+    if (path / "config.json").is_file():
+        return path, path.parent if (path.parent / "stages.json").is_file() else None
+    raise TinyTitanError(f"{path}: not a run folder (no config.json, nor train/config.json)")
 
 
 def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list:
@@ -103,14 +160,6 @@ def _cached(path: Path, key: dict, fresh: bool, compute):
     result = compute()
     path.write_text(json.dumps({"key": key, "result": result}, indent=1))
     return result
-
-
-def _evaluate(artifacts, data, args, run_dir: Path, out: Path) -> dict:
-    from tinytitan.artifacts import parse_artifact
-    from tinytitan.evaluate import evaluate_task
-
-    return evaluate_task(artifacts, data, limit=args.limit, base_shots=args.base_shots, shots_data=training_rows(run_dir),
-                         kl_reference=parse_artifact(str(run_dir)), threads=args.threads, out=out / "examples")
 
 
 def training_rows(run_dir: Path) -> list:
@@ -155,6 +204,25 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
                      "rss_mb": speed and speed["peak_rss_mb"],
                      "j_per_conversation": conversation and conversation["joules"]})
     return rows
+
+
+def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, *, name: str, tolerance: float,
+                  fleet: Path, schema: Path | None, system: str, max_tokens: int, source: str) -> dict:
+    """What a report ends with, for `tinytitan report` and the run's report stage alike: the recommended
+    artifact (the smallest that passed its gate within `tolerance` of the best), the report, a fleet
+    file serving it (with the schema, greedy) and the summary; returns the summary."""
+    from tinytitan.run_summary import recommend
+    from tinytitan.server.fleet import write_fleet
+
+    rows = table_rows(evaluation, bench)
+    pick = recommend(rows, tolerance)
+    paths = write_report(run_dir, out, evaluation, bench, recommended=pick, title=name)
+    spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"]) if pick else None
+    about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} {100 * pick['score']:.1f}%)"
+             if pick else f"the report of {source}")
+    serve = write_fleet(fleet, name, spec, about=about, schema=schema, system=system, max_tokens=max_tokens)
+    return {"task": evaluation["task"], "rows": evaluation["rows"], "table": rows, "recommended": pick,
+            "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}
 
 
 def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, recommended: dict | None = None,

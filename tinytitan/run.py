@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
-from tinytitan.run_summary import print_summary, recommend
+from tinytitan.run_summary import print_summary
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
@@ -279,7 +279,7 @@ class Pipeline:
                                kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
                                threads=self.threads, out=examples, schema=schema,
                                likelihood=settings.likelihood, constrained=settings.constrained)
-        (self.report_dir / "eval.json").write_text(json.dumps({"result": result}, indent=1))
+        (self.report_dir / "eval.json").write_text(json.dumps({"result": result, "settings": asdict(settings)}, indent=1))
 
     def _bench(self) -> None:
         from tinytitan.report import _bench, run_artifacts
@@ -290,42 +290,19 @@ class Pipeline:
         (self.report_dir / "bench.json").write_text(json.dumps({"result": bench}, indent=1))
 
     def _report(self) -> None:
-        from tinytitan.report import table_rows, write_report
+        from tinytitan.report import finish_report
 
         evaluation = json.loads((self.report_dir / "eval.json").read_text())["result"]
         bench_path = self.report_dir / "bench.json"
         bench = json.loads(bench_path.read_text())["result"] if bench_path.exists() and self.recipe.report.bench else None
-        rows = table_rows(evaluation, bench)
-        pick = recommend(rows, self.recipe.eval.tolerance)
-        paths = write_report(self.train_dir, self.report_dir, evaluation, bench, recommended=pick,
-                             title=self.recipe.name)
-        serve = self._fleet(pick, evaluation)
-        summary = {"recipe": str(self.recipe.path), "run": str(self.root), "task": evaluation["task"],
-                   "rows": evaluation["rows"], "table": rows, "recommended": pick, "serve": serve,
-                   "report": str(paths["md"]), "html": str(paths["html"])}
+        schema = self.root / "schema.json"
+        summary = finish_report(self.train_dir, self.report_dir, evaluation, bench, name=self.recipe.name,
+                                tolerance=self.recipe.eval.tolerance, fleet=self.root / "fleet.toml",
+                                schema=schema if schema.exists() and self.recipe.eval.constrained else None,
+                                system=self._config().system, max_tokens=self.recipe.eval.max_tokens,
+                                source=str(self.recipe.path))
+        summary = {"recipe": str(self.recipe.path), "run": str(self.root), **summary}
         (self.root / "summary.json").write_text(json.dumps(summary, indent=1))
-
-    def _fleet(self, pick: dict | None, evaluation: dict) -> str | None:
-        """RUN/fleet.toml serving the recommended artifact (with the schema), and the command for it."""
-        fleet = self.root / "fleet.toml"
-        if pick is None:
-            fleet.write_text("# no servable artifact passed: see the report\n")
-            return None
-        spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"])
-        base, _, adapter = spec.partition("+") if "+" in spec and not Path(spec).exists() else (spec, "", "")
-        lines = [f"# tinytitan serve --fleet {fleet}", f"# the recommended artifact of {self.recipe.path}: "
-                 f"{pick['artifact']} ({pick['metric']} {100 * pick['score']:.1f}%)",
-                 f"[tasks.{self.recipe.name}]", f"model = {_toml(_absolute(base))}"]
-        if adapter:
-            lines.append(f"adapter = {_toml(_absolute(adapter))}")
-        if (self.root / "schema.json").exists() and self.recipe.eval.constrained:
-            lines.append('schema = "schema.json"')
-        system = self._config().system
-        if system:
-            lines.append(f"system = {_toml(system)}")
-        lines += ["temperature = 0.0", f"max_tokens = {self.recipe.eval.max_tokens}"]
-        fleet.write_text("\n".join(lines) + "\n")
-        return f"tinytitan serve --fleet {fleet}"
 
     def _finetune_units(self) -> float | None:
         check = self.data / "check.json"
@@ -467,11 +444,6 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def _toml(text: str) -> str:
-    """A TOML basic string (JSON's escapes, non-ASCII kept as is: TOML has no surrogate pairs)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _prepare_files(recipe, out: Path) -> dict:
     """A `files` task: the user's rows (any format `finetune` reads), split if need be, as JSONL."""
     from tinytitan.data import load_examples, split_examples
@@ -516,10 +488,6 @@ def _json(text: str):
         return json.loads(text)
     except ValueError:
         return None
-
-
-def _absolute(spec: str) -> str:
-    return spec if spec in ("base", "gemma-3-270m") else str(Path(spec).resolve())
 
 
 def _sha(path: Path) -> str | None:

@@ -146,6 +146,36 @@ def _read_schema(path: Path, where: str) -> dict:
     return schema
 
 
+def write_fleet(path: Path, name: str, spec: str | None, *, about: str, schema: Path | None = None,
+                system: str = "", max_tokens: int = 256) -> str | None:
+    """A fleet file serving one artifact (`eval`'s spelling: a GGUF, `base+ADAPTER.gguf`...) as task
+    `name`, greedy, with the schema (written relative to the fleet file when beside it); or, with no
+    artifact, a file that says so. Returns the command that serves it, or None."""
+    import os
+
+    if spec is None:
+        path.write_text(f"# {about}\n# no servable artifact passed its parity gate: see the report\n")
+        return None
+    base, _, adapter = spec.partition("+") if "+" in spec and not Path(spec).exists() else (spec, "", "")
+    lines = [f"# tinytitan serve --fleet {path}", f"# {about}", f"[tasks.{name}]",
+             f"model = {toml_string(base if base in ('base', DEFAULT_MODEL) else str(Path(base).resolve()))}"]
+    if adapter:
+        lines.append(f"adapter = {toml_string(str(Path(adapter).resolve()))}")
+    if schema is not None:
+        relative = os.path.relpath(schema.resolve(), path.parent.resolve())
+        lines.append(f"schema = {toml_string(relative if not relative.startswith('..') else str(schema.resolve()))}")
+    if system:
+        lines.append(f"system = {toml_string(system)}")
+    lines += ["temperature = 0.0", f"max_tokens = {max_tokens}"]
+    path.write_text("\n".join(lines) + "\n")
+    return f"tinytitan serve --fleet {path}"
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escapes, non-ASCII kept as is: TOML has no surrogate pairs)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def default_fleet() -> list[Task]:
     return [Task(DEFAULT_MODEL, None)]
 
