@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cli.md"
-SUBCOMMANDS = {"data": ("check",)}
+SUBCOMMANDS = {"data": ("check", "schema")}
 
 
 def help_text(argv: list[str]) -> str:
