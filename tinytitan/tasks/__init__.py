@@ -71,6 +71,25 @@ def split_name(key: str, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> str:
     return "val" if value < ratios[0] + ratios[1] else "test"
 
 
+def write_with_test_set(out: Path, train_rows: list[dict], test_rows: list[dict], *, val_fraction: float,
+                        max_train: int = 0, max_val: int = 0) -> dict:
+    """train/val/test JSONL for a data set with an official test set: the training rows, repeats kept
+    once, split into train and validation by a hash of the prompt (capped at `max_train` / `max_val`
+    rows, 0 = all); the test rows as published. Returns the counts and `duplicates_dropped`."""
+    unique, duplicates = drop_repeats(train_rows)
+    splits: dict[str, list] = {"train": [], "val": []}
+    for row in unique:
+        part = split_name(row["prompt"], (1 - val_fraction, val_fraction, 0.0))
+        splits["train" if part == "train" else "val"].append(row)
+    if max_train:
+        splits["train"] = splits["train"][:max_train]
+    if max_val:
+        splits["val"] = splits["val"][:max_val]
+    counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
+    counts["test"] = write_jsonl(out / "test.jsonl", test_rows)
+    return {**counts, "duplicates_dropped": duplicates}
+
+
 def need_file(sources: dict, name: str, what: str) -> Path:
     path = sources.get(name)
     if path is None:

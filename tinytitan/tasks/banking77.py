@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
+from tinytitan.tasks import need_file, write_with_test_set
 
 SOURCES = ("train", "test")
 
@@ -36,16 +36,8 @@ def _read(path: Path) -> list[dict]:
 def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, val_fraction: float = 0.1) -> dict:
     train_rows = _read(need_file(sources, "train", "banking77 train.csv"))
     test_rows = _read(need_file(sources, "test", "banking77 test.csv"))
-    splits = {"train": [], "val": []}
-    unique, duplicates = drop_repeats(train_rows)  # the official train file repeats a few (message, intent) pairs
-    for row in unique:
-        part = split_name(row["prompt"], (1 - val_fraction, val_fraction, 0.0))
-        splits["train" if part == "train" else "val"].append(row)
-    if max_train:
-        splits["train"] = splits["train"][:max_train]
-    if max_val:
-        splits["val"] = splits["val"][:max_val]
-    counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
-    counts["test"] = write_jsonl(out / "test.jsonl", test_rows)
-    counts["labels"] = len({r["completion"] for r in train_rows})
-    return {**counts, "duplicates_dropped": duplicates}
+    # the official train file repeats a few (message, intent) pairs: kept once
+    counts = write_with_test_set(out, train_rows, test_rows, val_fraction=val_fraction, max_train=max_train,
+                                 max_val=max_val)
+    duplicates = counts.pop("duplicates_dropped")
+    return {**counts, "labels": len({r["completion"] for r in train_rows}), "duplicates_dropped": duplicates}

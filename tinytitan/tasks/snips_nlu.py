@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import drop_repeats, split_name, write_jsonl
+from tinytitan.tasks import write_with_test_set
 
 SOURCES = ("folder",)
 INTENTS = ("AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook", "SearchCreativeWork",
@@ -87,17 +87,9 @@ def prepare(sources: dict, out: Path, *, encoding: str = "utf-8", val_fraction: 
             rows += read_queries(path, intent, encoding)
     tested = {row["prompt"].lower() for row in test_rows}
     unseen = [row for row in train_rows if row["prompt"].lower() not in tested]
-    unique, duplicates = drop_repeats(unseen)
-    splits: dict[str, list] = {"train": [], "val": []}
-    for row in unique:
-        part = split_name(row["prompt"], (1 - val_fraction, val_fraction, 0.0))
-        splits["train" if part == "train" else "val"].append(row)
-    if max_train:
-        splits["train"] = splits["train"][:max_train]
-    if max_val:
-        splits["val"] = splits["val"][:max_val]
-    counts = {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}
-    counts["test"] = write_jsonl(out / "test.jsonl", test_rows)
+    counts = write_with_test_set(out, unseen, test_rows, val_fraction=val_fraction, max_train=max_train,
+                                 max_val=max_val)
+    duplicates = counts.pop("duplicates_dropped")
     return {**counts, "in_test_set": len(train_rows) - len(unseen), "duplicates_dropped": duplicates}
 
 
