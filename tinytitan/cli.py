@@ -21,6 +21,7 @@ VERBS = {
     "perplexity": ("tinytitan.perplexity", "Perplexity of a text file, llama.cpp's convention."),
     "parity": ("tinytitan.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
     "data": ("tinytitan.data_check", "Check a dataset before training: bad rows, lengths, labels."),
+    "trim": ("tinytitan.trim", "Prune a GGUF's vocabulary to a task's tokens: smaller, faster, same tokens on the task."),
     "finetune": ("tinytitan.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
     "export": ("tinytitan.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
     "eval": ("tinytitan.evaluate", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),

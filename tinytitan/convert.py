@@ -200,9 +200,9 @@ def write_gemma3_gguf(path: Path, config, state_dict: dict, tokenizer: dict[str,
         raise ValueError(f"query_pre_attn_scalar {config.query_pre_attn_scalar} is not what llama.cpp "
                          f"derives for this shape ({expected_scale})")
     for key, value in tokenizer.items():
-        _add_value(writer, key, value)
+        add_metadata(writer, key, value)
     for key, value in (extra or {}).items():
-        _add_value(writer, key, value)
+        add_metadata(writer, key, value)
 
     to_gguf = hf_to_gguf_names(config.num_hidden_layers)
     for hf_name, tensor in state_dict.items():
@@ -227,7 +227,8 @@ def write_gemma3_gguf(path: Path, config, state_dict: dict, tokenizer: dict[str,
     writer.close()
 
 
-def _add_value(writer: gguf.GGUFWriter, key: str, value) -> None:
+def add_metadata(writer: gguf.GGUFWriter, key: str, value) -> None:
+    """One metadata value, typed as llama.cpp reads it (whole numbers uint32/int32, floats float32, arrays)."""
     if isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):

@@ -91,7 +91,7 @@ def write_lora_adapter(path: Path, adapter_state: dict[str, torch.Tensor], alpha
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
         for key, value in (metadata or {}).items():
-            convert._add_value(writer, key, value)
+            convert.add_metadata(writer, key, value)
         for name, array in sorted(tensors.items()):
             writer.add_tensor(name, np.ascontiguousarray(array.astype(np_dtype)))
         writer.write_header_to_file()

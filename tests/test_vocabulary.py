@@ -1,0 +1,114 @@
+"""A task vocabulary: the trimmed tokenizer cuts the task's text exactly as the full one, and the trimmed
+GGUF runs in stock llama.cpp (the Python engine and the native tools)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import run_cli, shared_file
+from tinytitan.errors import TinyTitanError
+
+TEXTS = ["the cat sat on the mat", "salt and sugar, one cup", "hello world\n\nthe dog", "red blue two"]
+
+
+def test_the_tracer_is_llama_cpp_s_tokenizer(tiny_llama):
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.tiny import WORDS
+    from tinytitan.vocabulary import MergeTracer, Vocab
+
+    tracer = MergeTracer(Vocab.from_gguf(read_gguf(tiny_llama.ref.path)))
+    for text in TEXTS + [" ".join(WORDS), "émoji 🍕 and 東京\n\n\n  spaces", "<start_of_turn>user"]:
+        assert [token for token, _ in tracer.pieces(text)] == tiny_llama.tokenize(text), text
+
+
+def test_trimmed_tiny_model_tokenizes_the_task_alike_and_round_trips_unseen_text(tiny, tmp_path):
+    from tinytitan.engines import load_engine
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.vocabulary import CONTROL, Vocab, keep_set, trim_gguf
+
+    vocab = Vocab.from_gguf(read_gguf(tiny[0]))
+    keep = keep_set(vocab, TEXTS, top=0)
+    assert len(keep) < len(vocab) and all(i in keep for i, kind in enumerate(vocab.types) if kind == CONTROL)
+    target = tmp_path / "trimmed.gguf"
+    result = trim_gguf(tiny[0], keep, target)
+    assert result["kept"] == len(keep) and result["bytes_after"] < result["bytes_before"]
+    full, trimmed = load_engine("llama", str(tiny[0]), n_ctx=256), load_engine("llama", str(target), n_ctx=256)
+    for text in TEXTS:  # the same pieces, under new ids
+        assert [trimmed.piece(i) for i in trimmed.tokenize(text)] == [full.piece(i) for i in full.tokenize(text)]
+    unseen = "Zebra quokka 🦘 naïve — 東京"
+    assert trimmed.detokenize(trimmed.tokenize(unseen)) == unseen  # byte fallback spells what no token holds
+    assert trimmed.token_id("<end_of_turn>") is not None and trimmed.token_id("<start_of_turn>") is not None
+    trimmed_gguf = read_gguf(target)
+    assert trimmed_gguf.get("tokenizer.ggml.bos_token_id") == keep.index(read_gguf(tiny[0]).get("tokenizer.ggml.bos_token_id"))
+    # every tensor but the embeddings byte for byte; the embeddings' kept rows bit for bit
+    import gguf
+
+    before = {t.name: t for t in gguf.GGUFReader(tiny[0]).tensors}
+    for tensor in gguf.GGUFReader(target).tensors:
+        source = before[tensor.name].data
+        expected = source[keep] if tensor.name == "token_embd.weight" else source
+        assert tensor.tensor_type == before[tensor.name].tensor_type and (tensor.data == expected).all(), tensor.name
+    full.close()
+    trimmed.close()
+
+
+def test_the_trim_verb_and_its_one_line_errors(tiny, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t, "completion": {"w": t.split()[0]}}) + "\n" for t in TEXTS))
+    out = tmp_path / "out.gguf"
+    result = run_cli("trim", str(tiny[0]), "--data", str(data), "--keep-top", "0", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert out.is_file() and report["kept"] < report["of"] and report["bytes_after"] < report["bytes_before"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cases = [([str(tiny[0]), "--data", str(empty)], "the file is empty"),
+             ([str(data), "--data", str(data)], "not a GGUF"),
+             ([str(tiny[0]), "--data", str(data), "-o", str(tiny[0])], "that is the model itself")]
+    for args, message in cases:
+        target = tmp_path / "never.gguf"
+        result = run_cli("trim", *args, *([] if "-o" in args else ["-o", str(target)]))
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and not target.exists() and not (tmp_path / "never.gguf.partial").exists()
+
+
+def test_a_keep_set_no_smaller_than_the_vocabulary_is_refused(tiny, tmp_path):
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.vocabulary import Vocab, trim_gguf
+
+    vocab = Vocab.from_gguf(read_gguf(tiny[0]))
+    with pytest.raises(TinyTitanError, match="no smaller than the vocabulary"):
+        trim_gguf(tiny[0], list(range(len(vocab))), tmp_path / "x.gguf")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.real_model
+def test_trimmed_real_model_tokenizes_every_task_row_alike_and_runs_natively(tmp_path):
+    from tinytitan.data import load_examples
+    from tinytitan.engines import load_engine
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.models import resolve
+    from tinytitan.native_tools import find_tool
+    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+
+    source = resolve(None).path
+    rows = load_examples(shared_file("banking77", "train.csv"), duplicates="keep").examples[:2000]
+    texts = [t for e in rows for t in (e.input_text, e.completion)]
+    vocab = Vocab.from_gguf(read_gguf(source))
+    keep = keep_set(vocab, texts, top=0)
+    target = tmp_path / "banking.gguf"
+    trim_gguf(source, keep, target)
+    full, trimmed = load_engine("llama", None, n_ctx=512), load_engine("llama", str(target), n_ctx=512)
+    for text in texts:
+        assert [trimmed.piece(i) for i in trimmed.tokenize(text)] == [full.piece(i) for i in full.tokenize(text)], text
+    for text in ("Zebra quokka 🦘 naïve — 東京 ∮ E⋅da = Q", "  two  spaces\tand a tab\n\n"):
+        assert trimmed.detokenize(trimmed.tokenize(text)) == text
+    full.close()
+    trimmed.close()
+    bench = subprocess.run([str(find_tool("llama-bench")), "-m", str(target), "-p", "16", "-n", "4", "-r", "1", "-t", "2"],
+                           capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    assert "tg4" in bench.stdout  # the native tool loaded the trimmed file and decoded with it
