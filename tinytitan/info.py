@@ -11,11 +11,15 @@ import json
 from collections import defaultdict
 
 from tinytitan import options
+from tinytitan.errors import TinyTitanError
 
 
 def add_arguments(parser) -> None:
     options.add_model(parser, positional=True)
     parser.add_argument("--tensors", action="store_true", help="list every tensor, not only the totals per type")
+    parser.add_argument("--data", default=None, metavar="FILE",
+                        help="rows (JSONL, CSV or TSV): how much of their text this model's vocabulary spells as raw "
+                             "bytes, and how many more pieces it takes than the full vocabulary")
     options.add_json(parser)
 
 
@@ -47,6 +51,7 @@ def describe(ref) -> dict:
         "kv_heads": g.arch_key("attention.head_count_kv"),
         "head_dim": g.arch_key("attention.key_length"),
         "vocab_size": _vocab_size(g),
+        "trimmed_from": g.get("tinytitan.trim.source_vocab"),  # a task vocabulary (`tinytitan trim`) of this many
         "license": g.get("general.license"),
         "gguf_version": g.version,
         "types": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["bytes"])),
@@ -74,7 +79,10 @@ def _vocab_size(g) -> int | None:
 def run(args) -> None:
     from tinytitan.models import resolve
 
-    info = describe(resolve(args.model))
+    ref = resolve(args.model)
+    info = describe(ref)
+    if args.data:
+        info["data"] = data_cost(ref, args.data)
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -99,7 +107,7 @@ def print_info(info: dict, show_tensors: bool = False) -> None:
         ("layers", info["layers"]),
         ("hidden / ffn", f"{info['embedding_length']} / {info['feed_forward_length']}"),
         ("heads / kv heads / head dim", f"{info['attention_heads']} / {info['kv_heads']} / {info['head_dim']}"),
-        ("vocabulary", info["vocab_size"]),
+        ("vocabulary", _vocab_text(info)),
         ("licence", info["license"]),
     ]
     for key, value in rows:
@@ -121,6 +129,42 @@ def print_info(info: dict, show_tensors: bool = False) -> None:
         for t in info["tensors"]:
             tensors.add_row(t["name"], t["type"], "x".join(map(str, t["shape"])), mib(t["bytes"]))
         console.print(tensors)
+
+
+def data_cost(ref, path: str) -> dict:
+    """How this model's vocabulary spells the text of a data file: the share of pieces that are raw bytes,
+    and, for a task vocabulary, how many pieces it takes against the full vocabulary it was trimmed from."""
+    from tinytitan.data import load_examples
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.vocabulary import BYTE, MergeTracer, Vocab, unseen_cost
+
+    texts = [t for e in load_examples(path, duplicates="keep").examples
+             for t in (*(m.content for m in e.messages), e.completion)]
+    vocab = Vocab.from_gguf(ref.gguf)
+    source = ref.gguf.get("tinytitan.trim.source")
+    if source:
+        from pathlib import Path
+
+        if not Path(source).is_file():
+            raise TinyTitanError(f"{ref.path}: trimmed from {source}, which is not here to compare with")
+        full = Vocab.from_gguf(read_gguf(Path(source)))
+        index = {t: i for i, t in enumerate(full.tokens)}
+        return {"file": path, **unseen_cost(full, sorted(index[t] for t in vocab.tokens), texts)}
+    tracer = MergeTracer(vocab)
+    pieces = [token for text in texts for token, _ in tracer.pieces(text)]
+    return {"file": path, "byte_share": sum(vocab.types[t] == BYTE for t in pieces) / max(len(pieces), 1),
+            "pieces_ratio": 1.0}
+
+
+def _vocab_text(info: dict) -> str:
+    text = f"{info['vocab_size']:,}" if info["vocab_size"] else "-"
+    if info.get("trimmed_from"):
+        text += f" of {info['trimmed_from']:,} (a task vocabulary)"
+    if "data" in info:
+        data = info["data"]
+        text += (f"; {data['file']}: {100 * data['byte_share']:.2f}% of pieces as raw bytes, "
+                 f"{data['pieces_ratio']:.3f}x the full vocabulary's pieces")
+    return text
 
 
 def _window_text(info: dict) -> str:
