@@ -112,3 +112,25 @@ def test_trimmed_real_model_tokenizes_every_task_row_alike_and_runs_natively(tmp
                            capture_output=True, text=True, timeout=300)
     assert bench.returncode == 0, bench.stderr
     assert "tg4" in bench.stdout  # the native tool loaded the trimmed file and decoded with it
+
+
+@pytest.mark.real_model
+def test_both_engines_agree_on_a_trimmed_real_model(tmp_path):
+    """The parity thresholds of the full model (mean KL <= 0.01, top-1 >= 95%, perplexities within 1%),
+    on text the task vocabulary was made from: the torch engine derives its tokenizer from the trimmed file."""
+    from tinytitan.engines import load_engine
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.models import resolve
+    from tinytitan.parity import gate_failures, run_parity
+    from tinytitan.perplexity import read_text
+    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+
+    text = read_text(shared_file("wikitext2", "wiki.test.raw"))[:12000]
+    source = resolve(None).path
+    target = tmp_path / "wiki.gguf"
+    trim_gguf(source, keep_set(Vocab.from_gguf(read_gguf(source)), [text], top=0), target)
+    with load_engine("torch", str(target)) as torch_engine, load_engine("llama", str(target), n_ctx=512) as llama:
+        assert torch_engine.tokenize(text) == llama.tokenize(text)
+        report = run_parity(torch_engine, llama, text, min_tokens=1024, ctx=512)
+    assert report["tokenizers_agree"]
+    assert gate_failures(report, max_kl=0.01, min_top1=0.95, max_ppl_diff=0.01) == [], report
