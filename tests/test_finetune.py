@@ -137,24 +137,24 @@ def test_torchrun_two_processes_match_one(tiny, dataset, tmp_path):
 
 def test_recipe_keys_flags_and_errors(tiny, dataset, tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text(f'# tinytitan finetune {recipe}\ntrain = "{dataset}"\nmodel = "{tiny[0]}"\n'
-                      f'[lora]\nlora_rank = 4\n[optimization]\nmax_steps = 2\nprecision = "fp32"\n'
-                      f'output = "{tmp_path / "from_recipe"}"\n')
+    recipe.write_text(f'# tinytitan finetune {recipe}\noutput = "{tmp_path / "from_recipe"}"\n[task]\n'
+                      f'train = "{dataset}"\n[finetune]\nmodel = "{tiny[0]}"\nlora_rank = 4\nmax_steps = 2\n'
+                      f'precision = "fp32"\n')
     result = run_cli("finetune", str(recipe), "--lora-rank", "2")  # the flag wins over the recipe
     assert result.returncode == 0, result.stderr
-    config = json.loads((tmp_path / "from_recipe" / "config.json").read_text())
+    config = json.loads((tmp_path / "from_recipe" / "train" / "config.json").read_text())  # where `run` trains
     assert config["lora_rank"] == 2 and config["max_steps"] == 2
     again = run_cli("finetune", str(recipe))
     assert again.returncode == 1 and "a run already exists there; pass --resume" in again.stderr
     changed = run_cli("finetune", str(recipe), "--lora-rank", "8", "--resume")
     assert changed.returncode == 1 and "cannot resume with a different lora_rank (was 2, now 8)" in changed.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("# tinytitan finetune bad.yaml\ntrain: x.jsonl\nlora_rnak: 8\n")
+    bad.write_text("# tinytitan finetune bad.yaml\ntask:\n  train: x.jsonl\nfinetune:\n  lora_rnak: 8\n")
     result = run_cli("finetune", str(bad))
-    assert result.returncode == 1 and result.stderr.strip() == f"error: {bad}: unknown key 'lora_rnak' " \
-        "(known keys: see `tinytitan finetune --help`)"
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {bad}: [finetune] unknown key 'lora_rnak' " \
+        "(see `tinytitan finetune --help`)"
     typo = tmp_path / "typo.yaml"
-    typo.write_text("# tinytitan finetune typo.yaml\ntrain: x.jsonl\nepochs: many\n")
+    typo.write_text("# tinytitan finetune typo.yaml\ntask:\n  train: x.jsonl\nfinetune:\n  epochs: many\n")
     result = run_cli("finetune", str(typo))
     assert result.returncode == 1 and result.stderr.strip() == f"error: {typo}: epochs = 'many' is not a number"
     result = run_cli("finetune", "--epochs", "1")

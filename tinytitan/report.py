@@ -120,7 +120,8 @@ def locate_run(path: Path) -> tuple[Path, Path | None]:
         return path / "train", path
     if (path / "config.json").is_file():
         return path, path.parent if (path.parent / "stages.json").is_file() else None
-    raise TinyTitanError(f"{path}: not a run folder (no config.json, nor train/config.json)")
+    raise TinyTitanError(f"{path}: not a fine-tuning run (no config.json), nor a `tinytitan run` folder (no "
+                         f"train/config.json)")
 
 
 def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list:
