@@ -134,3 +134,25 @@ def test_both_engines_agree_on_a_trimmed_real_model(tmp_path):
         report = run_parity(torch_engine, llama, text, min_tokens=1024, ctx=512)
     assert report["tokenizers_agree"]
     assert gate_failures(report, max_kl=0.01, min_top1=0.95, max_ppl_diff=0.01) == [], report
+
+
+def test_export_trim_gates_and_reports_the_task_vocabulary_artifacts(tiny, tmp_path):
+    from tests.conftest import tiny_lora_run
+
+    run, data = tiny_lora_run(tiny[0], tmp_path, rows=200, steps=12, seed=5)
+    result = run_cli("export", str(run), "--to", "gguf,adapter", "--quant", "q8_0", "--trim", "--keep-top", "0",
+                     "--gate-rows", "12", "--force", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    by_name = {a["artifact"]: a for a in report["artifacts"]}
+    assert {"run-q8_0.gguf", "run-q8_0-task.gguf", "run-adapter-f16.gguf", "run-base-task.gguf"} <= set(by_name)
+    for name in ("run-q8_0-task.gguf", "run-base-task.gguf"):
+        parity = by_name[name]["parity"]
+        assert parity["vocabulary"] == by_name[name]["vocabulary"] < 479  # fewer tokens than the tiny model's
+        assert parity["rows"] + parity["rows_not_spelled"] == 12 and parity["kl_mean"] is not None
+    assert by_name["run-base-task.gguf"]["adapter"] == "run-adapter-f16.gguf"
+    assert by_name["run-q8_0-task.gguf"]["bytes"] < by_name["run-q8_0.gguf"]["bytes"]
+    shown = run_cli("report", str(run), "--data", str(data), "--limit", "6", "--no-bench", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {r["artifact"].removesuffix(" (gate failed)") for r in json.loads(shown.stdout)["table"]}
+    assert {"run-q8_0-task", "run-base-task+run-adapter-f16"} <= rows  # trimmed beside untrimmed

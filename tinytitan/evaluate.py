@@ -171,7 +171,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
     grammars = _grammars(task, schema, labels, examples) if constrained else None
     results = []
-    reference_topk = None
+    reference_topk, reference_vocab = None, None
     for artifact in artifacts:
         from tinytitan.progress import progress_bar
 
@@ -188,9 +188,10 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
                 rows = _encode(engine, examples, row_shots)
                 if kl_reference is not None and reference_topk is None:
                     # the reference sees the plain prompts; a few-shot base model is compared against that
-                    reference_topk = _reference(kl_reference, _encode(engine, examples, []), threads)
+                    reference_topk, reference_vocab = _reference(kl_reference, examples, threads)
                 kl = None
-                if reference_topk is not None:
+                # a task vocabulary's ids are not the reference's: its KL is the export gate's (over kept tokens)
+                if reference_topk is not None and engine.vocab_size == reference_vocab:
                     from tinytitan.kl import KLAgainst
 
                     kl = KLAgainst(reference_topk)
@@ -378,16 +379,18 @@ def _task_metrics(task: str, outputs: list[str], references: list[str], examples
     return found, {"correct": found.pop("per_example"), **{k: found.pop(k) for k in module.PER_EXAMPLE}}
 
 
-def _reference(artifact, rows, threads):
+def _reference(artifact, examples, threads) -> tuple[dict, int]:
+    """The KL reference's top-k on the rows (tokenized by itself), and its vocabulary size."""
     from tinytitan.kl import reference_topk
     from tinytitan.progress import progress_bar
 
     engine = artifact.open(threads=threads)
     try:
+        rows = _encode(engine, examples, [])
         with progress_bar(f"KL reference {artifact.label}") as progress:
             bar = progress.add_task("rows", total=len(rows))
             return reference_topk(engine, [(r["ids"], r["first"]) for r in rows], _identity(artifact),
-                                  on_row=lambda done, total: progress.update(bar, completed=done))
+                                  on_row=lambda done, total: progress.update(bar, completed=done)), engine.vocab_size
     finally:
         engine.close()
 

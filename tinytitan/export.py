@@ -38,6 +38,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gate-data", default=None, help="held-out rows from this file (default: the run's test, else val split)")
     parser.add_argument("--max-tokens", type=options.positive_int, default=128, help="greedy tokens per gate row")
     parser.add_argument("--force", action="store_true", help="keep artifacts that fail the gate (marked failed)")
+    parser.add_argument("--trim", action="store_true",
+                        help="also export each GGUF, and the base for the adapter, with a task vocabulary: only the "
+                             "tokens the run's training and validation rows need (tinytitan/vocabulary.py)")
+    parser.add_argument("--keep-top", type=options.non_negative_int, default=None,
+                        help="with --trim: also keep the N most frequent tokens of general English (default: 4000)")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None)
     options.add_json(parser)
 
@@ -54,7 +59,8 @@ def run(args) -> None:
     quants = parse_quants(args.quant) if "gguf" in targets else []
     report = export(Path(args.run), targets, quants, Path(args.out) if args.out else Path(args.run) / "export",
                     weights=args.weights, gate_rows=args.gate_rows, gate_data=args.gate_data,
-                    max_tokens=args.max_tokens, force=args.force, threads=args.threads)
+                    max_tokens=args.max_tokens, force=args.force, threads=args.threads, trim=args.trim,
+                    keep_top=args.keep_top)
     if args.json:
         print(json.dumps(report))
     else:
@@ -66,8 +72,12 @@ def run(args) -> None:
 
 
 def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=64, gate_data=None,
-           max_tokens=128, force=False, threads=None, name: str | None = None) -> dict:
-    """Build, gate and publish; files are named `<name>-<type>.gguf` (name: the run folder's, by default)."""
+           max_tokens=128, force=False, threads=None, name: str | None = None, trim: bool = False,
+           keep_top: int | None = None) -> dict:
+    """Build, gate and publish; files are named `<name>-<type>.gguf` (name: the run folder's, by default).
+    With `trim`, every GGUF also comes as `<name>-<type>-task.gguf` with the run's task vocabulary, and the
+    adapter with `<name>-base-task.gguf`, the base trimmed alike: each through the gate too (KL and top-1
+    over the kept tokens, on the held-out rows the task vocabulary spells)."""
     from tinytitan.engines.torch import TorchEngine
     from tinytitan.runs import load_run_model
     from tinytitan.torch_model import load_tokenizer
@@ -84,6 +94,8 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
     try:
         built = _build(run, config, ref, model, tokenizer, targets, quants, staging, weights, train_rows, threads,
                        name or run.name)
+        if trim:
+            built += _trimmed(built, config, ref, staging, name or run.name, keep_top)
         candidates = _candidates(built, ref, threads, n_ctx=max(512, int(config["max_length"]) + max_tokens))
         from tinytitan.gate import run_gate
         from tinytitan.progress import progress_bar
@@ -210,6 +222,31 @@ def _build(run, config, ref, model, tokenizer, targets, quants, staging: Path, w
     return built
 
 
+def _trimmed(built: list[dict], config: dict, ref, staging: Path, name: str, keep_top: int | None) -> list[dict]:
+    """Task-vocabulary copies of the built GGUFs (and of the base, for the adapter), with their keep set."""
+    from tinytitan.config import FinetuneConfig
+    from tinytitan.data_check import split_rows
+    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, general_english, keep_set, trim_gguf
+
+    _, splits, _ = split_rows(FinetuneConfig(**{**config, "skip_bad": True, "max_bad_fraction": 1.0}))
+    texts = chat_texts(splits["train"] + splits["val"])
+    top = DEFAULT_TOP if keep_top is None else keep_top
+    keep = keep_set(Vocab.from_gguf(ref.gguf), texts, top=top, general=general_english() if top else ())
+    trimmed = []
+    for item in built:
+        if item["kind"] in (None, "exact") or item["label"] in ("hf", "peft"):
+            continue
+        if item["label"] == "adapter":
+            path = staging / f"{name}-base-task.gguf"
+            trim_gguf(ref.path, keep, path)
+            trimmed.append({**item, "label": "adapter-task", "path": path, "adapter": item["path"], "keep": keep})
+        else:
+            path = staging / f"{item['path'].stem}-task.gguf"
+            trim_gguf(item["path"], keep, path)
+            trimmed.append({**item, "label": f"{item['label']}-task", "path": path, "keep": keep})
+    return trimmed
+
+
 def _safetensors(path: Path) -> Path:
     if not path.exists():
         pickles = [p.name for p in path.parent.glob("*.bin")] + [p.name for p in path.parent.glob("*.pt")]
@@ -242,11 +279,13 @@ def _candidates(built, ref, threads, n_ctx: int):
             continue
         if item["label"] == "adapter":
             engine = LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=str(item["path"]))
+        elif item["label"] == "adapter-task":  # the adapter on the base trimmed to the task vocabulary
+            engine = LlamaEngine(resolve(str(item["path"])), threads=threads, n_ctx=n_ctx, lora=str(item["adapter"]))
         elif item["label"] in ("hf", "peft"):
             engine = TorchEngine(ref, model=_load_folder(item, ref), tokenizer=load_tokenizer(ref), threads=threads)
         else:
             engine = LlamaEngine(resolve(str(item["path"])), threads=threads, n_ctx=n_ctx)
-        candidates.append(Candidate(item["label"], item["kind"], engine))
+        candidates.append(Candidate(item["label"], item["kind"], engine, keep=item.get("keep")))
     return candidates
 
 
@@ -281,6 +320,10 @@ def _publish(built, candidates, out: Path, run: Path, ref, weights, force) -> li
                     **_digest(item["path"]), "source_run": str(run.resolve()), "weights": weights,
                     "base_model": str(ref.path), "base_sha256": ref.sha256, "parity": parity,
                     "status": "passed" if parity["passed"] else "failed", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if "keep" in item:  # a task vocabulary: how many tokens, and (for the trimmed base) the adapter it serves
+            manifest["vocabulary"] = len(item["keep"])
+            if "adapter" in item:
+                manifest["adapter"] = item["adapter"].name
         _move_into_place(item["path"], final)
         (out / f"{final.name}.manifest.json").write_text(json.dumps(manifest, indent=2))
         published.append({**manifest, "path": str(final)})

@@ -43,6 +43,8 @@ class Candidate:
     label: str  # e.g. "q4_k_m", "adapter", "hf"
     kind: str  # key of THRESHOLDS
     engine: object  # has score(ids, first) and generate(ids, params)
+    keep: list[int] | None = None  # a task vocabulary: the reference's token ids it holds, in its own id order
+    skipped: int = 0  # rows a task vocabulary cannot spell in the reference's tokens (not scored)
     kl: list[float] = field(default_factory=list)
     top1: list[bool] = field(default_factory=list)
     agree: list[bool] = field(default_factory=list)
@@ -57,6 +59,8 @@ class Candidate:
                    "greedy_agreement": float(np.mean(self.agree)) if self.agree else None,
                    "exact_match": float(np.mean(self.exact)) if self.exact else None,
                    "rows": len(self.agree)}
+        if self.keep is not None:  # KL and top-1 over the kept tokens (the reference renormalized to them)
+            figures.update(vocabulary=len(self.keep), rows_not_spelled=self.skipped)
         failures = []
         if figures["kl_mean"] is not None and figures["kl_mean"] > max_kl:
             failures.append(f"mean KL {figures['kl_mean']:.4f} > {max_kl}")
@@ -80,6 +84,16 @@ def same_output(output: str, reference: str) -> bool:
         return False
 
 
+def _in_vocabulary(rows: list[list[int]], keep: list[int] | None) -> list[list[int] | None]:
+    """Each row's ids in a task vocabulary's own ids (None for a row with an id it lacks); as they are
+    without a task vocabulary."""
+    if keep is None:
+        return rows
+    index = {old: new for new, old in enumerate(keep)}
+    mapped = [[index.get(i) for i in ids] for ids in rows]
+    return [None if None in ids else ids for ids in mapped]
+
+
 def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens: int, on_row=None) -> None:
     """Score every candidate on `rows` (TokenizedExample: prompt + reference completion)."""
     from tinytitan.evaluate import detect_task
@@ -96,19 +110,32 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
     reference_outputs = reference_engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
     # a candidate that runs 2 tokens past the reference's output already disagrees: stop it there
     budgets = [min(max_tokens, len(reference_engine.tokenize(text)) + 2) for text in reference_outputs]
-    batched = {id(c): c.engine.generate_greedy_batch(prompts, max_tokens=max_tokens)
-               for c in candidates if hasattr(c.engine, "generate_greedy_batch")}  # torch: batches, not rows
+    # a task vocabulary sees the reference's ids in its own; a row with a token it does not hold is not scored
+    spelled = {id(c): _in_vocabulary([list(row.ids) for row in rows], c.keep) for c in candidates}
+    batched = {}
+    for c in candidates:
+        if hasattr(c.engine, "generate_greedy_batch"):  # torch: batches, not rows
+            mine = [ids[:row.completion_start] for ids, row in zip(spelled[id(c)], rows) if ids is not None]
+            outputs = iter(c.engine.generate_greedy_batch(mine, max_tokens=max_tokens))
+            batched[id(c)] = [next(outputs) if ids is not None else None for ids in spelled[id(c)]]
     for index, row in enumerate(rows):
         ids, first = list(row.ids), row.completion_start - 1  # positions predicting completion tokens
-        ref_logp = torch.log_softmax(torch.from_numpy(reference_engine.score(ids[:-1], first)), dim=-1)
+        ref_logits = torch.from_numpy(reference_engine.score(ids[:-1], first))
+        ref_logp = torch.log_softmax(ref_logits, dim=-1)
         for candidate in candidates:
-            logp = torch.log_softmax(torch.from_numpy(candidate.engine.score(ids[:-1], first)), dim=-1)
-            candidate.kl += (ref_logp.exp() * (ref_logp - logp)).sum(-1).tolist()
-            candidate.top1 += (ref_logp.argmax(-1) == logp.argmax(-1)).tolist()
+            mine = spelled[id(candidate)][index]
+            if mine is None:
+                candidate.skipped += 1
+                continue
+            reference = ref_logp if candidate.keep is None else torch.log_softmax(ref_logits[:, candidate.keep], dim=-1)
+            logp = torch.log_softmax(torch.from_numpy(candidate.engine.score(mine[:-1], first)), dim=-1)
+            candidate.kl += (reference.exp() * (reference - logp)).sum(-1).tolist()
+            candidate.top1 += (reference.argmax(-1) == logp.argmax(-1)).tolist()
             if id(candidate) in batched:
                 output = batched[id(candidate)][index]
             else:
-                output = candidate.engine.generate(prompts[index], SamplingParams(max_tokens=budgets[index])).text
+                prompt = mine[:row.completion_start]
+                output = candidate.engine.generate(prompt, SamplingParams(max_tokens=budgets[index])).text
             candidate.outputs.append(output)
             candidate.agree.append(output == reference_outputs[index])
             candidate.exact.append(same_output(output, reference_texts[index]))

@@ -140,10 +140,18 @@ def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list:
     for gguf in ggufs:  # the largest first: F16 down to the smallest quant, then the adapter
         if gguf.name == "imatrix.gguf" or (only and not any(gguf.stem.endswith("-" + o) for o in only)):
             continue
-        manifest = gguf.with_name(gguf.name + ".manifest.json")
-        failed = manifest.exists() and json.loads(manifest.read_text()).get("status") == "failed"
-        artifact = parse_artifact(f"{base_spec}+{gguf}" if parse_artifact(str(gguf)).kind == "adapter" else str(gguf))
-        label = ("base+" if artifact.kind == "adapter" else "") + gguf.stem + (" (gate failed)" if failed else "")
+        manifest_path = gguf.with_name(gguf.name + ".manifest.json")
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        failed = manifest.get("status") == "failed"
+        if manifest.get("kind") == "adapter-task":  # a base with the task vocabulary: it runs the run's adapter
+            adapter = gguf.with_name(manifest["adapter"])
+            if not adapter.exists():
+                continue
+            artifact, label = parse_artifact(f"{gguf}+{adapter}"), f"{gguf.stem}+{adapter.stem}"
+        else:
+            artifact = parse_artifact(f"{base_spec}+{gguf}" if parse_artifact(str(gguf)).kind == "adapter" else str(gguf))
+            label = ("base+" if artifact.kind == "adapter" else "") + gguf.stem
+        label += " (gate failed)" if failed else ""
         found.append(Artifact(artifact.spec, label, *astuple(artifact)[2:]))  # kept by export --force: shown, marked
     if len(found) == 1:
         wanted = f" matching --only {','.join(only)}" if only else ""

@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from tinytitan.data import load_examples
     from tinytitan.gguf_files import read_gguf
-    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, describe, general_english, keep_set, trim_gguf
+    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, describe, general_english, keep_set, trim_gguf
 
     source, target = Path(args.model), Path(args.output)
     if not source.is_file():
@@ -40,15 +40,15 @@ def run(args) -> None:
     if target.resolve() == source.resolve():
         raise TinyTitanError(f"--output {target}: that is the model itself; write the trimmed model elsewhere")
     vocab = Vocab.from_gguf(read_gguf(source))
-    texts = []
+    examples = []
     for path in args.data:
         report = load_examples(path, options.data_spec_from(args), duplicates="keep")
         if report.rejected:
             raise TinyTitanError(f"{report.rejected[0]} ({len(report.rejected)} bad rows; `tinytitan data check "
                                  f"{path}` lists them)")
-        for example in report.examples:
-            texts += [m.content for m in example.messages] + [example.completion]
-    if not texts:
+        examples += report.examples
+    texts = chat_texts(examples)  # as the chat format and training cut them
+    if not examples:
         raise TinyTitanError(f"{', '.join(args.data)}: no rows to make a task vocabulary from")
     top = DEFAULT_TOP if args.keep_top is None else args.keep_top
     keep = keep_set(vocab, texts, top=top, general=general_english() if top else ())

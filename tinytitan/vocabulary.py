@@ -172,6 +172,18 @@ def keep_set(vocab: Vocab, texts: Iterable[str], *, top: int = DEFAULT_TOP, gene
     return sorted(keep)
 
 
+def chat_texts(examples) -> list[str]:
+    """The texts the model reads and writes for these examples, cut as `chat_format.encode_chat` and
+    training tokenize them: each turn's "role\ntext", the turn ends, the reply prompt, the completion."""
+    from tinytitan.chat_format import as_messages, turns
+
+    texts = ["\n", "model\n"]
+    for example in examples:
+        texts += [f"{role}\n{text}" for role, text in turns(as_messages(example.messages))]
+        texts.append(example.completion)
+    return texts
+
+
 def general_english() -> list[str]:
     """Lines of general English text (the bundled WikiText-2 excerpt, CC BY-SA 3.0: tinytitan/assets)."""
     path = Path(__file__).with_name("assets") / "wikitext2_test.txt"
