@@ -127,7 +127,8 @@ def test_gate_fails_on_a_corrupted_tensor_and_leaves_nothing(tiny_run, tmp_path,
     import argparse
 
     args = argparse.Namespace(run=str(tiny_run), to="gguf", quant="f16", out=str(out), weights="best", gate_rows=30,
-                              gate_data=None, max_tokens=128, force=True, threads=None, json=True)
+                              gate_data=None, max_tokens=128, force=True, threads=None, json=True,
+                              trim=False, keep_top=None)
     with pytest.raises(TinyTitanError, match=r"parity gate failed for run-f16.gguf \(kept, marked failed"):
         export.run(args)
     manifest = json.loads((out / "run-f16.gguf.manifest.json").read_text())
