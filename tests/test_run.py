@@ -58,8 +58,8 @@ def stages(result) -> dict:
 
 def test_run_then_rerun_then_change_the_quant_list(recipe):
     first, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--json"))
-    assert first == {"prepare": "ran", "check": "ran", "schema": "ran", "finetune": "ran", "export": "ran",
-                     "eval": "ran", "bench": "not needed", "report": "ran"}
+    assert first == {"prepare": "ran", "check": "ran", "schema": "ran", "vocab": "not needed", "finetune": "ran",
+                     "export": "ran", "eval": "ran", "bench": "not needed", "report": "ran"}
     run = recipe / "run"
     assert (run / "report" / "report.html").exists() and (run / "fleet.toml").exists()
     schema = json.loads((run / "schema.json").read_text())
@@ -79,7 +79,7 @@ def test_run_then_rerun_then_change_the_quant_list(recipe):
 
     changed, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--set", "export.quant=f16,q8_0", "--json"))
     assert changed == {"prepare": "up to date", "check": "up to date", "schema": "up to date",
-                       "finetune": "up to date", "export": "ran", "eval": "ran", "bench": "not needed",
+                       "vocab": "not needed", "finetune": "up to date", "export": "ran", "eval": "ran", "bench": "not needed",
                        "report": "ran"}
     assert any("q8_0" in r["artifact"] for r in summary["table"])
 
@@ -88,7 +88,8 @@ def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
     fresh = run_cli("run", str(recipe / "tiny.toml"), "--output", str(tmp_path / "new"), "--dry-run", "--json")
     assert fresh.returncode == 0, fresh.stderr
     plan = json.loads(fresh.stdout)
-    assert [s["status"] for s in plan["stages"]] == ["would run"] * 6 + ["not needed", "would run"]
+    assert [s["status"] for s in plan["stages"]] == ["would run"] * 3 + ["not needed"] + ["would run"] * 3 + \
+        ["not needed", "would run"]
     assert plan["rows"]["train"] > 0 and plan["fields"] == 2 and plan["seconds"] > 0
     assert not (tmp_path / "new").exists()  # nothing written where the run would go
     # the module's run ended with quant f16,q8_0: that is up to date, and a quant change redoes export onwards
@@ -96,8 +97,8 @@ def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
                               "--json").stdout)
     assert {s["status"] for s in same["stages"]} == {"up to date", "not needed"}
     shown = run_cli("run", str(recipe / "tiny.toml"), "--dry-run")
-    assert shown.returncode == 0 and "[4/8] finetune: up to date" in shown.stdout
-    assert "[5/8] export: would run, about" in shown.stdout and "nothing was trained" in shown.stdout
+    assert shown.returncode == 0 and "[5/9] finetune: up to date" in shown.stdout
+    assert "[6/9] export: would run, about" in shown.stdout and "nothing was trained" in shown.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "completion": {"v": NaN}}\n' * 3)
     (tmp_path / "bad.toml").write_text(f'[task]\ntrain = "{bad}"\n')
@@ -133,7 +134,9 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
              ("[task]\nkind = 'files'\ntrain = 'x'\n[eval]\ntolerance = 'small'\n", "[eval] tolerance: expected a number"),
              ("[task]\nkind = 'files'\ntrain = 'x'\n[deploy]\n", "unknown key or section 'deploy'"),
              ("[task]\nkind = 'ingredients'\ncsv = 'x.csv'\nmax_rows = 3\n", "unknown key 'max_rows' for kind 'ingredients'"),
-             ("[task]\nkind = 'ingredients'\nextra_csv = 'x.csv'\n", "[task] needs csv")]
+             ("[task]\nkind = 'ingredients'\nextra_csv = 'x.csv'\n", "[task] needs csv"),
+             ("[task]\ntrain = 'x'\n[vocab]\ntrim = 'yes'\n", "[vocab] trim 'yes': expected one of train, export, off"),
+             ("[task]\ntrain = 'x'\n[vocab]\nkeep_top = -1\n", "[vocab] keep_top must be >= 0")]
     for text, message in cases:
         bad.write_text(text)
         result = run_cli("run", str(bad))
@@ -150,8 +153,8 @@ def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert last.startswith("error: no usable training rows") and "leaves no completion token" in last
     # no time estimate before the data is checked (a guess without its size jumped from 3 to 102 minutes)
-    assert "[1/8] prepare: running (the time left is estimated once the data is checked)" in result.stderr
-    assert "[2/8] check: running (the time left is estimated once the data is checked)" in result.stderr
+    assert "[1/9] prepare: running (the time left is estimated once the data is checked)" in result.stderr
+    assert "[2/9] check: running (the time left is estimated once the data is checked)" in result.stderr
     check = json.loads((out / "data" / "check.json").read_text())
     assert check["rejected"] > 0 and check["errors"][0].endswith("leaves no completion token to learn from")
 
@@ -178,3 +181,35 @@ def test_fleet_file_is_valid_toml_with_any_text():
 
     text = 'Réponds en JSON 😀 "quoted" \\ back\nline'
     assert tomllib.loads(f"system = {toml_string(text)}")["system"] == text
+
+
+def test_a_run_in_the_task_vocabulary_trains_exports_and_scores_the_trimmed_model(recipe, tmp_path):
+    from tinytitan.gguf_files import read_gguf
+
+    out = tmp_path / "task-vocab"
+    first, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", "vocab.trim=train",
+                                    "--set", "vocab.keep_top=0", "--json"))
+    assert first["vocab"] == "ran" and all(first[s] == "ran" for s in ("finetune", "export", "eval", "report"))
+    base = out / "vocab" / "base-task.gguf"
+    described = json.loads(base.with_suffix(".json").read_text())
+    assert 0 < described["kept"] < described["of"]
+    config = json.loads((out / "train" / "config.json").read_text())
+    assert config["model"] == str(base)  # fine-tuned on the trimmed base
+    kept = described["kept"]
+    for gguf in (out / "train" / "export").glob("*.gguf"):
+        if "adapter" not in gguf.name:  # every merged artifact holds the task vocabulary
+            assert len(read_gguf(gguf).get("tokenizer.ggml.tokens")) == kept, gguf.name
+    assert any(r["artifact"].startswith("base+") for r in summary["table"])
+    import tomllib
+
+    served = tomllib.loads((out / "fleet.toml").read_text())["tasks"]["tiny"]  # a model file or the base of an adapter
+    assert len(read_gguf(served["model"]).get("tokenizer.ggml.tokens")) == kept
+    # the vocabulary follows the data: a changed keep_top redoes vocab and everything trained on it
+    again, _ = stages(run_cli("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", "vocab.trim=train",
+                              "--set", "vocab.keep_top=0", "--json"))
+    assert set(again.values()) <= {"up to date", "not needed"}
+    planned = json.loads(run_cli("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", "vocab.trim=train",
+                                 "--set", "vocab.keep_top=5", "--dry-run", "--json").stdout)
+    statuses = {s["stage"]: s["status"] for s in planned["stages"]}
+    assert statuses["vocab"] == statuses["finetune"] == statuses["eval"] == "would run"
+    assert statuses["prepare"] == statuses["schema"] == "up to date"

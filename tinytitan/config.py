@@ -166,6 +166,9 @@ def read_recipe(path: str | Path) -> dict:
     if recipe.kind != "files":
         raise TinyTitanError(f"{path}: the {recipe.kind!r} task's rows are prepared by `tinytitan run {path}`; "
                              f"`finetune` reads a files task ([task] train = ...)")
+    if recipe.vocab.trim == "train":
+        raise TinyTitanError(f"{path}: [vocab] trim = \"train\" fine-tunes on a base that `tinytitan run {path}` trims "
+                             f"first; for `finetune`, trim it yourself (`tinytitan trim`) and give it as model")
     values = {**recipe.finetune, "output": str(recipe.output / "train")}
     values.update({name: str(file) for name, file in recipe.sources.items()})
     return values

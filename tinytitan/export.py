@@ -225,13 +225,10 @@ def _build(run, config, ref, model, tokenizer, targets, quants, staging: Path, w
 def _trimmed(built: list[dict], config: dict, ref, staging: Path, name: str, keep_top: int | None) -> list[dict]:
     """Task-vocabulary copies of the built GGUFs (and of the base, for the adapter), with their keep set."""
     from tinytitan.config import FinetuneConfig
-    from tinytitan.data_check import split_rows
-    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, general_english, keep_set, trim_gguf
+    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, run_keep_set, trim_gguf
 
-    _, splits, _ = split_rows(FinetuneConfig(**{**config, "skip_bad": True, "max_bad_fraction": 1.0}))
-    texts = chat_texts(splits["train"] + splits["val"])
     top = DEFAULT_TOP if keep_top is None else keep_top
-    keep = keep_set(Vocab.from_gguf(ref.gguf), texts, top=top, general=general_english() if top else ())
+    keep = run_keep_set(FinetuneConfig(**config), Vocab.from_gguf(ref.gguf), top)
     trimmed = []
     for item in built:
         if item["kind"] in (None, "exact") or item["label"] in ("hf", "peft"):

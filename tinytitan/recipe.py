@@ -12,6 +12,7 @@
     [export]                    # to, quant, gate_rows, force
     [eval]                      # task, rows, base_shots, max_tokens, constrained, likelihood, tolerance
     [report]                    # bench, context
+    [vocab]                     # trim ("train", "export" or "off"), keep_top
 
 A `files` task takes `train` (and optionally `val`, `test`) in any format `finetune` reads, with
 the data-column keys (`format`, `input_column`, `output_columns`, ...) in [finetune]. Every key
@@ -64,6 +65,19 @@ class ReportSettings:
 
 
 @dataclass
+class VocabSettings:
+    """The task vocabulary (tinytitan/vocabulary.py): `train` fine-tunes in it from the start (a trimmed base,
+    and every artifact after it trimmed alike); `export` fine-tunes in the full vocabulary and adds trimmed
+    copies of the exported artifacts beside the untrimmed; `off` keeps the full 262,144 tokens."""
+
+    trim: str = "off"
+    keep_top: int = 4000  # the most frequent tokens of general English also kept, for inputs unlike the data
+
+
+TRIM_MODES = ("train", "export", "off")
+
+
+@dataclass
 class Recipe:
     path: Path
     name: str
@@ -75,6 +89,7 @@ class Recipe:
     export: ExportSettings
     eval: EvalSettings
     report: ReportSettings
+    vocab: VocabSettings = field(default_factory=VocabSettings)
 
     def finetune_config(self, data: Path, threads: int = 0, sources: bool = False) -> FinetuneConfig:
         """The fine-tuning settings over the prepared rows in `data` (UTF-8 JSONL that describes itself:
@@ -90,7 +105,7 @@ class Recipe:
         return FinetuneConfig(**values)
 
 
-SECTIONS = {"task", "finetune", "export", "eval", "report"}
+SECTIONS = {"task", "finetune", "export", "eval", "report", "vocab"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -122,7 +137,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return Recipe(path, name, output, kind, sources, options, finetune,
                   _settings(ExportSettings, raw.get("export", {}), path, "export"),
                   _settings(EvalSettings, raw.get("eval", {}), path, "eval"),
-                  _settings(ReportSettings, raw.get("report", {}), path, "report"))
+                  _settings(ReportSettings, raw.get("report", {}), path, "report"),
+                  _settings(VocabSettings, raw.get("vocab", {}), path, "vocab"))
 
 
 def _task(path: Path, spec: dict) -> tuple[str, dict[str, Path], dict]:
@@ -170,6 +186,10 @@ def _settings(cls, values, path: Path, section: str):
         if not 0 <= settings.tolerance < 1 or settings.rows < 0 or settings.base_shots < 0 or settings.max_tokens < 1:
             raise TinyTitanError(f"{path}: [eval] tolerance must be in [0, 1), rows and base_shots >= 0, "
                                  f"max_tokens >= 1")
+    if isinstance(settings, VocabSettings) and settings.trim not in TRIM_MODES:
+        raise TinyTitanError(f"{path}: [vocab] trim {settings.trim!r}: expected one of {', '.join(TRIM_MODES)}")
+    if isinstance(settings, VocabSettings) and settings.keep_top < 0:
+        raise TinyTitanError(f"{path}: [vocab] keep_top must be >= 0 (0: only the data's tokens)")
     if isinstance(settings, ExportSettings) and settings.gate_rows < 1:
         raise TinyTitanError(f"{path}: [export] gate_rows must be >= 1")
     return settings

@@ -32,7 +32,7 @@ from tinytitan.run_summary import print_summary
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
-    "prepare": 2.0, "check": 20.0, "schema": 1.0, "finetune": 1 / 380.0, "export": 40.0,
+    "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
     "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
 }
 RATE_KEYS = {"eval": "eval_tokens"}  # a stage whose unit changed keeps its rate under a new name
@@ -89,6 +89,7 @@ class Pipeline:
         self.data = self.root / "data"
         self.train_dir = self.root / "train"
         self.export_dir = self.train_dir / "export"
+        self.vocab_model = self.root / "vocab" / "base-task.gguf"  # [vocab] trim = "train": the base it fine-tunes
         self.report_dir = self.root / "report"
         self.state_path = self.root / "stages.json"
         try:
@@ -113,11 +114,18 @@ class Pipeline:
             Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT,
                                      "inference": _sha(Path(__file__).with_name("schema_inference.py"))},
                   lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
+            Stage("vocab", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
+                                    "keep_top": r.vocab.keep_top, "system": self._config().system,
+                                    "max_length": self._config().max_length,
+                                    "code": _sha(Path(__file__).with_name("vocabulary.py"))},
+                  lambda: [self.vocab_model, self.vocab_model.with_suffix(".json")], self._vocab, lambda: 1,
+                  applies=lambda: r.vocab.trim == "train"),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
-                                       "model": self._model_sha()},
+                                       "model": self._model_sha(trained=True)},
                   lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
             Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
-                                     "gate": _sha(Path(__file__).with_name("gate.py"))},  # new gate rules re-gate
+                                     "gate": _sha(Path(__file__).with_name("gate.py")),  # new gate rules re-gate
+                                     **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
                   lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
                   lambda: 1 + 0.5 * len(r.export.quant)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
@@ -149,14 +157,19 @@ class Pipeline:
 
         return [_sha(Path(m.__file__)) for m in (tinytitan.tasks, task_module(self.recipe.kind))]
 
-    def _config(self):
-        return self.recipe.finetune_config(self.data, self.threads or 0)
+    def _config(self, trained: bool = False):
+        """The fine-tuning settings; `trained`: as the finetune stage uses them (in the task vocabulary's base
+        where [vocab] trim = "train"; the stages before it read the data with the model the recipe names)."""
+        config = self.recipe.finetune_config(self.data, self.threads or 0)
+        if trained and self.recipe.vocab.trim == "train":
+            config.model = str(self.vocab_model)
+        return config
 
     def _finetune_key(self) -> dict:
         from tinytitan.finetune import RESUMABLE_CHANGES
 
         # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
-        return {k: v for k, v in self._config().as_dict().items()
+        return {k: v for k, v in self._config(trained=True).as_dict().items()
                 if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
 
     def _reading_key(self) -> dict:
@@ -167,10 +180,13 @@ class Pipeline:
         return {k: config[k] for k in ("format", "input_column", "output_columns", "input_template", "columns",
                                        "system", "split", "seed", "skip_bad", "max_bad_fraction", "encoding")}
 
-    def _model_sha(self) -> str:
+    def _model_sha(self, trained: bool = False) -> str:
         from tinytitan.models import resolve
 
-        return resolve(self._config().model).sha256
+        model = self._config(trained).model
+        if trained and not Path(model).exists():
+            return ""  # the vocab stage has not written it yet (a dry run)
+        return resolve(model).sha256
 
     def _hashes(self, stage: str) -> dict:
         return self.state.get(stage, {}).get("outputs", {})
@@ -232,10 +248,25 @@ class Pipeline:
         self._say(f"      {len(fields)} fields" + (f"; enums: {', '.join(enums)}" if enums else "")
                   + (f"; words from the input: {', '.join(copied)}" if copied else ""))
 
+    def _vocab(self) -> None:
+        from tinytitan.models import resolve
+        from tinytitan.vocabulary import Vocab, describe, run_keep_set, trim_gguf
+
+        config, top = self._config(), self.recipe.vocab.keep_top
+        source = resolve(config.model)
+        vocab = Vocab.from_gguf(source.gguf)
+        keep = run_keep_set(config, vocab, top)
+        self.vocab_model.parent.mkdir(parents=True, exist_ok=True)
+        result = {**trim_gguf(source.path, keep, self.vocab_model), **describe(keep, vocab), "keep_top": top,
+                  "source": str(source.path)}
+        self.vocab_model.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        self._say(f"      {result['kept']:,} of {result['of']:,} tokens kept; {result['bytes_before'] / 2**20:.1f} -> "
+                  f"{result['bytes_after'] / 2**20:.1f} MiB base")
+
     def _finetune(self) -> None:
         from tinytitan.finetune import train
 
-        config = self._config()
+        config = self._config(trained=True)
         resume = (self.train_dir / "config.json").exists()
         if resume:
             try:
@@ -255,7 +286,8 @@ class Pipeline:
             shutil.rmtree(self.export_dir)
         report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
                         self.export_dir, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
-                        name=self.recipe.name)
+                        name=self.recipe.name, trim=self.recipe.vocab.trim == "export",
+                        keep_top=self.recipe.vocab.keep_top)
         for item in report["artifacts"]:
             parity = item["parity"]
             self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
@@ -309,7 +341,7 @@ class Pipeline:
         if not check.exists():
             return None  # unknown until the data check has counted the tokens
         stats = json.loads(check.read_text())
-        config = self._config()
+        config = self._config(trained=True)
         train_share = stats["splits"]["train"] / max(stats["usable"], 1)
         return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
 

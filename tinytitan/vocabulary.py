@@ -172,6 +172,18 @@ def keep_set(vocab: Vocab, texts: Iterable[str], *, top: int = DEFAULT_TOP, gene
     return sorted(keep)
 
 
+def run_keep_set(config, vocab: Vocab, top: int = DEFAULT_TOP) -> list[int]:
+    """The keep set of a fine-tuning run's data (`FinetuneConfig`): its training and validation rows, read
+    and split as fine-tuning reads them, plus the `top` most frequent tokens of general English."""
+    from dataclasses import replace
+
+    from tinytitan.data_check import split_rows
+
+    _, splits, _ = split_rows(replace(config, skip_bad=True, max_bad_fraction=1.0))
+    return keep_set(vocab, chat_texts(splits["train"] + splits["val"]), top=top,
+                    general=general_english() if top else ())
+
+
 def chat_texts(examples) -> list[str]:
     """The texts the model reads and writes for these examples, cut as `chat_format.encode_chat` and
     training tokenize them: each turn's "role\ntext", the turn ends, the reply prompt, the completion."""
