@@ -75,8 +75,9 @@ def main() -> None:
     memory = median["task"]["peak_rss_mb"] / median["full"]["peak_rss_mb"]
     for name in ("full", "task"):
         m = median[name]
+        each = ", ".join(f"{r['tokens_per_second']:.0f}" for r in runs[name])
         print(f"{name} vocabulary: {m['tokens_per_second']:.0f} tok/s, peak RSS {m['peak_rss_mb']:.0f} MB, "
-              f"final loss {m['final_loss']:.3f} (runs: {', '.join(f'{r['tokens_per_second']:.0f}' for r in runs[name])})")
+              f"final loss {m['final_loss']:.3f} (runs: {each})")
     print(f"kept {trim['kept']:,} of {trim['of']:,} tokens in {trim['seconds']} s; speed {speed:.2f}x (target >= 1.5), "
           f"memory {memory:.2f}x")
     print(json.dumps({"bench": "vocab", "rows": args.rows, "threads": args.threads, "repeats": args.repeats,
