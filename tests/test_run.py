@@ -172,6 +172,11 @@ def test_recommend_takes_the_smallest_within_tolerance_that_passed():
     assert recommend(rows, 0.05)["artifact"] == "base+x-adapter-f16"
     assert recommend(rows, 0.0)["artifact"] == "x-f16"
     assert recommend(rows[:1] + rows[-1:], 0.5) is None  # nothing servable passed
+    # served with the schema: judged by the constrained score (a trimmed copy level with the rest once constrained)
+    served = [{**r, "constrained": r["score"]} for r in rows] + \
+        [{"artifact": "x-base-task+x-adapter-f16", "size_mb": 100, "score": 0.85, "constrained": 0.895}]
+    assert recommend(served, 0.01)["artifact"] == "x-q8_0"  # by the free score it is 5 points behind
+    assert recommend(served, 0.01, constrained=True)["artifact"] == "x-base-task+x-adapter-f16"
 
 
 def test_fleet_file_is_valid_toml_with_any_text():
@@ -213,3 +218,51 @@ def test_a_run_in_the_task_vocabulary_trains_exports_and_scores_the_trimmed_mode
     statuses = {s["stage"]: s["status"] for s in planned["stages"]}
     assert statuses["vocab"] == statuses["finetune"] == statuses["eval"] == "would run"
     assert statuses["prepare"] == statuses["schema"] == "up to date"
+
+
+def test_a_resume_that_cannot_save_keeps_every_checkpoint_and_resumes_later(recipe, tmp_path, monkeypatch, capsys):
+    """Given a fine-tune stopped by a full disk, when the resumed run hits the full disk again, then it exits
+    with the error and every checkpoint remains; once there is room, the next run continues from the newest."""
+    import errno
+
+    from tinytitan import checkpoint
+    from tinytitan.errors import TinyTitanError
+    from tinytitan.recipe import load_recipe
+    from tinytitan.run import Pipeline
+
+    settings = load_recipe(recipe / "tiny.toml", ["finetune.save_every=2", "finetune.eval_every=2",
+                                                   "finetune.keep_checkpoints=5", "vocab.trim=off"])
+    settings.output = tmp_path / "run"
+    real = checkpoint.write_atomic_dir
+    saves = {"left": 1}
+
+    def disk_fills(final, write):
+        if final.name.startswith("step-"):
+            if saves["left"] <= 0:
+                def write(folder):  # noqa: F811 - the disk is full from here on
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            saves["left"] -= 1
+        return real(final, write)
+
+    monkeypatch.setattr(checkpoint, "write_atomic_dir", disk_fills)
+    steps = settings.output / "train" / "checkpoints"
+    with pytest.raises(TinyTitanError, match="No space left on device; the previous checkpoint step-0000002 is intact"):
+        Pipeline(settings, quiet=True).run()
+    assert [p.name for p in steps.glob("step-*")] == ["step-0000002"]
+    saves["left"] = 0  # resumed, and the disk is still full: an error, and nothing is deleted
+    with pytest.raises(TinyTitanError, match="No space left on device"):
+        Pipeline(settings, quiet=True).run()
+    assert [p.name for p in steps.glob("step-*")] == ["step-0000002"]
+    monkeypatch.setattr(checkpoint, "write_atomic_dir", real)  # room again: it continues from step 2
+    capsys.readouterr()
+    summary = Pipeline(settings, quiet=True).run()
+    assert "resuming at step 2" in capsys.readouterr().err
+    assert {s["stage"]: s["status"] for s in summary["stages"]}["finetune"] == "ran"
+    assert not list(tmp_path.glob("run/train.replaced-*"))
+    # a changed setting cannot continue: the earlier training is set aside, never deleted
+    changed = load_recipe(recipe / "tiny.toml", ["finetune.save_every=2", "finetune.learning_rate=1e-3",
+                                                  "vocab.trim=off"])
+    changed.output = settings.output
+    Pipeline(changed, quiet=True).run()
+    aside = list(tmp_path.glob("run/train.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "checkpoints").is_dir()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -228,7 +229,12 @@ def _trimmed(built: list[dict], config: dict, ref, staging: Path, name: str, kee
     from tinytitan.vocabulary import DEFAULT_TOP, Vocab, run_keep_set, trim_gguf
 
     top = DEFAULT_TOP if keep_top is None else keep_top
-    keep = run_keep_set(FinetuneConfig(**config), Vocab.from_gguf(ref.gguf), top)
+    vocab = Vocab.from_gguf(ref.gguf)
+    keep = run_keep_set(FinetuneConfig(**config), vocab, top)
+    if len(keep) >= len(vocab):
+        print(f"trim: the task vocabulary is the whole vocabulary ({len(vocab):,} tokens): no trimmed copies",
+              file=sys.stderr)
+        return []
     trimmed = []
     for item in built:
         if item["kind"] in (None, "exact") or item["label"] in ("hf", "peft"):

@@ -36,6 +36,11 @@ from tinytitan.training import (Distributed, CompletionLoss, build_model, make_s
 
 # keys that may change between a run and its resumption: they do not change the weights' updates.
 # (threads may: a resume bit-identical to the uninterrupted run needs the same number of threads.)
+class CannotResume(TinyTitanError):
+    """The run folder cannot be continued as it is: its settings, data or model changed, or it holds no complete
+    checkpoint. (Any other error while resuming, a full disk say, leaves the run to be resumed once it is fixed.)"""
+
+
 RESUMABLE_CHANGES = {"early_stopping", "save_every", "keep_checkpoints", "threads", "output"}
 
 
@@ -224,6 +229,8 @@ def _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos: Position, 
 
 
 def _restore(run_dir: Path, model, optimizer, scheduler) -> Position:
+    if checkpoint.latest(run_dir / "checkpoints") is None:
+        raise CannotResume(f"{run_dir}: no complete checkpoint to resume from")
     tensors, state = checkpoint.load_latest(run_dir / "checkpoints")
     load_trainable_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     checkpoint.optimizer_from_flat(optimizer, tensors, state["optimizer"])
@@ -240,12 +247,12 @@ def _check_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict, res
                                  f"or choose another --output")
         return
     if not saved.exists():
-        raise TinyTitanError(f"{run_dir}: nothing to resume (no config.json)")
+        raise CannotResume(f"{run_dir}: nothing to resume (no config.json)")
     before = json.loads(saved.read_text())
     changed = sorted(k for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES
                      and before.get(k, _default(k)) != v)  # a key newer than the run's config.json: its default
     if changed:
-        raise TinyTitanError(f"{run_dir}: cannot resume with a different {changed[0]} "
+        raise CannotResume(f"{run_dir}: cannot resume with a different {changed[0]} "
                              f"(was {before.get(changed[0])!r}, now {getattr(config, changed[0])!r})")
     try:
         old = json.loads((run_dir / "data_fingerprint.json").read_text())
@@ -254,7 +261,7 @@ def _check_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict, res
     same = {k: old.get(k) for k in ("tokens_sha256", "model_sha256")} == \
         {k: fingerprint[k] for k in ("tokens_sha256", "model_sha256")}
     if not same:
-        raise TinyTitanError(f"{run_dir}: cannot resume: the data or the model changed since the run started "
+        raise CannotResume(f"{run_dir}: cannot resume: the data or the model changed since the run started "
                              f"(data_fingerprint.json differs)")
 
 

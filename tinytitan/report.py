@@ -224,11 +224,15 @@ def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None
     from tinytitan.server.fleet import write_fleet
 
     rows = table_rows(evaluation, bench)
-    pick = recommend(rows, tolerance)
+    pick = recommend(rows, tolerance, constrained=schema is not None)  # the fleet serves the schema
     paths = write_report(run_dir, out, evaluation, bench, recommended=pick, title=name)
     spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"]) if pick else None
-    about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} {100 * pick['score']:.1f}%)"
-             if pick else f"the report of {source}")
+    about = f"the report of {source}"
+    if pick:
+        constrained = schema is not None and pick.get("constrained") is not None
+        score = pick["constrained"] if constrained else pick["score"]
+        about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} {100 * score:.1f}%"
+                 f"{', constrained' if constrained else ''})")
     serve = write_fleet(fleet, name, spec, about=about, schema=schema, system=system, max_tokens=max_tokens)
     return {"task": evaluation["task"], "rows": evaluation["rows"], "table": rows, "recommended": pick,
             "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}
@@ -291,7 +295,8 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
                      "input's words; or the label set): llama.cpp artifacts only.")
     if recommended:
         about.append(f"Recommended: **{recommended['artifact']}**, the smallest artifact that passed its parity gate "
-                     f"with a score within the recipe's tolerance of the best.")
+                     f"with a score within the recipe's tolerance of the best, scored as it is served (constrained where the "
+                     f"fleet serves the schema).")
     sections = [("Comparison", about + [""] + table)]
     if evaluation["task"] == "generation":
         sections.append(("Perplexity of the held-out references", _perplexity(evaluation)))

@@ -127,7 +127,7 @@ class Pipeline:
                                      "gate": _sha(Path(__file__).with_name("gate.py")),  # new gate rules re-gate
                                      **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
                   lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
-                  lambda: 1 + 0.5 * len(r.export.quant)),
+                  lambda: 1 + 0.5 * len(r.export.quant) * (1.5 if r.vocab.trim == "export" else 1)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
                                    "shots": _sha(self.data / "train.jsonl"),
@@ -140,6 +140,7 @@ class Pipeline:
                   applies=lambda: r.report.bench),
             Stage("report", lambda: {"eval": self._hashes("eval"), "bench": self._hashes("bench"),
                                      "tolerance": r.eval.tolerance, "format": FORMAT, "name": r.name,
+                                     "recommend": _sha(Path(__file__).with_name("run_summary.py")),
                                      "serving": [r.eval.max_tokens, r.eval.constrained, self._config().system],
                                      "schema": self._hashes("schema")},
                   lambda: [self.report_dir / "report.md", self.report_dir / "report.html", self.root / "fleet.toml",
@@ -264,18 +265,31 @@ class Pipeline:
                   f"{result['bytes_after'] / 2**20:.1f} MiB base")
 
     def _finetune(self) -> None:
-        from tinytitan.finetune import train
+        from tinytitan.finetune import CannotResume, train
 
         config = self._config(trained=True)
-        resume = (self.train_dir / "config.json").exists()
-        if resume:
+        if self.fresh and self.train_dir.exists():  # --fresh trains anew; what was trained before is kept aside
+            self._set_aside(self.train_dir)
+        if (self.train_dir / "config.json").exists():
             try:
                 train(config, resume=True)
                 return
-            except TinyTitanError as error:  # changed settings or data: this run cannot continue
-                self._say(f"      starting over: {error}")
-                shutil.rmtree(self.train_dir)
+            except CannotResume as error:  # changed settings or data: this run cannot continue; any other error
+                self._say(f"      starting over: {error}")  # (a full disk...) leaves it to resume once fixed
+                self._set_aside(self.train_dir)
         train(config)
+
+    def _set_aside(self, folder: Path) -> None:
+        """A training folder that cannot continue: moved aside when it holds trained weights or checkpoints
+        (hours of work), deleted when it holds none."""
+        if any((folder / "checkpoints").glob("step-*")) or any((folder / "best").glob("*")):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = next(a for n in range(1000) if not (a := folder.with_name(
+                f"{folder.name}.replaced-{stamp}" + (f"-{n}" if n else ""))).exists())
+            folder.rename(aside)
+            self._say(f"      the earlier training is kept in {aside}")
+        else:
+            shutil.rmtree(folder)
 
     def _export(self) -> None:
         from tinytitan.export import export
@@ -355,11 +369,15 @@ class Pipeline:
         references = [_completion(json.loads(line)) for line in test.read_text().splitlines() if line.strip()]
         references = references[:settings.rows] if settings.rows else references
         per_row = sum(min(settings.max_tokens, len(text) / 2 + 8) + 8 for text in references)
-        count = 3 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
-        return count * per_row * (2 if settings.constrained else 1)
+        return (2 + self._ggufs()) * per_row * (2 if settings.constrained else 1)
 
     def _bench_units(self) -> float:
-        return 1 + len(self.recipe.export.quant) + ("adapter" in self.recipe.export.to)
+        return self._ggufs()
+
+    def _ggufs(self) -> float:
+        """The GGUF artifacts the run exports (trimmed copies count half: they run about twice as fast), + the base."""
+        exported = len(self.recipe.export.quant) * ("gguf" in self.recipe.export.to) + ("adapter" in self.recipe.export.to)
+        return 1 + exported * (1.5 if self.recipe.vocab.trim == "export" else 1)
 
     # --- planning --------------------------------------------------------------------------------
     def plan(self) -> dict:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 
-def recommend(rows: list[dict], tolerance: float) -> dict | None:
-    """The smallest servable artifact within `tolerance` of the best servable score (gate passed)."""
+def recommend(rows: list[dict], tolerance: float, constrained: bool = False) -> dict | None:
+    """The smallest servable artifact within `tolerance` of the best servable score (gate passed), scored as
+    it will be served: with `constrained` (the fleet serves the schema), by its constrained score."""
     servable = [r for r in rows if not r["artifact"].startswith("torch") and "few-shot" not in r["artifact"]
                 and "gate failed" not in r["artifact"]]
     if not servable:
         return None
-    best = max(r["score"] for r in servable)
-    return min((r for r in servable if r["score"] >= best - tolerance), key=lambda r: (r["size_mb"], -r["score"]))
+
+    def served(row: dict) -> float:
+        return row["constrained"] if constrained and row.get("constrained") is not None else row["score"]
+
+    best = max(served(r) for r in servable)
+    return min((r for r in servable if served(r) >= best - tolerance), key=lambda r: (r["size_mb"], -served(r)))
 
 
 def print_summary(summary: dict) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded default model (Gemma 3 270M, Q4_K_M): the ingredients
 # recipe, demo-sized. Data check -> LoRA fine-tune on 800 lines -> a Q8_0 GGUF and a GGUF adapter for
-# the unchanged Q4_K_M base, each through the parity gate -> every artifact scored on 80 held-out lines
+# the unchanged Q4_K_M base, and copies of both in the task's vocabulary (docs/pruning.md), each through
+# the parity gate -> every artifact scored on 80 held-out lines
 # (free and schema-constrained decoding) against the untuned base -> speed -> report -> the
 # `tinytitan serve` line. About 13 minutes on 2 CPU cores after set-up; run it again and it says there is nothing to do.
 # The full recipe: tinytitan run recipes/ingredients.toml
