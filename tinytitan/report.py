@@ -220,7 +220,7 @@ def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None
     """What a report ends with, for `tinytitan report` and the run's report stage alike: the recommended
     artifact (the smallest that passed its gate within `tolerance` of the best), the report, a fleet
     file serving it (with the schema, greedy) and the summary; returns the summary."""
-    from tinytitan.run_summary import recommend
+    from tinytitan.run_summary import recommend, served_score
     from tinytitan.server.fleet import write_fleet
 
     rows = table_rows(evaluation, bench)
@@ -230,9 +230,8 @@ def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None
     about = f"the report of {source}"
     if pick:
         constrained = schema is not None and pick.get("constrained") is not None
-        score = pick["constrained"] if constrained else pick["score"]
-        about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} {100 * score:.1f}%"
-                 f"{', constrained' if constrained else ''})")
+        about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} "
+                 f"{100 * served_score(pick, constrained):.1f}%{', constrained' if constrained else ''})")
     serve = write_fleet(fleet, name, spec, about=about, schema=schema, system=system, max_tokens=max_tokens)
     return {"task": evaluation["task"], "rows": evaluation["rows"], "table": rows, "recommended": pick,
             "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}

@@ -10,12 +10,14 @@ def recommend(rows: list[dict], tolerance: float, constrained: bool = False) -> 
                 and "gate failed" not in r["artifact"]]
     if not servable:
         return None
+    best = max(served_score(r, constrained) for r in servable)
+    return min((r for r in servable if served_score(r, constrained) >= best - tolerance),
+               key=lambda r: (r["size_mb"], -served_score(r, constrained)))
 
-    def served(row: dict) -> float:
-        return row["constrained"] if constrained and row.get("constrained") is not None else row["score"]
 
-    best = max(served(r) for r in servable)
-    return min((r for r in servable if served(r) >= best - tolerance), key=lambda r: (r["size_mb"], -served(r)))
+def served_score(row: dict, constrained: bool) -> float:
+    """A table row's score as it is served: constrained where the fleet serves the schema and there is one."""
+    return row["constrained"] if constrained and row.get("constrained") is not None else row["score"]
 
 
 def print_summary(summary: dict) -> None:
