@@ -7,6 +7,10 @@ row and agree on the sums; the figure is seconds per row.
 
     python bench/label_scoring.py [--data FILE.jsonl] [--rows 20] [--threads N]
 
+With `--artifacts A,B,...` (eval's names: `base+ADAPTER.gguf`, `TRIMMED.gguf+ADAPTER.gguf`...) it times
+the same scoring on each artifact in llama.cpp instead, one after the other on the same rows, and says
+how often they pick the same label: a task vocabulary (docs/pruning.md) against the full one.
+
 The last line is one JSON document.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +32,10 @@ def main() -> None:
                                                      "(default: the banking77 recipe's test split, prepared)")
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--artifacts", default=None, help="comma-separated artifacts to time in llama.cpp")
     args = parser.parse_args()
+    if args.artifacts:
+        return compare_artifacts(args)
     from tinytitan.chat_format import END_OF_TURN, encode_chat
     from tinytitan.engines import load_engine
     from tinytitan.data import DataSpec
@@ -63,6 +71,40 @@ def main() -> None:
     print(json.dumps({"bench": "label_scoring", "data": str(data), "rows": len(prompts), "labels": len(labels),
                       "seconds_per_row": per_row, "speedup": per_row["padded"] / per_row["shared_prefix"],
                       "same_picks": same, "max_abs_difference": largest_gap}))
+
+
+def compare_artifacts(args) -> None:
+    from tinytitan.artifacts import parse_artifact
+    from tinytitan.chat_format import END_OF_TURN, encode_chat
+    from tinytitan.data import DataSpec
+    from tinytitan.evaluate import load_rows
+
+    data = args.data or _banking77_test()
+    examples = load_rows(str(data), DataSpec())
+    labels = sorted({e.completion for e in examples})
+    rows = examples[:args.rows]
+    results = {}
+    for spec in [a.strip() for a in args.artifacts.split(",") if a.strip()]:
+        engine = parse_artifact(spec).open(threads=args.threads, n_ctx=512)
+        end = engine.token_id(END_OF_TURN)
+        label_ids = [engine.tokenize(label) + [end] for label in labels]
+        prompts = [encode_chat(engine, list(e.messages)) for e in rows]
+        engine.logprob_sums([(prompts[0] + ids, len(prompts[0])) for ids in label_ids])  # warm up
+        start = time.perf_counter()
+        picks = [labels[int(np.argmax(engine.logprob_sums([(p + ids, len(p)) for ids in label_ids])))] for p in prompts]
+        seconds = time.perf_counter() - start
+        engine.close()
+        accuracy = sum(pick == e.completion for pick, e in zip(picks, rows)) / len(rows)
+        results[spec] = {"seconds_per_row": seconds / len(rows), "accuracy": accuracy, "picks": picks,
+                         "label_tokens": sum(len(ids) for ids in label_ids)}
+        print(f"{spec}: {seconds / len(rows):.3f} s/row, accuracy {accuracy:.1%} on {len(rows)} rows",
+              file=sys.stderr)
+    first = next(iter(results.values()))
+    summary = {spec: {k: v for k, v in r.items() if k != "picks"} | {
+        "same_picks_as_first": sum(a == b for a, b in zip(r["picks"], first["picks"])) / len(rows),
+        "speedup_vs_first": first["seconds_per_row"] / r["seconds_per_row"]} for spec, r in results.items()}
+    print(json.dumps({"bench": "label_scoring", "engine": "llama", "data": str(data), "rows": len(rows),
+                      "labels": len(labels), "threads": args.threads, "artifacts": summary}))
 
 
 def _banking77_test() -> Path:

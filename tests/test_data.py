@@ -188,6 +188,9 @@ def test_optional_fields_stay_absent_and_every_split_spells_keys_in_the_training
     ('{"prompt": "x", "completion": {"v": 1, "v": 2}}', "bad JSON (the key 'v' appears twice in one object)"),
     ('{"prompt": "x", "completion": {"v": ' + "[" * 5000 + "]" * 5000 + "}}", "nested 5002 deep (at most 64)"),
     ('{"prompt": "x", "completion": {"v": 123456789012345678901}}', "completion.v: an integer of 21 digits"),
+    ('{"prompt": "x", "completion": {"v": "a\u2581b"}}', 'completion.v: holds "\u2581" (U+2581), which Gemma'),
+    ('{"prompt": "x", "completion": {"\u2581": "b"}}', 'completion (a key): holds "\u2581" (U+2581)'),
+    ('{"prompt": "x", "completion": "two\u2581words"}', 'completion: holds "\u2581" (U+2581)'),
 ])
 def test_values_json_has_no_spelling_for_are_bad_rows(tmp_path, line, reason):
     path = tmp_path / "rows.jsonl"

@@ -185,3 +185,64 @@ def test_malformed_corpus_never_reaches_llama_cpp(tiny, tmp_path):
         path.write_bytes(corpus[label])
         result = run_cli("generate", "hi", "--model", str(path))
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, label
+
+
+def _mutate(good: bytes, header_end: int, rng) -> bytes:
+    """One of four mutations, mostly of the header (where the reader's decisions are): random bytes
+    overwritten, an 8-byte field set to an extreme, a cut, or bytes inserted or removed."""
+    data = bytearray(good)
+    kind = rng.randrange(4)
+    if kind == 0:
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(header_end)] = rng.randrange(256)
+    elif kind == 1:
+        at = rng.randrange(0, header_end - 8)
+        value = rng.choice([0, 1, 2**31, 2**32 + 5, 2**63, 2**64 - 1, rng.getrandbits(64)])
+        struct.pack_into("<Q", data, at, value)
+    elif kind == 2:
+        del data[rng.randrange(len(data)):]
+    else:
+        at = rng.randrange(header_end)
+        if rng.random() < 0.5:
+            data[at:at] = rng.randbytes(rng.randint(1, 16))
+        else:
+            del data[at:at + rng.randint(1, 16)]
+    return bytes(data)
+
+
+def test_ten_thousand_mutated_ggufs_each_load_or_fail_in_one_line(tiny, tmp_path):
+    """A seeded mutation fuzzer over what reads a model file (the reader, `tinytitan info`'s description,
+    the tokenizer check): every mutant of the tiny model loads, or is one ModelFileError / TinyTitanError
+    line naming the file; none takes 2 s or raises anything else."""
+    import json
+    import random
+    import time
+
+    from tinytitan.errors import TinyTitanError
+    from tinytitan.info import describe
+    from tinytitan.models import resolve
+    from tinytitan.vocabulary import Vocab
+
+    good = tiny[0].read_bytes()
+    header_end = min(t.offset for t in read_gguf(tiny[0]).tensors)
+    rng = random.Random(20261130)
+    path = tmp_path / "mutant.gguf"
+    outcomes = {"loaded": 0, "refused": 0}
+    slowest = 0.0
+    for case in range(10_000):
+        path.write_bytes(_mutate(good, header_end, rng))
+        start = time.perf_counter()
+        try:
+            ref = resolve(str(path))
+            json.dumps(describe(ref))
+            for key in ref.gguf.metadata:
+                ref.gguf.get(key)  # the arrays left in the file are read too
+            Vocab.from_gguf(ref.gguf)
+            outcomes["loaded"] += 1
+        except TinyTitanError as error:  # ModelFileError is one
+            message = str(error)
+            assert message.startswith(str(path)) and "\n" not in message, (case, message)
+            outcomes["refused"] += 1
+        slowest = max(slowest, time.perf_counter() - start)
+    assert slowest < 2.0
+    assert outcomes["loaded"] > 500 and outcomes["refused"] > 5000, outcomes  # both ways were exercised (~12% load)

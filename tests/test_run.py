@@ -3,51 +3,10 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from tests.conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def recipe(tiny, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("recipe")
-    rng = random.Random(0)
-    words = ["cat", "dog", "red", "blue", "salt", "sugar", "cup", "one", "two", "mat"]
-    rows = [{"prompt": f"{rng.choice(words)} {rng.choice(words)} {i}",
-             "completion": {"w": rng.choice(words[:3]), "n": str(i % 3)}} for i in range(120)]
-    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tiny.toml").write_text(f"""# tinytitan run tiny.toml
-name = "tiny"
-output = "{folder / 'run'}"
-
-[task]
-kind = "files"
-train = "rows.jsonl"
-
-[finetune]
-model = "{tiny[0]}"
-max_length = 64
-batch_tokens = 512
-learning_rate = 2e-3
-max_steps = 6
-eval_every = 3
-precision = "fp32"
-
-[export]
-quant = ["f16"]
-gate_rows = 8
-
-[eval]
-rows = 8
-base_shots = 2
-max_tokens = 16
-
-[report]
-bench = false
-""")
-    return folder
 
 
 def stages(result) -> dict:

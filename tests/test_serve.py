@@ -39,13 +39,13 @@ def live_server(*flags: str):
     """A real server (uvicorn, in a thread) built from `tinytitan serve` flags; yields (url, app)."""
     import uvicorn
 
-    from tinytitan.serve import add_arguments, build
+    from tinytitan.serve import add_arguments, build, uvicorn_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     port = free_port()
     _, _, app = build(parser.parse_args([*flags, "--port", str(port)]))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -93,8 +93,9 @@ def fleet(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(fleet):
+    (fleet / "key.txt").write_text(KEY + "\n")
     with live_server("--fleet", str(fleet / "fleet.toml"), "--ctx", "512", "--slots", "2", "--queue", "8",
-                     "--api-key", KEY) as (url, app):
+                     "--api-key-file", str(fleet / "key.txt")) as (url, app):
         yield url, app
 
 
@@ -178,18 +179,16 @@ def test_streaming_matches_non_streaming(client):
 
 
 def test_a_task_schema_with_input_words_is_made_for_each_request():
-    from collections import OrderedDict
-
-    from tinytitan.server.app import _grammar
+    from tinytitan.server.app import GrammarCache, _grammar
     from tinytitan.server.fleet import Task
     from tinytitan.structured import schema_to_grammar
 
     copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": []}}, "required": ["w"]}
     task = Task("copy", None, schema=copied, grammar=schema_to_grammar(copied))
-    assert _grammar(None, task, None, OrderedDict(), "red fish") == schema_to_grammar(copied, "red fish")
-    assert '"red"' in _grammar(None, task, None, OrderedDict(), "red fish") != task.grammar
+    assert _grammar(None, task, None, GrammarCache(), "red fish", "messages") == schema_to_grammar(copied, "red fish")
+    assert '"red"' in _grammar(None, task, None, GrammarCache(), "red fish", "messages") != task.grammar
     plain = Task("plain", None, schema=SCHEMA, grammar=schema_to_grammar(SCHEMA))
-    assert _grammar(None, plain, None, OrderedDict(), "red fish") is plain.grammar
+    assert _grammar(None, plain, None, GrammarCache(), "red fish", "messages") is plain.grammar
 
 
 def test_json_schema_output_validates(client):
@@ -285,7 +284,7 @@ def test_bad_bodies(server):
     for framing in ("content-length", "chunked"):  # refused before the body is read (or as it streams in)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             length = ("Content-Length: 2000000" if framing == "content-length" else "Transfer-Encoding: chunked")
-            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
                          f"Content-Type: application/json\r\n{length}\r\n\r\n".encode())
             with contextlib.suppress(OSError):
                 piece = b"x" * 65536

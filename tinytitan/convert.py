@@ -37,15 +37,27 @@ def require_gemma3(g: GGUFFile, purpose: str) -> None:
         )
 
 
+MAX_LAYERS = 1024  # far more than any Gemma 3; a larger count in a file is corruption
+
+
+def metadata_int(g: GGUFFile, key: str, low: int, high: int, default=None) -> int:
+    """`{arch}.{key}` as a whole number in [low, high]; one line naming the file and key otherwise."""
+    value = g.arch_key(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ModelFileError(f"{g.path}: metadata {g.architecture}.{key} is {value!r}, expected a whole number in "
+                             f"[{low}, {high}]")
+    return value
+
+
 def layer_is_sliding(g: GGUFFile) -> list[bool]:
     """Which layers use sliding-window attention, as llama.cpp decides it."""
-    n_layers = int(g.arch_key("block_count"))
+    n_layers = metadata_int(g, "block_count", 1, MAX_LAYERS)
     if not g.arch_key("attention.sliding_window"):
         return [False] * n_layers
     pattern = g.arch_key("attention.sliding_window_pattern", DEFAULT_SWA_PATTERN)
     if isinstance(pattern, list):
         return [bool(x) for x in pattern]
-    pattern = int(pattern)
+    pattern = metadata_int(g, "attention.sliding_window_pattern", 0, MAX_LAYERS, DEFAULT_SWA_PATTERN)
     # llama.cpp set_swa_pattern(n): layer il is dense when il % n == n - 1
     return [pattern == 0 or (il % pattern) < (pattern - 1) for il in range(n_layers)]
 
@@ -72,8 +84,8 @@ def gemma3_config(g: GGUFFile):
             rms_norm_eps=_f32(g.arch_key("attention.layer_norm_rms_epsilon")),
             sliding_window=int(g.arch_key("attention.sliding_window") or 0) or None,
         )
-    except TypeError as missing:
-        raise ModelFileError(f"{g.path}: Gemma 3 metadata is incomplete ({missing})") from None
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as missing:
+        raise ModelFileError(f"{g.path}: Gemma 3 metadata is incomplete or invalid ({missing})") from None
     sliding = layer_is_sliding(g)
     config["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
     full_rope = {"rope_type": "default", "rope_theta": float(g.arch_key("rope.freq_base", 1e6))}

@@ -247,6 +247,7 @@ def canonical_completion(value, key_order: Sequence[str] = (), name: str = "comp
     if isinstance(value, str):
         if not value.strip():
             raise _RowError(f'"{name}" is empty')
+        _check_value(value, name)
         return value.strip()
     if isinstance(value, dict):
         if not value:
@@ -262,8 +263,11 @@ def canonical_completion(value, key_order: Sequence[str] = (), name: str = "comp
     raise _RowError(f'"{name}" must be text or a JSON object, got {_type_name(value)}')
 
 
+SPACE_MARK = "\u2581"  # "▁": SentencePiece's mark for a space; Gemma's tokenizer reads it, and writes it, as " "
+
+
 def _check_value(value, where: str) -> None:
-    """What the constrained decoder cannot write, refused by name: lone surrogates, huge integers."""
+    """What a model cannot write, refused by name: lone surrogates, huge integers, "▁" (read as a space)."""
     from tinytitan.structured import check_text
 
     try:
@@ -274,9 +278,12 @@ def _check_value(value, where: str) -> None:
     while stack:
         item, at = stack.pop()
         if isinstance(item, dict):
-            stack += [(v, f"{at}.{k}") for k, v in item.items()]
+            stack += [(v, f"{at}.{k}") for k, v in item.items()] + [(k, f"{at} (a key)") for k in item]
         elif isinstance(item, list):
             stack += [(v, f"{at}[{i}]") for i, v in enumerate(item)]
+        elif isinstance(item, str) and SPACE_MARK in item:
+            raise _RowError(f'{at}: holds "{SPACE_MARK}" (U+2581), which Gemma\'s tokenizer reads and writes as a '
+                            f"space, so a model cannot write it; replace it")
         elif isinstance(item, int) and not isinstance(item, bool) and len(str(abs(item))) > MAX_DIGITS:
             raise _RowError(f"{at}: an integer of {len(str(abs(item)))} digits (at most {MAX_DIGITS}; "
                             f"write it as text)")

@@ -240,7 +240,9 @@ def write_schema(args) -> None:
     schema_to_grammar(schema)  # enforceable, as `run` requires
     text = json.dumps(schema, indent=1, ensure_ascii=False)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        from tinytitan.files import write_text
+
+        write_text(Path(args.out), text + "\n")
         print(f"wrote {args.out}: {len(schema.get('properties', {}))} fields", file=sys.stderr)
     else:
         print(text)

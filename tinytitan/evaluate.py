@@ -30,6 +30,7 @@ import numpy as np
 
 from tinytitan import metrics, options
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import atomic_file, read_json, write_json
 
 TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one", "snips-nlu")
 HEADLINE = {"extraction": "exact_match", "classification": "accuracy", "generation": "chrf"}
@@ -89,8 +90,7 @@ def run(args) -> None:
         settings = {"rows": args.limit or 0, "base_shots": args.base_shots, "max_tokens": args.max_tokens,
                     "constrained": args.constrained, "likelihood": args.likelihood, "task": args.task}
         saved = {"result": result.get("task"), "settings": settings, "benchmarks": result.get("benchmarks")}
-        (Path(args.out) / "eval.json").write_text(json.dumps({k: v for k, v in saved.items() if v is not None},
-                                                             indent=1))
+        write_json(Path(args.out) / "eval.json", {k: v for k, v in saved.items() if v is not None})
     if args.json:
         print(json.dumps(result))
     else:
@@ -348,17 +348,11 @@ def _cache_path(artifact, examples, shots, task, labels, max_tokens, grammars, l
 
 
 def _load_cached(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # none yet, or a file cut short: decode again
-        return None
+    return read_json(path)  # none yet, or a file cut short: decode again
 
 
 def _save_cached(path: Path, raw: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(raw, ensure_ascii=False))
-    temporary.replace(path)
+    write_json(path, raw, indent=None, ensure_ascii=False)
 
 
 def _task_metrics(task: str, outputs: list[str], references: list[str], examples) -> tuple[dict, dict]:
@@ -407,13 +401,15 @@ def _identity(artifact) -> str:
 
 
 def _write_examples(path: Path, examples, per_example: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as file:
-        for index, example in enumerate(examples):
-            record = {"source": example.source, "prompt": example.messages[-1].content,
-                      "reference": example.completion,
-                      **{key: values[index] for key, values in per_example.items()}}
-            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as file:
+            for index, example in enumerate(examples):
+                record = {"source": example.source, "prompt": example.messages[-1].content,
+                          "reference": example.completion,
+                          **{key: values[index] for key, values in per_example.items()}}
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    atomic_file(path, write)
 
 
 def _file_name(label: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import write_json, write_text
 
 TARGETS = ("gguf", "adapter", "hf", "peft", "ollama")
 
@@ -57,11 +58,15 @@ def run(args) -> None:
         raise TinyTitanError("--to ollama writes a Modelfile for a GGUF: add gguf or adapter to --to")
     from tinytitan.quantize import parse_quants
 
+    from tinytitan.files import FolderLock
+
     quants = parse_quants(args.quant) if "gguf" in targets else []
-    report = export(Path(args.run), targets, quants, Path(args.out) if args.out else Path(args.run) / "export",
-                    weights=args.weights, gate_rows=args.gate_rows, gate_data=args.gate_data,
-                    max_tokens=args.max_tokens, force=args.force, threads=args.threads, trim=args.trim,
-                    keep_top=args.keep_top)
+    _run_config(Path(args.run))  # a run folder, before the lock file goes into it
+    with FolderLock(Path(args.run), "export"):  # not while a fine-tune or another export writes there
+        report = export(Path(args.run), targets, quants, Path(args.out) if args.out else Path(args.run) / "export",
+                        weights=args.weights, gate_rows=args.gate_rows, gate_data=args.gate_data,
+                        max_tokens=args.max_tokens, force=args.force, threads=args.threads, trim=args.trim,
+                        keep_top=args.keep_top)
     if args.json:
         print(json.dumps(report))
     else:
@@ -328,7 +333,7 @@ def _publish(built, candidates, out: Path, run: Path, ref, weights, force) -> li
             if "adapter" in item:
                 manifest["adapter"] = item["adapter"].name
         _move_into_place(item["path"], final)
-        (out / f"{final.name}.manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_json(out / f"{final.name}.manifest.json", manifest, indent=2)
         published.append({**manifest, "path": str(final)})
     return published
 
@@ -371,14 +376,14 @@ def _modelfiles(artifacts, out: Path, ref, config) -> list[dict]:
     common = f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n{system}PARAMETER stop "<end_of_turn>"\nPARAMETER temperature 0\n'
     if ggufs:
         smallest = min(ggufs, key=lambda a: (QUANT_TYPES[a["quant"]], a["bytes"]))
-        (out / "Modelfile").write_text(f"# ollama create my-task -f Modelfile\nFROM ./{smallest['artifact']}\n{common}")
+        write_text(out / "Modelfile", f"# ollama create my-task -f Modelfile\nFROM ./{smallest['artifact']}\n{common}")
         written.append({"artifact": "Modelfile", "path": str(out / "Modelfile"), "kind": "ollama",
                         "for": smallest["artifact"], "parity": smallest["parity"]})
     adapters = [a for a in artifacts if a.get("path") and a["kind"] == "adapter" and a["status"] == "passed"]
     if adapters:
         text = (f"# ollama create my-task -f Modelfile.adapter   (base + hot-swappable adapter)\n"
                 f"FROM {ref.path}\nADAPTER ./{adapters[0]['artifact']}\n{common}")
-        (out / "Modelfile.adapter").write_text(text)
+        write_text(out / "Modelfile.adapter", text)
         written.append({"artifact": "Modelfile.adapter", "path": str(out / "Modelfile.adapter"), "kind": "ollama",
                         "for": adapters[0]["artifact"], "parity": adapters[0]["parity"]})
     return written

@@ -55,7 +55,13 @@ def run(args) -> None:
     config = build_config(args.recipe, args)
     if not config.train:
         raise TinyTitanError("no training data: give `train` in the recipe or --train FILE")
-    result = train(config, resume=args.resume)
+    from tinytitan.files import FolderLock
+
+    if int(os.environ.get("RANK", "0")):  # another process of a torchrun: the first holds the lock for all
+        result = train(config, resume=args.resume)
+    else:
+        with FolderLock(Path(config.output), "finetune"):  # one writer per run folder
+            result = train(config, resume=args.resume)
     if result.is_main:
         print(json.dumps(result.summary))
 
@@ -282,12 +288,9 @@ def _create_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict) ->
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(value, indent=2))
-        os.replace(tmp, path)
-    except OSError as error:
-        raise TinyTitanError(f"cannot write {path}: {error.strerror or error}") from None
+    from tinytitan.files import write_json
+
+    write_json(path, value, indent=2)
 
 
 def _use_bf16(precision: str) -> bool:
@@ -318,9 +321,13 @@ class _Metrics:
                     continue
                 if record.get("step", 0) <= truncate_after:
                     kept.append(line)
-            path.write_text("".join(line + "\n" for line in kept))
+            from tinytitan.files import write_text
+
+            write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old lines
         elif enabled and not truncate_after:
-            path.write_text("")
+            from tinytitan.files import write_text
+
+            write_text(path, "")
 
     def write(self, record: dict) -> None:
         if self.enabled:

@@ -14,9 +14,7 @@ place only when complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -26,28 +24,8 @@ import torch
 from tinytitan import convert
 from tinytitan.chat_format import JINJA_TEMPLATE
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import atomic_file
 from tinytitan.gguf_files import GGUFFile
-
-
-def atomic_file(final: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` creates the file; it appears at `final` only when complete (fsync + rename)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        from tinytitan.checkpoint import _umask
-
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be an ordinary file
-        os.replace(tmp, final)
-        return final
-    except OSError as error:
-        raise TinyTitanError(f"cannot write {final}: {error.strerror or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_merged_gguf(path: Path, model, base: GGUFFile, dtype: str, metadata: dict) -> Path:

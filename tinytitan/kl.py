@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinytitan.files import atomic_file
+
 TOP_K = 64
 
 
@@ -49,9 +51,11 @@ def reference_topk(engine, sequences: Sequence[tuple[Sequence[int], int]], refer
             on_row(index + 1, len(sequences))
     data = {"ids": np.concatenate(ids_out), "logp": np.concatenate(logp_out), "rows": np.array(rows)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, **data)
-    temporary.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            np.savez_compressed(file, **data)
+
+    atomic_file(path, write)
     return data
 
 

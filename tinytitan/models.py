@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinytitan.errors import ModelFileError
+from tinytitan.files import write_json, write_text
 from tinytitan.gguf_files import GGUFFile, read_gguf
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -76,7 +77,7 @@ def default_model_path() -> Path:
         package.assemble(target)
     except (FileExistsError, ValueError):  # a stale or damaged copy: rebuild it from the package
         package.assemble(target, overwrite=True)
-    stamp.write_text(_stat_key(target))
+    write_text(stamp, _stat_key(target))
     return target
 
 
@@ -99,7 +100,5 @@ def file_sha256(path: Path) -> str:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
         index[key] = digest.hexdigest()
-        tmp = index_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(index, indent=0))
-        tmp.replace(index_path)
+        write_json(index_path, index, indent=0)
     return index[key]

@@ -31,7 +31,7 @@ def loss_curve(metrics_path: Path, png_path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    figure.savefig(tmp)
+    from tinytitan.files import atomic_file
+
+    atomic_file(png_path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
-    tmp.replace(png_path)

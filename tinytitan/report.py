@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import FolderLock, read_json, write_json, write_text
 
 ENERGY_PROFILE = "phone"  # the J/conversation column: the edge device this tool ships to
 
@@ -58,12 +59,17 @@ def run(args) -> None:
     """The run's report stage on any run folder: evaluate (reusing every artifact already decoded on the
     same rows), bench, report, recommend, and write the fleet file that serves the recommendation. The
     evaluation settings a `tinytitan run` used (in its eval.json) are the defaults; flags override them."""
+    run_dir, root = locate_run(Path(args.run))
+    with FolderLock(root or run_dir, "report"):  # not while a run or an export writes there
+        _report(args, run_dir, root)
+
+
+def _report(args, run_dir: Path, root: Path | None) -> None:
     from tinytitan.artifacts import parse_artifact
     from tinytitan.evaluate import evaluate_task, read_schema
     from tinytitan.recipe import EvalSettings
     from tinytitan.run_summary import print_summary
 
-    run_dir, root = locate_run(Path(args.run))
     recorded = _recorded_settings(root / "report" / "eval.json") if root else {}
     known = {f.name for f in dataclasses.fields(EvalSettings)}
     settings = EvalSettings(**{**{k: v for k, v in recorded.items() if k in known}, **{k: v for k, v in {
@@ -86,8 +92,7 @@ def run(args) -> None:
                                shots_data=training_rows(run_dir), kl_reference=parse_artifact(str(run_dir)),
                                max_tokens=settings.max_tokens, threads=args.threads, out=out / "examples",
                                schema=schema, likelihood=settings.likelihood, constrained=settings.constrained)
-    (out / "eval.json").write_text(json.dumps({"result": evaluation, "settings": dataclasses.asdict(settings)},
-                                              indent=1))
+    write_json(out / "eval.json", {"result": evaluation, "settings": dataclasses.asdict(settings)})
     bench = None
     if args.bench:
         ggufs = [a for a in artifacts if a.kind != "run"]
@@ -98,7 +103,7 @@ def run(args) -> None:
                             fleet=(root or out) / "fleet.toml", schema=schema_path if schema else None,
                             system=config.get("system", ""), max_tokens=settings.max_tokens, source=str(run_dir))
     summary = {"run": str(root or run_dir), **summary, "nothing_to_do": False}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -162,12 +167,11 @@ def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list:
 
 
 def _cached(path: Path, key: dict, fresh: bool, compute):
-    if path.exists() and not fresh:
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return saved["result"]
+    saved = None if fresh else read_json(path)  # none yet, or a file cut short: computed again
+    if isinstance(saved, dict) and saved.get("key") == key and "result" in saved:
+        return saved["result"]
     result = compute()
-    path.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    write_json(path, {"key": key, "result": result})
     return result
 
 
@@ -258,8 +262,8 @@ def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None,
     for title, body in sections:
         md += [f"## {title}", "", *body, ""]
     md += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()]
-    md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text(_html(title, sections, plots))
+    write_text(md_path, "\n".join(md) + "\n")
+    write_text(html_path, _html(title, sections, plots))
     return {"md": md_path, "html": html_path}
 
 

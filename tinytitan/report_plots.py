@@ -16,10 +16,10 @@ def _pyplot():
 
 def _save(figure, plt, path: Path) -> Path:
     figure.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(tmp)
+    from tinytitan.files import atomic_file
+
+    atomic_file(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_swap, swap_in, write_json
 from tinytitan.run_summary import print_summary
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
@@ -92,10 +93,7 @@ class Pipeline:
         self.vocab_model = self.root / "vocab" / "base-task.gguf"  # [vocab] trim = "train": the base it fine-tunes
         self.report_dir = self.root / "report"
         self.state_path = self.root / "stages.json"
-        try:
-            self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-        except ValueError:
-            self.state = {}
+        self.state = read_json(self.state_path) or {}  # missing or cut short: every stage is checked again
 
     # --- the stages ------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -212,7 +210,7 @@ class Pipeline:
             from tinytitan.tasks import task_module
 
             counts = task_module(self.recipe.kind).prepare(self.recipe.sources, self.data, **self.recipe.options)
-        (self.data / "prepared.json").write_text(json.dumps({"kind": self.recipe.kind, **counts}, indent=1))
+        write_json(self.data / "prepared.json", {"kind": self.recipe.kind, **counts})
         self._say(f"      rows: {', '.join(f'{k} {v}' for k, v in counts.items())}")
         empty = [name for name in ("train", "val", "test") if not counts.get(name)]
         if empty:
@@ -227,7 +225,7 @@ class Pipeline:
         config = self._config()
         prepared = prepare_data(config, load_tokenizer(resolve(config.model)), strict_errors=False)
         stats = {**prepared.stats, "errors": [str(r) for r in prepared.rejected][:50]}
-        (self.data / "check.json").write_text(json.dumps(stats, indent=1))  # written first: the error points to it
+        write_json(self.data / "check.json", stats)  # written first: the error points to it
         enforce(prepared, config.skip_bad, config.max_bad_fraction,
                 hint=f"see {self.data / 'check.json'}; fix the data or set finetune.skip_bad = true")
         tokens = stats["prompt_tokens"], stats["completion_tokens"]
@@ -242,7 +240,7 @@ class Pipeline:
         examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
         schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
         schema_to_grammar(schema)  # it must be enforceable
-        (self.root / "schema.json").write_text(json.dumps(schema, indent=1, ensure_ascii=False))
+        write_json(self.root / "schema.json", schema, ensure_ascii=False)
         fields = schema.get("properties", {})
         enums = [k for k, v in fields.items() if "enum" in v]
         copied = [k for k, v in fields.items() if uses_input(v)]
@@ -260,7 +258,7 @@ class Pipeline:
         self.vocab_model.parent.mkdir(parents=True, exist_ok=True)
         result = {**trim_gguf(source.path, keep, self.vocab_model), **describe(keep, vocab), "keep_top": top,
                   "source": str(source.path)}
-        self.vocab_model.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        write_json(self.vocab_model.with_suffix(".json"), result)
         self._say(f"      {result['kept']:,} of {result['of']:,} tokens kept; {result['bytes_before'] / 2**20:.1f} -> "
                   f"{result['bytes_after'] / 2**20:.1f} MiB base")
 
@@ -296,12 +294,14 @@ class Pipeline:
         from tinytitan.quantize import parse_quants
 
         settings = self.recipe.export
-        if self.export_dir.exists():
-            shutil.rmtree(self.export_dir)
+        building = self.export_dir.with_name("export.new")  # the previous export and the fleet serving it stay
+        if building.exists():  # whole until this one is complete
+            shutil.rmtree(building)
         report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
-                        self.export_dir, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
+                        building, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
                         name=self.recipe.name, trim=self.recipe.vocab.trim == "export",
                         keep_top=self.recipe.vocab.keep_top)
+        swap_in(building, self.export_dir)
         for item in report["artifacts"]:
             parity = item["parity"]
             self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
@@ -325,7 +325,7 @@ class Pipeline:
                                kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
                                threads=self.threads, out=examples, schema=schema,
                                likelihood=settings.likelihood, constrained=settings.constrained)
-        (self.report_dir / "eval.json").write_text(json.dumps({"result": result, "settings": asdict(settings)}, indent=1))
+        write_json(self.report_dir / "eval.json", {"result": result, "settings": asdict(settings)})
 
     def _bench(self) -> None:
         from tinytitan.report import _bench, run_artifacts
@@ -333,7 +333,7 @@ class Pipeline:
         ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
         bench = _bench(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"), self.recipe.report.bench_reps)
         self.report_dir.mkdir(parents=True, exist_ok=True)
-        (self.report_dir / "bench.json").write_text(json.dumps({"result": bench}, indent=1))
+        write_json(self.report_dir / "bench.json", {"result": bench})
 
     def _report(self) -> None:
         from tinytitan.report import finish_report
@@ -348,7 +348,7 @@ class Pipeline:
                                 system=self._config().system, max_tokens=self.recipe.eval.max_tokens,
                                 source=str(self.recipe.path))
         summary = {"recipe": str(self.recipe.path), "run": str(self.root), **summary}
-        (self.root / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(self.root / "summary.json", summary)
 
     def _finetune_units(self) -> float | None:
         check = self.data / "check.json"
@@ -417,9 +417,15 @@ class Pipeline:
 
     # --- running ---------------------------------------------------------------------------------
     def run(self) -> dict:
+        claim_run_folder(self.root, self.recipe.path)
+        with FolderLock(self.root, "run"):  # one writer per run folder
+            self.state = read_json(self.state_path) or {}  # as the last holder left it
+            recover_swap(self.export_dir)  # an export killed while it swapped the new folder in
+            return self._run_stages()
+
+    def _run_stages(self) -> dict:
         stages = self.stages()
         self._say(f"tinytitan run {self.recipe.path} -> {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True)
         rates = _load_rates()
         done = []
         started = time.perf_counter()
@@ -471,13 +477,33 @@ class Pipeline:
         return summary
 
     def _save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.state_path)
+        write_json(self.state_path, self.state)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
+
+
+MARKER = ".tinytitan-run"  # a folder that holds it is a tinytitan run: stages may replace what is in it
+
+
+def claim_run_folder(root: Path, recipe) -> None:
+    """Make `root` a run folder, or refuse one that holds anything else: a run deletes and replaces its own
+    data/, train/ and report/, and must never do that to a folder of the user's (`--output .`)."""
+    marker = root / MARKER
+    if marker.is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise TinyTitanError(f"--output {root}: a file, not a folder")
+    legacy = (root / "stages.json").is_file()  # a run folder from before the marker
+    others = sorted(p.name for p in root.iterdir()) if root.is_dir() and not legacy else []
+    others = [name for name in others if name != LOCK_NAME]
+    if others:
+        raise TinyTitanError(f"{root}: not empty and not a tinytitan run folder (it holds {others[0]!r}"
+                             f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give a new or empty "
+                             f"folder as --output (or the recipe's output)")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"recipe": str(recipe), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def format_plan(plan: dict) -> str:
@@ -587,4 +613,4 @@ def _load_rates() -> dict:
 def _save_rates(rates: dict) -> None:
     from tinytitan.models import home
 
-    (home() / "rates.json").write_text(json.dumps(rates, indent=1))
+    write_json(home() / "rates.json", rates)

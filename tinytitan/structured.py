@@ -147,6 +147,21 @@ def schema_to_grammar(schema, input_text: str | None = None) -> str:
     return grammar
 
 
+def schema_extent(schema) -> tuple[int, int]:
+    """(how deep the schema nests, how many values it holds), counted without recursion: a request's
+    schema is measured before anything recursive reads it."""
+    depth, count, stack = 0, 0, [(schema, 1)]
+    while stack:
+        value, level = stack.pop()
+        count += 1
+        depth = max(depth, level)
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+    return depth, count
+
+
 def uses_input(schema) -> bool:
     """Does the schema's grammar depend on the input text (an `x-input-words` anywhere in it)?"""
     if isinstance(schema, dict):

@@ -22,13 +22,13 @@ independent 34-byte blocks: no requantization), every other tensor copied byte f
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import write_json
 
 SPACE = "\u2581"  # SentencePiece's visible space
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp's token types
@@ -278,4 +278,4 @@ def describe(keep: list[int], vocab: Vocab) -> dict:
 
 
 def save_keep(path: Path, keep: list[int]) -> None:
-    path.write_text(json.dumps(keep))
+    write_json(path, keep, indent=None)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_N = 8
 MAX_STOP = 4
+MAX_TOP_K = 262_144  # Gemma 3's whole vocabulary: a larger k means the same, and must not wrap a C int
 
 
 class Strict(BaseModel):
@@ -56,7 +57,8 @@ class Sampling(Strict):
     max_tokens: Whole(ge=1) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: Whole(ge=0) | None = Field(None, description="tinytitan extension: sample among the k most likely tokens")
+    top_k: Whole(ge=0, le=MAX_TOP_K) | None = Field(
+        None, description="tinytitan extension: sample among the k most likely tokens (0: all)")
     n: Whole(ge=1, le=MAX_N) | None = None
     stop: Stop = None
     seed: Whole(ge=0, le=2**32 - 1) | None = None
@@ -183,9 +185,17 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class SlotState(BaseModel):
+    alive: bool  # its thread runs
+    busy: bool
+    stalled: bool  # busy with no progress (a prefill chunk or a token) for longer than the server allows
+    seconds_since_progress: float | None = None
+
+
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "failing"] = "ok"  # failing (HTTP 503): a slot has died or stalled
     slots: int
     busy: int
     queued: int
     capacity: int
+    slot_states: list[SlotState] = []

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinytitan import __version__
@@ -31,13 +33,20 @@ from tinytitan.server.limits import ApiError, Limits, error_response
 from tinytitan.server.metrics import Metrics
 
 DEFAULT_MAX_BODY = 1 << 20
+MAX_INPUT_WORDS_BYTES = 64 * 1024  # the input an x-input-words grammar is made from (its words become rules)
+MAX_GRAMMAR_BYTES = 1 << 20
+MAX_SCHEMA_DEPTH = 128  # room for data nested 64 deep (data.MAX_DEPTH): two schema levels per data level
+MAX_SCHEMA_VALUES = 20_000
+MAX_PENDING_EVENTS = 256  # chunks a stream may be ahead of its client before its generation is cancelled
 ERRORS = {400: "Bad request: the message names the parameter", 401: "Missing or wrong API key",
           404: "No such model", 413: "Request body too large", 429: "Server at capacity; retry after Retry-After seconds"}
 ERROR_RESPONSES = {code: {"model": api.ErrorResponse, "description": text} for code, text in ERRORS.items()}
 
 
 def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+               max_body: int = DEFAULT_MAX_BODY, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """`allowed_hosts`: the Host header values accepted (a loopback server's own names, so that a web page
+    cannot reach it through DNS rebinding); None accepts any."""
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -55,7 +64,7 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
         if task.grammar and (problem := grammar_error(models[task.name], task.grammar)):
             raise TinyTitanError(f"task {task.name}: its schema cannot be enforced: {problem}")
     metrics = Metrics(backend)
-    grammars: OrderedDict[str, str] = OrderedDict()  # schema text -> grammar, the most recent 64
+    grammars = GrammarCache()
     started = int(time.time())
 
     @app.exception_handler(ApiError)
@@ -77,10 +86,15 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
         log.error("%s %s: internal error", request.method, request.url.path, exc_info=error)
         return error_response(500, f"internal error: {type(error).__name__}: {error}", None, None, "server_error")
 
-    @app.get("/health", response_model=api.Health)
+    @app.get("/health", response_model=api.Health, responses={503: {"model": api.Health,
+                                                                     "description": "a slot has died or stalled"}})
     async def health():
-        return api.Health(slots=len(backend.slots), busy=backend.running, queued=backend.waiting,
-                          capacity=backend.capacity)
+        slots = backend.slot_health()
+        ok = all(s["alive"] and not s["stalled"] for s in slots)
+        report = api.Health(status="ok" if ok else "failing", slots=len(backend.slots), busy=backend.running,
+                            queued=backend.waiting, capacity=backend.capacity,
+                            slot_states=[api.SlotState(**s) for s in slots])
+        return report if ok else JSONResponse(report.model_dump(), status_code=503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={401: ERROR_RESPONSES[401]})
     async def prometheus():
@@ -103,23 +117,33 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
 
     @app.post("/v1/chat/completions", response_model=api.ChatCompletion, responses={**post_errors, **stream_doc})
     async def chat_completions(body: api.ChatCompletionRequest, request: Request):
+        _refuse_when_full(backend, metrics, "chat", body.model)  # before any work on the request
         _check_text(body)
         task = _task(fleet, body.model)
         model = models[task.name]
-        prompts = [_chat_prompt(model, task, body)]
         user = [m.text() for m in body.messages if m.role == "user"]
-        grammar = _grammar(model, task, body.response_format, grammars, user[-1] if user else "")
+
+        def prepare():  # tokenizing and grammars take time: off the event loop (the grammar's limits first)
+            grammar = _grammar(model, task, body.response_format, grammars, user[-1] if user else "", "messages")
+            return [_chat_prompt(model, task, body)], grammar
+
+        prompts, grammar = await asyncio.to_thread(prepare)
         job, n = _job(backend, model, task, body, prompts, grammar, body.max_completion_tokens)
         return await _respond(request, backend, metrics, job, body, n, chat=True, route="chat")
 
     @app.post("/v1/completions", response_model=api.Completion, responses={**post_errors, **stream_doc})
     async def completions(body: api.CompletionRequest, request: Request):
+        _refuse_when_full(backend, metrics, "completions", body.model)
         _check_text(body)
         task = _task(fleet, body.model)
         model = models[task.name]
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        prompts = [model.tokenize(text, bos=True) for text in texts]  # user text: never control tokens
-        grammar = _grammar(model, task, body.response_format, grammars, "\n".join(texts))
+
+        def prepare():
+            grammar = _grammar(model, task, body.response_format, grammars, "\n".join(texts), "prompt")
+            return [model.tokenize(text, bos=True) for text in texts], grammar  # user text: never control tokens
+
+        prompts, grammar = await asyncio.to_thread(prepare)
         job, n = _job(backend, model, task, body, prompts, grammar, None)
         echo = texts if body.echo else None
         return await _respond(request, backend, metrics, job, body, n, chat=False, route="completions", echo=echo)
@@ -143,7 +167,7 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(Limits, api_key=api_key, max_body=max_body, metrics=metrics)
+    app.add_middleware(Limits, api_key=api_key, max_body=max_body, metrics=metrics, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -167,9 +191,24 @@ def _default_model(backend: Backend):
 
 
 def _card(task: Task, created: int) -> api.ModelCard:
+    """The model as a client may see it: file names, never where they are on the host."""
     d = task.describe()
-    return api.ModelCard(id=task.name, created=created, base=d["model"], adapter=d["adapter"],
+    return api.ModelCard(id=task.name, created=created, base=Path(d["model"]).name,
+                         adapter=Path(d["adapter"]).name if d["adapter"] else None,
                          adapter_scale=d["adapter_scale"], schema=d["schema"])
+
+
+def _refuse_when_full(backend: Backend, metrics, route: str, model: str) -> None:
+    if backend.admitted >= backend.capacity:
+        raise _busy(backend, metrics, route, model)
+
+
+def _busy(backend: Backend, metrics, route: str, model: str) -> ApiError:
+    metrics.rejected(route, model)
+    wait = max(1, round(metrics.typical_seconds()))
+    return ApiError(429, f"the server is at capacity ({len(backend.slots)} slots busy, {backend.waiting} queued); "
+                         f"retry after {wait} s", None, "rate_limit_exceeded", "server_busy",
+                    headers={"Retry-After": str(wait)})
 
 
 def _task(fleet: dict, name: str) -> Task:
@@ -256,19 +295,41 @@ def _check_text(body) -> None:
         raise ApiError(400, str(error), param, "invalid_value") from None
 
 
-def _grammar(model, task: Task, response_format, cache: OrderedDict, input_text: str) -> str | None:
+class GrammarCache:
+    """Schema -> grammar (or the refusal), the most recent 64, shared by the threads that make them."""
+
+    def __init__(self, size: int = 64):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: str):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: str, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+def _grammar(model, task: Task, response_format, cache: GrammarCache, input_text: str, input_param: str) -> str | None:
     """The request's grammar, made and checked by llama.cpp once per schema (refusals cached too). A
     schema that takes words from the input (`x-input-words`) gets its grammar made with `input_text`:
-    the last user message, or a completion request's prompts."""
+    the last user message, or a completion request's prompts (at most MAX_INPUT_WORDS_BYTES of it)."""
     from tinytitan.engines.sampling import grammar_error
-    from tinytitan.structured import SchemaError, json_object_grammar, schema_to_grammar, uses_input
+    from tinytitan.structured import SchemaError, json_object_grammar, schema_extent, schema_to_grammar, uses_input
 
     if response_format is None:
         if task.schema is not None and uses_input(task.schema):  # checked at start-up: only the words differ
-            return schema_to_grammar(task.schema, input_text)
+            _check_input_words(input_text, input_param)
+            return _checked_size(schema_to_grammar(task.schema, input_text), "the task's schema")
         return task.grammar
     if response_format.type == "text":
         return None
+    param = "response_format.json_schema.schema"
     if response_format.type == "json_object":
         key = "json_object"
         make = json_object_grammar
@@ -276,27 +337,47 @@ def _grammar(model, task: Task, response_format, cache: OrderedDict, input_text:
         schema = response_format.json_schema.schema_
         if schema is None:  # a named format without a schema: any JSON object
             schema = {"type": "object", "additionalProperties": True}
+        depth, values = schema_extent(schema)
+        if depth > MAX_SCHEMA_DEPTH or values > MAX_SCHEMA_VALUES:
+            raise ApiError(400, f"{param}: nested {depth} deep with {values:,} values (at most {MAX_SCHEMA_DEPTH} "
+                                f"deep and {MAX_SCHEMA_VALUES:,} values)", param, "schema_too_large")
         text = input_text if uses_input(schema) else None
+        if text is not None:
+            _check_input_words(text, input_param)
         key = json.dumps(schema) + ("" if text is None else f"\0{text}")  # key order matters: the grammar keeps it
         make = lambda: schema_to_grammar(schema, text)  # noqa: E731
     key = f"{model.path}\0{key}"
-    if key not in cache:
-        param = "response_format.json_schema.schema"
+    found = cache.get(key)
+    if found is None:
         try:
-            grammar = make()
-            problem = grammar_error(model, grammar)
-            cache[key] = ApiError(400, f"{param}: {problem}", param, "invalid_schema") if problem else grammar
+            found = _checked_size(make(), param)
+            problem = grammar_error(model, found)
+            found = ApiError(400, f"{param}: {problem}", param, "invalid_schema") if problem else found
         except SchemaError as error:
-            cache[key] = ApiError(400, f"{param}: {error.detail} (at {error.where})", param,
-                                  "unsupported_schema_feature" if error.feature else "invalid_schema")
+            found = ApiError(400, f"{param}: {error.detail} (at {error.where})", param,
+                             "unsupported_schema_feature" if error.feature else "invalid_schema")
         except RecursionError:
-            cache[key] = ApiError(400, f"{param}: nested too deeply", param, "invalid_schema")
-        while len(cache) > 64:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
-    if isinstance(cache[key], ApiError):
-        raise cache[key]
-    return cache[key]
+            found = ApiError(400, f"{param}: nested too deeply", param, "invalid_schema")
+        except ApiError as error:
+            found = error
+        cache.put(key, found)
+    if isinstance(found, ApiError):
+        raise found
+    return found
+
+
+def _check_input_words(text: str, param: str) -> None:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_INPUT_WORDS_BYTES:
+        raise ApiError(413, f"{param}: the schema takes words from this input (x-input-words), and it is {size:,} "
+                            f"bytes: at most {MAX_INPUT_WORDS_BYTES:,}", param, "input_too_large")
+
+
+def _checked_size(grammar: str, param: str) -> str:
+    if len(grammar) > MAX_GRAMMAR_BYTES:
+        raise ApiError(400, f"{param}: its grammar is {len(grammar):,} bytes (at most {MAX_GRAMMAR_BYTES:,})", param,
+                       "schema_too_large")
+    return grammar
 
 
 def _job(backend: Backend, model, task: Task, body, prompts: list[list[int]], grammar, max_completion):
@@ -334,15 +415,19 @@ async def _respond(request: Request, backend: Backend, metrics, job: Job, body, 
                    echo: list[str] | None = None):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+
+    def receive(event) -> None:  # on the event loop; a client that stops reading stops its generation
+        events.put_nowait(event)
+        if body.stream and event[0] == "delta" and events.qsize() > MAX_PENDING_EVENTS and not job.cancelled.is_set():
+            job.cancel()
+            events.put_nowait(("slow_client", f"the client read too slowly (over {MAX_PENDING_EVENTS} chunks "
+                                              f"behind): generation stopped"))
+
+    job.emit = lambda event: loop.call_soon_threadsafe(receive, event)
     try:
         backend.submit(job)
     except QueueFull:
-        metrics.rejected(route, body.model)
-        wait = max(1, round(metrics.typical_seconds()))
-        raise ApiError(429, f"the server is at capacity ({len(backend.slots)} slots busy, {backend.waiting} queued); "
-                            f"retry after {wait} s", None, "rate_limit_exceeded", "server_busy",
-                       headers={"Retry-After": str(wait)}) from None
+        raise _busy(backend, metrics, route, body.model) from None
     metrics.admitted(route, body.model)
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -408,6 +493,7 @@ async def _sse(events: asyncio.Queue, job: Job, ident: str, created: int, model:
     usage = [0, 0]
     first_token = None
     status = 499  # until the stream ends normally: a client that leaves mid-stream
+    failure = None  # 500: the server failed; 499: the client fell too far behind
 
     def chunk(choices, usage_value=None) -> str:
         data = {"id": ident, "object": kind, "created": created, "model": model, "choices": choices}
@@ -439,16 +525,18 @@ async def _sse(events: asyncio.Queue, job: Job, ident: str, created: int, model:
                 choice = ({"index": index, "delta": {}, "finish_reason": reason, "logprobs": None} if chat else
                           {"index": index, "text": "", "finish_reason": reason, "logprobs": None})
                 yield chunk([choice])
-            elif event[0] == "error":
-                status = 500
-                yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+            elif event[0] in ("error", "slow_client"):  # a fault of the server, or a client that fell behind
+                failure = 500 if event[0] == "error" else 499
+                error_type, code = (("server_error", None) if event[0] == "error"
+                                    else ("invalid_request_error", "slow_client"))
+                error = {"message": event[1], "type": error_type, "param": None, "code": code}
+                yield f"data: {json.dumps({'error': error})}\n\n"
             elif event[0] == "end":
                 break
-        if include_usage and status != 500:
+        if include_usage and failure is None:
             yield chunk([], {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)})
         yield "data: [DONE]\n\n"
-        if status != 500:
-            status = 200
+        status = failure or 200
     finally:
         job.cancel()  # the client left (or we are done): the slot stops at its next token
         metrics.finished(route, model, job, first_token, usage, status=status)

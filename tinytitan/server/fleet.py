@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import write_text
 from tinytitan.models import DEFAULT_MODEL
 
 SAMPLING_KEYS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "stop": list,
@@ -154,7 +155,7 @@ def write_fleet(path: Path, name: str, spec: str | None, *, about: str, schema: 
     import os
 
     if spec is None:
-        path.write_text(f"# {about}\n# no servable artifact passed its parity gate: see the report\n")
+        write_text(path, f"# {about}\n# no servable artifact passed its parity gate: see the report\n")
         return None
     base, _, adapter = spec.partition("+") if "+" in spec and not Path(spec).exists() else (spec, "", "")
     lines = [f"# tinytitan serve --fleet {path}", f"# {about}", f"[tasks.{name}]",
@@ -167,7 +168,7 @@ def write_fleet(path: Path, name: str, spec: str | None, *, about: str, schema: 
     if system:
         lines.append(f"system = {toml_string(system)}")
     lines += ["temperature = 0.0", f"max_tokens = {max_tokens}"]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return f"tinytitan serve --fleet {path}"
 
 

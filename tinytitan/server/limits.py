@@ -32,10 +32,12 @@ def error_response(status, message, param=None, code=None, kind="invalid_request
 
 
 class Limits:
-    """Pure ASGI middleware: the API key on every route but /health, and the body size limit."""
+    """Pure ASGI middleware: the Host header (a loopback server's own names), the API key on every route
+    but /health, and the body size limit."""
 
-    def __init__(self, app, api_key: str | None, max_body: int, metrics=None):
+    def __init__(self, app, api_key: str | None, max_body: int, metrics=None, allowed_hosts=None):
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+        self.allowed_hosts = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -49,6 +51,13 @@ class Limits:
                     self.metrics.response(route, message["status"])
                 await inner_send(message)
         headers = dict(scope.get("headers") or [])
+        if self.allowed_hosts is not None and b"host" in headers:
+            host = _host_name(headers[b"host"].decode("latin-1"))
+            if host not in self.allowed_hosts:
+                return await error_response(
+                    400, f"Host header {host[:100]!r} is not one of this server's names "
+                         f"({', '.join(sorted(self.allowed_hosts))}): a loopback server answers only to them",
+                    None, "host_not_allowed")(scope, receive, send)
         if self.api_key and scope["path"] != "/health":
             given = headers.get(b"authorization", b"").decode("latin-1")
             token = given[7:] if given[:7].lower() == "bearer " else ""
@@ -90,3 +99,11 @@ class Limits:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+def _host_name(host: str) -> str:
+    """`example.com:8000` -> `example.com`; `[::1]:8000` -> `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

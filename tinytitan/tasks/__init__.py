@@ -47,12 +47,19 @@ def task_module(name: str):
 
 
 def write_jsonl(path: Path, rows) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Rows as JSON lines, the file whole or not at all (`files.atomic_file`); returns how many."""
+    from tinytitan.files import atomic_file
+
     count = 0
-    with open(path, "w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with open(tmp, "w", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+
+    atomic_file(Path(path), write)
     return count
 
 
