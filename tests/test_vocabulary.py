@@ -67,7 +67,8 @@ def test_the_trim_verb_and_its_one_line_errors(tiny, tmp_path):
     empty.write_text("\n")
     cases = [([str(tiny[0]), "--data", str(empty)], "the file is empty"),
              ([str(data), "--data", str(data)], "not a GGUF"),
-             ([str(tiny[0]), "--data", str(data), "-o", str(tiny[0])], "that is the model itself")]
+             ([str(tiny[0]), "--data", str(data), "-o", str(tiny[0])], "that is the model itself"),
+             ([str(tmp_path / "missing.gguf"), "--data", str(data)], "no such file (expected a Gemma 3 GGUF, or `base`")]
     for args, message in cases:
         target = tmp_path / "never.gguf"
         result = run_cli("trim", *args, *([] if "-o" in args else ["-o", str(target)]))
@@ -112,6 +113,17 @@ def test_trimmed_real_model_tokenizes_every_task_row_alike_and_runs_natively(tmp
                            capture_output=True, text=True, timeout=300)
     assert bench.returncode == 0, bench.stderr
     assert "tg4" in bench.stdout  # the native tool loaded the trimmed file and decoded with it
+
+
+@pytest.mark.real_model
+def test_trim_takes_the_embedded_base_by_name(tmp_path):
+    """`tinytitan trim base --data ...`, as the docs spell it."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"2 cups flour {i}", "completion": {"name": "flour"}}) + "\n"
+                            for i in range(5)))
+    result = run_cli("trim", "base", "--data", str(rows), "--keep-top", "0", "-o", str(tmp_path / "t.gguf"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["of"] == 262_144 and (tmp_path / "t.gguf").is_file()
 
 
 @pytest.mark.real_model

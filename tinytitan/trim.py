@@ -18,7 +18,7 @@ from tinytitan.errors import TinyTitanError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a Gemma 3 GGUF (a base model or a merged specialist)")
+    parser.add_argument("model", help="a Gemma 3 GGUF (a base model or a merged specialist), or `base`: the embedded one")
     parser.add_argument("--data", action="append", default=[], required=True, metavar="FILE",
                         help="rows whose prompts and answers the vocabulary must spell as the full one does "
                              "(JSONL, CSV or TSV, as finetune reads them); give it more than once for several files")
@@ -31,15 +31,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     from tinytitan.data import load_examples
-    from tinytitan.gguf_files import read_gguf
     from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, describe, general_english, keep_set, trim_gguf
 
-    source, target = Path(args.model), Path(args.output)
-    if not source.is_file():
-        raise TinyTitanError(f"{source}: no such file (expected a Gemma 3 GGUF)")
+    from tinytitan.artifacts import BASE_NAMES
+    from tinytitan.models import resolve
+
+    if args.model not in BASE_NAMES and not Path(args.model).is_file():
+        raise TinyTitanError(f"{args.model}: no such file (expected a Gemma 3 GGUF, or `base` for the embedded model)")
+    ref = resolve(None if args.model in BASE_NAMES else args.model)
+    source, target = ref.path, Path(args.output)
     if target.resolve() == source.resolve():
         raise TinyTitanError(f"--output {target}: that is the model itself; write the trimmed model elsewhere")
-    vocab = Vocab.from_gguf(read_gguf(source))
+    vocab = Vocab.from_gguf(ref.gguf)
     examples = []
     for path in args.data:
         report = load_examples(path, options.data_spec_from(args), duplicates="keep")
