@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from serve_load import rss_mb, start_server  # bench/ is the script's folder, on sys.path
 
 
 def serve_and_measure(fleet: dict[str, tuple[str, str]], slots: int, ctx: int) -> dict:
@@ -31,23 +30,8 @@ def serve_and_measure(fleet: dict[str, tuple[str, str]], slots: int, ctx: int) -
         path = Path(folder) / "fleet.toml"
         path.write_text("".join(f'[tasks.{name}]\nmodel = "{base}"\nadapter = "{adapter}"\ntemperature = 0.0\n'
                                 for name, (base, adapter) in fleet.items()))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "tinytitan", "serve", "--fleet", str(path), "--port",
-                                   str(port), "--slots", str(slots), "--ctx", str(ctx)],
-                                  stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_server("--fleet", str(path), "--slots", str(slots), "--ctx", str(ctx))
         try:
-            deadline = time.time() + 300
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/health", timeout=5).read()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.time() > deadline:
-                        sys.exit(f"the server did not start: {server.stderr.read()}")
-                    time.sleep(0.2)
             loaded = rss_mb(server.pid)
             for name in fleet:
                 body = json.dumps({"model": name, "messages": [{"role": "user", "content": "2 cups flour"}],
@@ -71,13 +55,6 @@ def _size(path: str) -> int:
 
         return default_model_path().stat().st_size
     return Path(path).stat().st_size
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:

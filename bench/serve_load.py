@@ -55,6 +55,26 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
+    """`tinytitan serve FLAGS` on a free loopback port, once its /health answers: (process, base URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tinytitan", "serve", "--port", str(port), *flags],
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).read()
+            return server, url
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                sys.exit(f"the server did not start: {server.stderr.read()}")
+            time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, default=2)
@@ -68,22 +88,8 @@ def main() -> None:
 
     import openai
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "tinytitan", "serve", "--port", str(port), "--slots",
-                               str(args.slots), "--queue", str(args.queue)], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server("--slots", str(args.slots), "--queue", str(args.queue))
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=5).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    sys.exit(f"the server did not start: {server.stderr.read()}")
-                time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
         model = client.models.list().data[0].id
         texts = prompts(args.prompts)

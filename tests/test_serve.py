@@ -35,8 +35,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(*flags: str):
-    """A real server (uvicorn, in a thread) built from `tinytitan serve` flags; yields (url, app)."""
+def live_server(*flags: str, timeouts: tuple[float, float] | None = None):
+    """A real server (uvicorn, in a thread, as `tinytitan serve` configures it) built from `tinytitan serve`
+    flags; yields (url, app), the backend as `app.state.backend`. `timeouts`: (request, write stall) s."""
     import uvicorn
 
     from tinytitan.serve import add_arguments, build, uvicorn_config
@@ -44,8 +45,9 @@ def live_server(*flags: str):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     port = free_port()
-    _, _, app = build(parser.parse_args([*flags, "--port", str(port)]))
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+    backend, _, app = build(parser.parse_args([*flags, "--port", str(port)]))
+    app.state.backend = backend
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, timeouts=timeouts))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

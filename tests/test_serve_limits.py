@@ -4,7 +4,6 @@ its slot, oversized or absurd requests are refused in milliseconds, /health answ
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import resource
@@ -14,33 +13,15 @@ import time
 
 import pytest
 
-from tests.test_serve import free_port
+from tests.test_serve import live_server
 
 
 @contextlib.contextmanager
 def guarded_server(tiny_gguf, *flags: str, request_seconds: float = 2.0, write_stall_seconds: float = 2.0):
-    """`tinytitan serve --task t=TINY FLAGS` in a thread, its timeouts shortened so the test is quick."""
-    import uvicorn
-
-    from tinytitan.serve import add_arguments, build, uvicorn_config
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    port = free_port()
-    backend, _, app = build(parser.parse_args(["--task", f"t={tiny_gguf}", *flags, "--port", str(port)]))
-    config = uvicorn_config(app, "127.0.0.1", port, timeouts=(request_seconds, write_stall_seconds))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield port, backend
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    """`tinytitan serve --task t=TINY FLAGS` in a thread, its timeouts shortened so the test is quick;
+    yields (port, backend)."""
+    with live_server("--task", f"t={tiny_gguf}", *flags, timeouts=(request_seconds, write_stall_seconds)) as (url, app):
+        yield int(url.rsplit(":", 1)[1]), app.state.backend
 
 
 def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
@@ -68,6 +49,20 @@ def request_text(port: int, path: str) -> str:
         while chunk := sock.recv(65536):
             raw += chunk
     return raw.partition(b"\r\n\r\n")[2].decode()
+
+
+def chat_outcomes(port: int) -> dict[str, float]:
+    """The server's chat generation requests by outcome (completed, cancelled, failed), from /metrics."""
+    return {line.split('outcome="')[1].split('"')[0]: float(line.split()[-1])
+            for line in request_text(port, "/metrics").splitlines()
+            if line.startswith("tinytitan_generation_requests_total{") and 'route="chat"' in line}
+
+
+def wait_for(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:.0f} s for {what}"
+        time.sleep(0.05)
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -135,27 +130,21 @@ def test_idle_connections_and_unread_streams_do_not_stop_the_server(tiny):
             sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                          f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             stalled.append(sock)
+        wait_for(lambda: backend.admitted == 10, "the 10 streams admitted")  # the normal request comes after them
         normal = {"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
         status, answer, seconds = request(port, "POST", "/v1/chat/completions", normal, timeout=120)
         assert status == 200 and answer["choices"][0]["message"]["content"] is not None
+        wait_for(lambda: chat_outcomes(port).get("cancelled") == 10, "the 10 unread streams ended")  # none read yet
+        outcomes = chat_outcomes(port)
+        assert outcomes == {"cancelled": 10, "completed": 1}, outcomes
+        assert backend.admitted == 0  # every slot free again, nothing queued
         assert all(closed_by_server(s, within=max(0.1, 2.0 + 3.0 - (time.monotonic() - opened))) for s in idle[:50])
         assert all(closed_by_server(s, within=10) for s in idle[50:])
         assert all(closed_by_server(s, within=30) for s in stalled)
-        deadline = time.monotonic() + 30
-        while True:  # every slot free again, nothing queued
-            status, health, _ = request(port, "GET", "/health")
-            if health["busy"] == 0 and health["queued"] == 0:
-                break
-            assert time.monotonic() < deadline, health
-            time.sleep(0.1)
         probe.stop.set()
         probe.join(timeout=30)
         for sock in idle + stalled:
             sock.close()
-        metrics = request_text(port, "/metrics")
-    outcomes = {line.split('outcome="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("tinytitan_generation_requests_total{") and 'route="chat"' in line}
-    assert outcomes.get("cancelled") == 10 and outcomes.get("completed") == 1, outcomes
     # run to the end, each unread stream would have generated 8 choices x ~490 tokens (the tiny model's 512
     # context): each was stopped after what the socket buffers and MAX_PENDING_EVENTS hold
     assert backend.generated < 10 * 1500, backend.generated

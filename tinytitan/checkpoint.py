@@ -22,16 +22,9 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import fsync, replace_dir, umask
 
 FORMAT = "tinytitan-checkpoint-1"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_of(path: Path) -> str:
@@ -46,18 +39,18 @@ def write_atomic_dir(final: Path, write) -> Path:
     """Create `final` atomically: `write(tmp_dir)` fills a temp folder, then manifest, fsync, rename."""
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be an ordinary folder
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; the result should be an ordinary folder
     try:
         write(staging)
         files = {}
         for path in sorted(staging.iterdir()):
-            _fsync(path)
+            fsync(path)
             files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
         manifest = staging / "manifest.json"
         manifest.write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
-        _fsync(manifest)
-        _replace_dir(staging, final)
-        _fsync(final.parent)
+        fsync(manifest)
+        replace_dir(staging, final)
+        fsync(final.parent)
         return final
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -67,42 +60,6 @@ def write_atomic_dir(final: Path, write) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Put folder `new` at `final`. If `final` exists, swap the two in one step (Linux renameat2
-    RENAME_EXCHANGE) and delete the old one, so no moment exists without a complete `final`.
-    Elsewhere: move the old one aside first (a crash in between leaves it under `.old-`)."""
-    if not final.exists():
-        os.rename(new, final)
-        return
-    if _exchange(new, final):
-        shutil.rmtree(new)  # `new` now holds the previous contents
-        return
-    aside = final.with_name(f".old-{final.name}-{os.getpid()}")
-    os.rename(final, aside)
-    os.rename(new, final)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def is_complete(folder: Path) -> bool:

@@ -357,10 +357,10 @@ def _digest(path: Path) -> dict:
 
 def _move_into_place(source: Path, final: Path) -> None:
     """Rename within the output folder's file system: the final path is never half-written."""
-    from tinytitan.checkpoint import _replace_dir
+    from tinytitan.files import replace_dir
 
     if source.is_dir():
-        _replace_dir(source, final)
+        replace_dir(source, final)
     else:
         os.replace(source, final)
 

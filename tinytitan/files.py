@@ -3,6 +3,7 @@
 - `atomic_file` / `write_text` / `write_json`: a temporary file in the same folder, fsync, rename. A
   kill at any point leaves the previous file or the new one, never a truncated one.
 - `read_json`: a run file that is missing, truncated or not JSON reads as None (the caller recomputes).
+- `replace_dir`: a complete folder put in place of another in one step.
 - `FolderLock`: an exclusive `flock` on FOLDER/.tinytitan.lock, held for the life of the process
   that took it (the kernel drops it when the process dies, so a killed run leaves no stale lock). A
   second `run`, `finetune` or `export` on the same folder stops with the holder's pid.
@@ -28,8 +29,9 @@ def umask() -> int:
     return mask
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -49,7 +51,7 @@ def atomic_file(final: Path, write: Callable[[Path], None]) -> Path:
             os.fsync(file.fileno())
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; the result should be an ordinary file
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        fsync(final.parent)
         return final
     except OSError as error:
         raise TinyTitanError(f"cannot write {final}: {error.strerror or error}") from None
@@ -107,22 +109,41 @@ class FolderLock:
             self.fd = None
 
 
-def swap_in(new: Path, final: Path) -> None:
-    """Replace the folder `final` by the complete folder `new`. A kill between the two renames leaves
-    `final` missing and FINAL.old whole: `recover_swap` (run before the folder is next read) restores it."""
+def replace_dir(new: Path, final: Path) -> None:
+    """Put the complete folder `new` at `final`. If `final` exists, swap the two in one step (Linux
+    renameat2 RENAME_EXCHANGE) and delete the old one, so no moment exists without a complete `final`.
+    Elsewhere: move the old one aside first (a kill in between leaves it as `.old-NAME-PID`, which
+    `recover_dir` puts back)."""
     import shutil
 
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    new.rename(final)
-    fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if not final.exists():
+        os.rename(new, final)
+    elif _exchange(new, final):
+        shutil.rmtree(new)  # `new` now holds the previous contents
+    else:
+        aside = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, aside)
+        os.rename(new, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync(final.parent)
 
 
-def recover_swap(final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    if old.is_dir() and not final.exists():
-        old.rename(final)
+def recover_dir(final: Path) -> None:
+    """A `replace_dir` killed between its two renames (not on Linux): the old folder back in place."""
+    aside = sorted(final.parent.glob(f".old-{final.name}-*")) if final.parent.is_dir() else []
+    if aside and not final.exists():
+        aside[-1].rename(final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

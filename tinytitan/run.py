@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_swap, swap_in, write_json
+from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, replace_dir, write_json
 from tinytitan.run_summary import print_summary
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
@@ -301,7 +301,7 @@ class Pipeline:
                         building, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
                         name=self.recipe.name, trim=self.recipe.vocab.trim == "export",
                         keep_top=self.recipe.vocab.keep_top)
-        swap_in(building, self.export_dir)
+        replace_dir(building, self.export_dir)
         for item in report["artifacts"]:
             parity = item["parity"]
             self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
@@ -420,7 +420,7 @@ class Pipeline:
         claim_run_folder(self.root, self.recipe.path)
         with FolderLock(self.root, "run"):  # one writer per run folder
             self.state = read_json(self.state_path) or {}  # as the last holder left it
-            recover_swap(self.export_dir)  # an export killed while it swapped the new folder in
+            recover_dir(self.export_dir)  # an export killed while it put the new folder in place
             return self._run_stages()
 
     def _run_stages(self) -> dict:

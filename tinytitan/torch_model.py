@@ -145,6 +145,8 @@ def _hf_weight_names(config) -> list[str]:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Every file of the folder flushed to disk."""
+    from tinytitan.files import fsync
+
     for path in folder.iterdir():
-        with open(path, "rb") as file:
-            os.fsync(file.fileno())
+        fsync(path)
