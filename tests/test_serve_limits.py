@@ -203,3 +203,31 @@ def test_a_loopback_server_answers_only_to_its_own_names(tiny):
             status, answer, _ = request(port, "GET", "/v1/models", host=name)
             assert status == 200
             assert "/" not in answer["data"][0]["base"]  # a file name, never where it is on the host
+
+
+def test_a_queued_stream_whose_client_leaves_is_dropped_before_its_prefill(tiny):
+    """Given one slot busy with a long answer, when a streamed request waits in the queue and its client
+    closes the connection, then that request never runs: the slot generates the long answer's tokens only."""
+    from tinytitan.gguf_files import read_gguf
+
+    tokens = read_gguf(tiny[0]).get("tokenizer.ggml.tokens")
+    never_end = {str(tokens.index(t)): -100 for t in ("<eos>", "<end_of_turn>")}
+    with guarded_server(tiny[0], "--slots", "1", "--ctx", "2048") as (port, backend):
+        answers = []
+        long = {"model": "t", "messages": [{"role": "user", "content": "go on"}], "n": 8, "max_tokens": 2000,
+                "temperature": 1.0, "seed": 3, "logit_bias": never_end}
+        first = threading.Thread(target=lambda: answers.append(request(port, "POST", "/v1/chat/completions", long)))
+        first.start()
+        wait_for(lambda: backend.running == 1, "the long answer started")
+        body = json.dumps({**long, "stream": True, "n": 1}).encode()
+        leaving = socket.create_connection(("127.0.0.1", port))
+        leaving.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for(lambda: backend.admitted == 2, "the stream queued")
+        leaving.close()
+        still_running = backend.running == 1
+        first.join(timeout=120)
+        wait_for(lambda: backend.admitted == 0, "the queue empty")
+    status, answer, _ = answers[0]
+    assert still_running and status == 200  # the stream left while the long answer was being generated
+    assert backend.generated == answer["usage"]["completion_tokens"]  # the queued stream decoded nothing
