@@ -24,9 +24,9 @@ def guarded_server(tiny_gguf, *flags: str, request_seconds: float = 2.0, write_s
         yield int(url.rsplit(":", 1)[1]), app.state.backend
 
 
-def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
-            host: str = "127.0.0.1") -> tuple[int, dict, float]:
-    """(status, JSON body, seconds) of one HTTP/1.1 request on a fresh connection."""
+def exchange(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
+             host: str = "127.0.0.1") -> tuple[int, bytes, float]:
+    """(status, response body, seconds) of one HTTP/1.1 request on a fresh connection, Host as given."""
     data = json.dumps(body).encode() if body is not None else b""
     head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
@@ -36,25 +36,29 @@ def request(port: int, method: str, path: str, body: dict | None = None, timeout
         raw = b""
         while chunk := sock.recv(65536):
             raw += chunk
-    seconds = time.perf_counter() - start
     header, _, payload = raw.partition(b"\r\n\r\n")
-    status = int(header.split(b" ", 2)[1])
+    return int(header.split(b" ", 2)[1]), payload, time.perf_counter() - start
+
+
+def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
+            host: str = "127.0.0.1") -> tuple[int, dict, float]:
+    """(status, JSON body, seconds)."""
+    status, payload, seconds = exchange(port, method, path, body, timeout, host)
     return status, json.loads(payload) if payload.strip() else {}, seconds
 
 
-def request_text(port: int, path: str) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    return raw.partition(b"\r\n\r\n")[2].decode()
+def never_ending(tiny_gguf) -> dict[str, int]:
+    """A logit_bias that rules out the end tokens: every choice runs to its token limit."""
+    from tinytitan.gguf_files import read_gguf
+
+    tokens = read_gguf(tiny_gguf).get("tokenizer.ggml.tokens")
+    return {str(tokens.index(t)): -100 for t in ("<eos>", "<end_of_turn>")}
 
 
 def chat_outcomes(port: int) -> dict[str, float]:
     """The server's chat generation requests by outcome (completed, cancelled, failed), from /metrics."""
     return {line.split('outcome="')[1].split('"')[0]: float(line.split()[-1])
-            for line in request_text(port, "/metrics").splitlines()
+            for line in exchange(port, "GET", "/metrics")[1].decode().splitlines()
             if line.startswith("tinytitan_generation_requests_total{") and 'route="chat"' in line}
 
 
@@ -116,10 +120,7 @@ def test_idle_connections_and_unread_streams_do_not_stop_the_server(tiny):
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2000)]
         opened = time.monotonic()
         stalled = []
-        from tinytitan.gguf_files import read_gguf
-
-        tokens = read_gguf(tiny[0]).get("tokenizer.ggml.tokens")
-        never_end = {str(tokens.index(t)): -100 for t in ("<eos>", "<end_of_turn>")}  # every choice runs to the end
+        never_end = never_ending(tiny[0])
         body = json.dumps({"model": "t", "messages": [{"role": "user", "content": "tell a long story"}], "n": 8,
                            "max_tokens": 2000, "temperature": 1.0, "seed": 1, "stream": True,
                            "logit_bias": never_end}).encode()
@@ -208,10 +209,7 @@ def test_a_loopback_server_answers_only_to_its_own_names(tiny):
 def test_a_queued_stream_whose_client_leaves_is_dropped_before_its_prefill(tiny):
     """Given one slot busy with a long answer, when a streamed request waits in the queue and its client
     closes the connection, then that request never runs: the slot generates the long answer's tokens only."""
-    from tinytitan.gguf_files import read_gguf
-
-    tokens = read_gguf(tiny[0]).get("tokenizer.ggml.tokens")
-    never_end = {str(tokens.index(t)): -100 for t in ("<eos>", "<end_of_turn>")}
+    never_end = never_ending(tiny[0])
     with guarded_server(tiny[0], "--slots", "1", "--ctx", "2048") as (port, backend):
         answers = []
         long = {"model": "t", "messages": [{"role": "user", "content": "go on"}], "n": 8, "max_tokens": 2000,

@@ -496,8 +496,7 @@ def claim_run_folder(root: Path, recipe) -> None:
     if root.exists() and not root.is_dir():
         raise TinyTitanError(f"--output {root}: a file, not a folder")
     legacy = (root / "stages.json").is_file()  # a run folder from before the marker
-    others = sorted(p.name for p in root.iterdir()) if root.is_dir() and not legacy else []
-    others = [name for name in others if name != LOCK_NAME]
+    others = [] if legacy or not root.is_dir() else sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
     if others:
         raise TinyTitanError(f"{root}: not empty and not a tinytitan run folder (it holds {others[0]!r}"
                              f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give a new or empty "
