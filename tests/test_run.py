@@ -95,6 +95,7 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
              ("[task]\nkind = 'ingredients'\ncsv = 'x.csv'\nmax_rows = 3\n", "unknown key 'max_rows' for kind 'ingredients'"),
              ("[task]\nkind = 'ingredients'\nextra_csv = 'x.csv'\n", "[task] needs csv"),
              ("[task]\ntrain = 'x'\n[vocab]\ntrim = 'yes'\n", "[vocab] trim 'yes': expected one of train, export, off"),
+             ("[task]\ntrain = 'x'\n[vocab]\nnegatives = -1\n", "[vocab] negatives must be >= 0"),
              ("[task]\ntrain = 'x'\n[vocab]\nkeep_top = -1\n", "[vocab] keep_top must be >= 0")]
     for text, message in cases:
         bad.write_text(text)
@@ -159,6 +160,12 @@ def test_a_run_in_the_task_vocabulary_trains_exports_and_scores_the_trimmed_mode
     assert 0 < described["kept"] < described["of"]
     config = json.loads((out / "train" / "config.json").read_text())
     assert config["model"] == str(base)  # fine-tuned on the trimmed base
+    # ... with the dropped tokens the untrained model found likeliest kept in its softmax
+    assert config["head_negatives"] == str(out / "vocab" / "negatives.npy")
+    import numpy as np
+
+    negatives = np.load(out / "vocab" / "negatives.npy")
+    assert negatives.shape == (described["negatives"], 64) and 0 < described["negatives"] <= described["of"] - described["kept"]
     kept = described["kept"]
     for gguf in (out / "train" / "export").glob("*.gguf"):
         if "adapter" not in gguf.name:  # every merged artifact holds the task vocabulary

@@ -168,3 +168,85 @@ def test_export_trim_gates_and_reports_the_task_vocabulary_artifacts(tiny, tmp_p
     assert shown.returncode == 0, shown.stderr
     rows = {r["artifact"].removesuffix(" (gate failed)") for r in json.loads(shown.stdout)["table"]}
     assert {"run-q8_0-task", "run-base-task+run-adapter-f16"} <= rows  # trimmed beside untrimmed
+
+
+def _completion_batch(tokenizer, prompt: str, completion: str):
+    import torch
+
+    prompt_ids, completion_ids = tokenizer.tokenize(prompt), tokenizer.tokenize(completion)
+    ids = torch.tensor([prompt_ids + completion_ids])
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    mask[0, len(prompt_ids):] = True
+    return ids, torch.ones(ids.shape, dtype=torch.long), mask
+
+
+def test_training_in_the_task_vocabulary_with_every_dropped_row_as_a_negative_is_training_in_the_full_one(tiny,
+                                                                                                          tmp_path):
+    """The negatives complete the trimmed head's softmax: with all the dropped rows, the task-vocabulary loss is the
+    full-vocabulary loss; with none, it is smaller (the dropped tokens' probability is not counted)."""
+    import torch
+
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.models import resolve
+    from tinytitan.torch_model import load_tokenizer, load_torch_model
+    from tinytitan.training import CompletionLoss
+    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+
+    vocab = Vocab.from_gguf(read_gguf(tiny[0]))
+    keep = keep_set(vocab, TEXTS, top=0)
+    trim_gguf(tiny[0], keep, tmp_path / "trimmed.gguf")
+    refs = resolve(str(tiny[0])), resolve(str(tmp_path / "trimmed.gguf"))
+    full, trimmed = (load_torch_model(ref, dtype="float32").eval() for ref in refs)
+    dropped = sorted(set(range(len(vocab))) - set(keep))
+    all_dropped = full.lm_head.weight.detach()[dropped]
+    for prompt, completion in zip(TEXTS, TEXTS[1:]):
+        batches = [_completion_batch(load_tokenizer(ref), prompt, completion) for ref in refs]
+        with torch.no_grad():
+            expected = CompletionLoss(full, bf16=False, head_chunk=7)(*batches[0])
+            completed = CompletionLoss(trimmed, bf16=False, head_chunk=7, negatives=all_dropped)(*batches[1])
+            alone = CompletionLoss(trimmed, bf16=False, head_chunk=7)(*batches[1])
+        torch.testing.assert_close(completed, expected, rtol=1e-5, atol=1e-5)
+        assert alone < expected - 1e-3, (prompt, float(alone), float(expected))
+
+
+def test_head_negatives_are_dropped_rows_of_the_full_head_and_cover_more_of_the_dropped_probability_as_they_grow(
+        tiny, tmp_path):
+    from tinytitan.config import FinetuneConfig
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.models import resolve
+    from tinytitan.torch_model import load_torch_model
+    from tinytitan.vocabulary import Vocab, head_negatives, keep_set
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t, "completion": {"w": t.split()[-1]}}) + "\n" for t in TEXTS * 3))
+    config = FinetuneConfig(model=str(tiny[0]), train=str(data), output=str(tmp_path / "run"))
+    keep = keep_set(Vocab.from_gguf(read_gguf(tiny[0])), TEXTS, top=0)
+    weight = load_torch_model(resolve(str(tiny[0])), dtype="float32").lm_head.weight.detach()
+    kept_rows = {tuple(weight[i].tolist()) for i in keep}
+    all_rows = {tuple(row.tolist()): i for i, row in enumerate(weight)}
+    few, few_summary = head_negatives(config, keep, count=5)
+    more, more_summary = head_negatives(config, keep, count=50)
+    assert few.shape == (5, weight.shape[1]) and more.shape == (50, weight.shape[1])
+    for row in more.tolist():
+        assert tuple(row) in all_rows and tuple(row) not in kept_rows  # a row of a dropped token
+    assert len({tuple(r) for r in more.tolist()}) == 50
+    assert (more[:5] == few).all()  # the likeliest first
+    assert 0 < few_summary["negatives_share_of_dropped"] < more_summary["negatives_share_of_dropped"] <= 1
+    assert 0 < few_summary["kept_probability"] < 1
+
+
+def test_a_head_negatives_file_that_is_not_a_matrix_of_the_model_s_width_is_one_line(tiny, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{t} {i}", "completion": t.split()[-1]}) + "\n"
+                            for i, t in enumerate(TEXTS * 5)))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 3), dtype=np.float32))
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_text("not an array")
+    for path, expected in ((wrong, "shape (4, 3), expected (rows, "), (garbage, "cannot read it as a .npy array")):
+        result = run_cli("finetune", "--model", str(tiny[0]), "--train", str(data), "--output", str(tmp_path / path.stem),
+                         "--max-steps", "1", "--precision", "fp32", "--head-negatives", str(path))
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

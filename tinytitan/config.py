@@ -59,6 +59,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 where the CPU supports it) | bf16 | fp32
     head_chunk: int = 128  # rows of the LM head computed at once
+    head_negatives: str = ""  # a .npy of extra frozen head rows in the softmax, never targets (vocabulary.head_negatives)
     # evaluation and checkpoints
     eval_every: int = 50
     early_stopping: int = 3  # stop after this many evaluations without improvement (0 = never)

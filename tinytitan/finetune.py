@@ -31,8 +31,8 @@ from tinytitan import checkpoint
 from tinytitan.batching import collate, loss_tokens, plan_epoch, real_tokens
 from tinytitan.config import FinetuneConfig, add_config_flags, build_config
 from tinytitan.errors import TinyTitanError
-from tinytitan.training import (Distributed, CompletionLoss, build_model, make_scheduler, save_weights,
-                                trainable_state, load_trainable_state)
+from tinytitan.training import (Distributed, CompletionLoss, build_model, causal_lm, make_scheduler, save_weights,
+                                trainable_state, load_trainable_state, use_bf16)
 
 # keys that may change between a run and its resumption: they do not change the weights' updates.
 # (threads may: a resume bit-identical to the uninterrupted run needs the same number of threads.)
@@ -103,9 +103,10 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     dist.barrier()
 
     torch.manual_seed(config.seed)
-    bf16 = _use_bf16(config.precision)
+    bf16 = use_bf16(config.precision)
     model = build_model(ref, config, dist.device)
-    loss_module = CompletionLoss(model, bf16=bf16, head_chunk=config.head_chunk)
+    loss_module = CompletionLoss(model, bf16=bf16, head_chunk=config.head_chunk,
+                                 negatives=_negatives(config, model))
     wrapped = dist.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -169,6 +170,23 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     dist.barrier()
     dist.close()
     return RunResult(summary, dist.is_main)
+
+
+def _negatives(config: FinetuneConfig, model) -> torch.Tensor | None:
+    """The extra head rows of `config.head_negatives` (a .npy written by the run's vocab stage), checked."""
+    if not config.head_negatives:
+        return None
+    import numpy as np
+
+    try:
+        rows = torch.from_numpy(np.load(config.head_negatives, allow_pickle=False)).float()
+    except (OSError, ValueError) as e:
+        raise TinyTitanError(f"head_negatives {config.head_negatives}: cannot read it as a .npy array ({e})") from None
+    hidden = causal_lm(model).lm_head.weight.shape[1]
+    if rows.ndim != 2 or rows.shape[1] != hidden:
+        raise TinyTitanError(f"head_negatives {config.head_negatives}: shape {tuple(rows.shape)}, expected "
+                             f"(rows, {hidden})")
+    return rows
 
 
 def _train_step(wrapped, dist, dataset, micro, pad_id, params, optimizer, max_grad_norm) -> float:
@@ -291,13 +309,6 @@ def _write_json(path: Path, value) -> None:
     from tinytitan.files import write_json
 
     write_json(path, value, indent=2)
-
-
-def _use_bf16(precision: str) -> bool:
-    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported() or torch.cuda.is_available()
-    if precision == "bf16" and not supported:
-        raise TinyTitanError("precision: bf16 is not supported on this CPU (use auto or fp32)")
-    return precision == "bf16" or (precision == "auto" and supported)
 
 
 def _peak_rss_mb() -> float:

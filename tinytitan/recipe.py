@@ -12,7 +12,7 @@
     [export]                    # to, quant, gate_rows, force
     [eval]                      # task, rows, base_shots, max_tokens, constrained, likelihood, tolerance
     [report]                    # bench, context
-    [vocab]                     # trim ("train", "export" or "off"), keep_top
+    [vocab]                     # trim ("train", "export" or "off"), keep_top, negatives
 
 A `files` task takes `train` (and optionally `val`, `test`) in any format `finetune` reads, with
 the data-column keys (`format`, `input_column`, `output_columns`, ...) in [finetune]. Every key
@@ -72,6 +72,7 @@ class VocabSettings:
 
     trim: str = "export"  # measured better than "train" (docs/pruning.md); the report picks by score
     keep_top: int = 4000  # the most frequent tokens of general English also kept, for inputs unlike the data
+    negatives: int = 1024  # trim = "train": dropped tokens kept in the training softmax (vocabulary.head_negatives)
 
 
 TRIM_MODES = ("train", "export", "off")
@@ -190,6 +191,8 @@ def _settings(cls, values, path: Path, section: str):
         raise TinyTitanError(f"{path}: [vocab] trim {settings.trim!r}: expected one of {', '.join(TRIM_MODES)}")
     if isinstance(settings, VocabSettings) and settings.keep_top < 0:
         raise TinyTitanError(f"{path}: [vocab] keep_top must be >= 0 (0: only the data's tokens)")
+    if isinstance(settings, VocabSettings) and settings.negatives < 0:
+        raise TinyTitanError(f"{path}: [vocab] negatives must be >= 0 (0: train on the kept tokens' softmax alone)")
     if isinstance(settings, ExportSettings) and settings.gate_rows < 1:
         raise TinyTitanError(f"{path}: [export] gate_rows must be >= 1")
     return settings

@@ -91,6 +91,7 @@ class Pipeline:
         self.train_dir = self.root / "train"
         self.export_dir = self.train_dir / "export"
         self.vocab_model = self.root / "vocab" / "base-task.gguf"  # [vocab] trim = "train": the base it fine-tunes
+        self.negatives = self.root / "vocab" / "negatives.npy"  # ... and the dropped rows its softmax keeps
         self.report_dir = self.root / "report"
         self.state_path = self.root / "stages.json"
         self.state = read_json(self.state_path) or {}  # missing or cut short: every stage is checked again
@@ -113,13 +114,15 @@ class Pipeline:
                                      "inference": _sha(Path(__file__).with_name("schema_inference.py"))},
                   lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
             Stage("vocab", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
-                                    "keep_top": r.vocab.keep_top, "system": self._config().system,
+                                    "keep_top": r.vocab.keep_top, "negatives": r.vocab.negatives,
+                                    "system": self._config().system,
                                     "max_length": self._config().max_length,
                                     "code": _sha(Path(__file__).with_name("vocabulary.py"))},
-                  lambda: [self.vocab_model, self.vocab_model.with_suffix(".json")], self._vocab, lambda: 1,
+                  lambda: [self.vocab_model, self.vocab_model.with_suffix(".json")]
+                  + ([self.negatives] if r.vocab.negatives else []), self._vocab, lambda: 1,
                   applies=lambda: r.vocab.trim == "train"),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
-                                       "model": self._model_sha(trained=True)},
+                                       "model": self._model_sha(trained=True), "vocab": self._hashes("vocab")},
                   lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
             Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
                                      "gate": _sha(Path(__file__).with_name("gate.py")),  # new gate rules re-gate
@@ -162,6 +165,7 @@ class Pipeline:
         config = self.recipe.finetune_config(self.data, self.threads or 0)
         if trained and self.recipe.vocab.trim == "train":
             config.model = str(self.vocab_model)
+            config.head_negatives = str(self.negatives) if self.recipe.vocab.negatives else ""
         return config
 
     def _finetune_key(self) -> dict:
@@ -249,7 +253,10 @@ class Pipeline:
 
     def _vocab(self) -> None:
         from tinytitan.models import resolve
-        from tinytitan.vocabulary import Vocab, describe, run_keep_set, trim_gguf
+        import numpy as np
+
+        from tinytitan.files import atomic_file
+        from tinytitan.vocabulary import Vocab, describe, head_negatives, run_keep_set, trim_gguf
 
         config, top = self._config(), self.recipe.vocab.keep_top
         source = resolve(config.model)
@@ -258,6 +265,17 @@ class Pipeline:
         self.vocab_model.parent.mkdir(parents=True, exist_ok=True)
         result = {**trim_gguf(source.path, keep, self.vocab_model), **describe(keep, vocab), "keep_top": top,
                   "source": str(source.path)}
+        if self.recipe.vocab.negatives:
+            rows, summary = head_negatives(config, keep, self.recipe.vocab.negatives)
+            def save(path: Path) -> None:
+                with open(path, "wb") as file:  # np.save to a name would add ".npy" to the temporary one
+                    np.save(file, rows.numpy(), allow_pickle=False)
+
+            atomic_file(self.negatives, save)
+            result.update(summary)
+            self._say(f"      the untrained model gives the kept tokens {summary['kept_probability']:.0%} of its "
+                      f"next-token probability; {summary['negatives']:,} dropped tokens holding "
+                      f"{summary['negatives_share_of_dropped']:.0%} of the rest stay in the training softmax")
         write_json(self.vocab_model.with_suffix(".json"), result)
         self._say(f"      {result['kept']:,} of {result['of']:,} tokens kept; {result['bytes_before'] / 2**20:.1f} -> "
                   f"{result['bytes_after'] / 2**20:.1f} MiB base")

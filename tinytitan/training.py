@@ -39,6 +39,14 @@ def build_model(ref, config, device: torch.device):
     return model
 
 
+def use_bf16(precision: str) -> bool:
+    """Whether matmuls run in bf16 for `precision` (auto: where the CPU does bf16)."""
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported() or torch.cuda.is_available()
+    if precision == "bf16" and not supported:
+        raise TinyTitanError("precision: bf16 is not supported on this CPU (use auto or fp32)")
+    return precision == "bf16" or (precision == "auto" and supported)
+
+
 def causal_lm(model):
     """The `Gemma3ForCausalLM` inside a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -47,11 +55,23 @@ def causal_lm(model):
 class CompletionLoss(torch.nn.Module):
     """forward(input_ids, attention_mask, loss_mask) -> summed cross-entropy on completion tokens."""
 
-    def __init__(self, model, bf16: bool, head_chunk: int):
+    def __init__(self, model, bf16: bool, head_chunk: int, negatives: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.bf16 = bf16
         self.head_chunk = head_chunk
+        self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
+        self._head: tuple | None = None  # (head weight, its version, the head with the negatives)
+
+    def head(self, weight: torch.Tensor) -> torch.Tensor:
+        """The head weight the loss uses: with the negatives appended (once, while the head is frozen)."""
+        if self.negatives is None:
+            return weight
+        if weight.requires_grad:
+            return torch.cat([weight, self.negatives.to(weight.dtype)])
+        if self._head is None or self._head[0] is not weight or self._head[1] != weight._version:
+            self._head = (weight, weight._version, torch.cat([weight.detach(), self.negatives.to(weight.dtype)]))
+        return self._head[2]
 
     def forward(self, input_ids, attention_mask, loss_mask):
         lm = causal_lm(self.model)
@@ -59,7 +79,7 @@ class CompletionLoss(torch.nn.Module):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         predicts, targets = completion_positions(input_ids, loss_mask)
-        return chunked_head_loss(hidden[predicts], lm.lm_head.weight, targets, chunk=self.head_chunk,
+        return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight), targets, chunk=self.head_chunk,
                                  bf16=self.bf16, softcap=lm.config.final_logit_softcapping)
 
 

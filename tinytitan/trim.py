@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     from tinytitan.data import load_examples
-    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, describe, general_english, keep_set, trim_gguf
+    from tinytitan.vocabulary import DEFAULT_TOP, Vocab, chat_texts, describe, keep_set, trim_gguf
 
     from tinytitan.artifacts import BASE_NAMES
     from tinytitan.models import resolve
@@ -54,7 +54,7 @@ def run(args) -> None:
     if not examples:
         raise TinyTitanError(f"{', '.join(args.data)}: no rows to make a task vocabulary from")
     top = DEFAULT_TOP if args.keep_top is None else args.keep_top
-    keep = keep_set(vocab, texts, top=top, general=general_english() if top else ())
+    keep = keep_set(vocab, texts, top=top)
     result = {**trim_gguf(source, keep, target), **describe(keep, vocab), "keep_top": top}
     if args.json:
         print(json.dumps(result))

@@ -147,8 +147,10 @@ class MergeTracer:
         return out
 
 
-def keep_set(vocab: Vocab, texts: Iterable[str], *, top: int = DEFAULT_TOP, general: Iterable[str] = ()) -> list[int]:
-    """The sorted token ids a specialist of `texts` keeps (see the module's docstring)."""
+def keep_set(vocab: Vocab, texts: Iterable[str], *, top: int = DEFAULT_TOP,
+             general: Iterable[str] | None = None) -> list[int]:
+    """The sorted token ids a specialist of `texts` keeps (see the module's docstring); `general`: the
+    general-English lines whose `top` most frequent tokens are kept too (default: the bundled excerpt)."""
     if top < 0:
         raise TinyTitanError(f"--keep-top {top}: expected a whole number >= 0")
     tracer = MergeTracer(vocab)
@@ -161,15 +163,42 @@ def keep_set(vocab: Vocab, texts: Iterable[str], *, top: int = DEFAULT_TOP, gene
     if not seen:
         raise TinyTitanError("no rows to make a task vocabulary from")
     if top:
-        counts: Counter = Counter()
-        trees: dict[int, frozenset[int]] = {}
-        for text in general:
-            for token, tree in tracer.pieces(text):
-                counts[token] += 1
-                trees[token] = tree
-        for token, _ in counts.most_common(top):
-            keep |= trees[token]
+        for tree in general_ranking(vocab, tracer, general)[:top]:
+            keep.update(tree)
     return sorted(keep)
+
+
+def general_ranking(vocab: Vocab, tracer: MergeTracer, lines: Iterable[str] | None = None) -> list[list[int]]:
+    """The tokens of `lines` (default: the bundled general English), most frequent first, each as the ids of
+    its merge path (itself included). The bundled text's ranking is cached per vocabulary: tracing it takes
+    ~15 s in Python, the same every run."""
+    import hashlib
+
+    from tinytitan.files import read_json
+
+    cache = None
+    if lines is None:
+        key = hashlib.sha256()
+        for part in ("\0".join(vocab.tokens), repr(vocab.scores), repr(vocab.types), _ENGLISH.read_text("utf-8"),
+                     Path(__file__).read_text("utf-8")):
+            key.update(part.encode())
+        from tinytitan.models import home
+
+        cache = home() / "vocab" / f"english-{key.hexdigest()[:24]}.json"
+        cached = read_json(cache)
+        if isinstance(cached, list):
+            return cached
+        lines = general_english()
+    counts: Counter = Counter()
+    trees: dict[int, frozenset[int]] = {}
+    for text in lines:
+        for token, tree in tracer.pieces(text):
+            counts[token] += 1
+            trees[token] = tree
+    ranking = [sorted(trees[token]) for token, _ in counts.most_common()]
+    if cache is not None:
+        write_json(cache, ranking, indent=None)
+    return ranking
 
 
 def run_keep_set(config, vocab: Vocab, top: int = DEFAULT_TOP) -> list[int]:
@@ -180,8 +209,7 @@ def run_keep_set(config, vocab: Vocab, top: int = DEFAULT_TOP) -> list[int]:
     from tinytitan.data_check import split_rows
 
     _, splits, _ = split_rows(replace(config, skip_bad=True, max_bad_fraction=1.0))
-    return keep_set(vocab, chat_texts(splits["train"] + splits["val"]), top=top,
-                    general=general_english() if top else ())
+    return keep_set(vocab, chat_texts(splits["train"] + splits["val"]), top=top)
 
 
 def chat_texts(examples) -> list[str]:
@@ -196,10 +224,12 @@ def chat_texts(examples) -> list[str]:
     return texts
 
 
+_ENGLISH = Path(__file__).with_name("assets") / "wikitext2_test.txt"
+
+
 def general_english() -> list[str]:
     """Lines of general English text (the bundled WikiText-2 excerpt, CC BY-SA 3.0: tinytitan/assets)."""
-    path = Path(__file__).with_name("assets") / "wikitext2_test.txt"
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line for line in _ENGLISH.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def unseen_cost(vocab: Vocab, keep: list[int], texts: Iterable[str]) -> dict:
@@ -279,3 +309,52 @@ def describe(keep: list[int], vocab: Vocab) -> dict:
 
 def save_keep(path: Path, keep: list[int]) -> None:
     write_json(path, keep, indent=None)
+
+
+def head_negatives(config, keep: list[int], count: int, rows: int = 64) -> tuple["torch.Tensor", dict]:
+    """The `count` dropped tokens the full model (`config.model`) gives the most next-token probability at
+    the completion positions of `rows` training rows, and their head rows: (count x hidden) fp32, and a
+    summary. Fine-tuning in the task vocabulary keeps them in its softmax (never as targets) so that, as in
+    the full vocabulary, training still pushes probability off the likeliest tokens the trimmed model drops:
+    without them the kept tokens hold ~68% of the untrained model's probability there and training ends
+    somewhere else (docs/pruning.md)."""
+    from dataclasses import replace
+
+    import torch
+
+    from tinytitan.data_check import prepare_data
+    from tinytitan.models import resolve
+    from tinytitan.torch_model import load_torch_model, load_tokenizer
+    from tinytitan.training import use_bf16
+
+    ref = resolve(config.model)
+    tokenizer = load_tokenizer(ref)
+    examples = prepare_data(replace(config, skip_bad=True, max_bad_fraction=1.0), tokenizer).splits["train"]
+    examples = examples[::max(1, len(examples) // rows)][:rows]
+    model = load_torch_model(ref, dtype="float32").eval()
+    weight = model.lm_head.weight.detach()
+    dropped = torch.ones(weight.shape[0], dtype=torch.bool)
+    dropped[torch.as_tensor(keep)] = False
+    mass = torch.zeros(weight.shape[0], dtype=torch.float64)
+    kept_share = []
+    bf16 = use_bf16(config.precision)
+    head = weight.to(torch.bfloat16) if bf16 else weight
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(examples), 8):  # 8 rows at a time, padded on the right
+            batch = examples[start:start + 8]
+            ids = torch.zeros((len(batch), max(len(e.ids) for e in batch)), dtype=torch.long)
+            attention = torch.zeros(ids.shape, dtype=torch.long)
+            for row, example in enumerate(batch):
+                ids[row, :len(example.ids)] = torch.tensor(example.ids)
+                attention[row, :len(example.ids)] = 1
+            states = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
+            hidden = torch.cat([states[row, e.completion_start - 1:len(e.ids) - 1] for row, e in enumerate(batch)])
+            probs = (hidden.to(head.dtype) @ head.T).float().softmax(-1)  # (positions, vocab)
+            kept_share += (1.0 - probs[:, dropped].sum(-1)).tolist()
+            mass += probs.sum(0).double() * dropped
+    order = mass.argsort(descending=True)[:count]
+    order = order[mass[order] > 0]
+    summary = {"negatives": int(order.numel()), "negatives_rows": len(examples),
+               "kept_probability": sum(kept_share) / max(len(kept_share), 1),
+               "negatives_share_of_dropped": float(mass[order].sum() / mass.sum()) if mass.sum() > 0 else 0.0}
+    return weight[order].clone(), summary
