@@ -131,9 +131,9 @@ def test_scoring_across_several_decode_batches(tiny, tiny_torch):
 
 
 def test_the_earliest_stop_string_wins():
-    from tinytitan.engines import _StopAwareText
+    from tinytitan.engines import StopAwareText
 
-    text = _StopAwareText(["B", "A"])
+    text = StopAwareText(["B", "A"])
     assert text.feed("xAyB", final=False) == ("x", True)
 
 

@@ -89,6 +89,20 @@ def _task_prompt(data: str | None) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in load_rows(data, DataSpec())[0].messages]
 
 
+def bench_for_report(artifacts, context: str, data: str, reps: int = 3) -> list[dict]:
+    """The report's bench: 2 threads, pp512/tg128, context scaling (`context`, or "none") on the base only,
+    the first row of `data` as the timed prompt, every energy profile and the default conversation shape."""
+    contexts = [] if context == "none" else _int_list(context, "--context")
+    prompt = _task_prompt(data)
+    profiles = [energy.profile(p) for p in energy.PROFILES]
+    results = []
+    for artifact in artifacts:
+        scaling = contexts if artifact.is_base else []
+        results.append(bench_artifact(artifact, [2], 512, 128, reps, scaling, prompt, True, profiles, [200, 100, 5],
+                                      25, energy.DEFAULT_BATTERY_WH))
+    return results
+
+
 def _worker(job: dict) -> dict:
     done = subprocess.run([sys.executable, "-m", "tinytitan.bench_worker", json.dumps(job)],
                           capture_output=True, text=True)

@@ -175,7 +175,7 @@ def read_recipe(path: str | Path) -> dict:
     return values
 
 
-def _coerce(key: str, value, origin: str):
+def coerce_setting(key: str, value, origin: str):
     hint = _HINTS[key]
     try:
         if hint is bool:
@@ -227,5 +227,5 @@ def build_config(recipe: str | None, args: argparse.Namespace) -> FinetuneConfig
     for name in FIELDS:
         given = getattr(args, f"cfg_{name}", None)
         if given is not None:
-            values[name] = _coerce(name, given, f"--{name.replace('_', '-')}")
+            values[name] = coerce_setting(name, given, f"--{name.replace('_', '-')}")
     return FinetuneConfig(**values)

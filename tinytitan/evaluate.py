@@ -215,7 +215,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
                        few_shot=len(shots) if artifact.is_base else 0)
         results.append(figures)
         if out:
-            _write_examples(out / f"{_file_name(artifact.label)}.jsonl", examples, per_example)
+            _write_examples(examples_file(out, artifact.label), examples, per_example)
     return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results,
             "left_out": left_out}
 
@@ -412,8 +412,10 @@ def _write_examples(path: Path, examples, per_example: dict) -> None:
     atomic_file(path, write)
 
 
-def _file_name(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label).strip("_")
+def examples_file(folder: Path, label: str) -> Path:
+    """Where the per-example outputs of the artifact labelled `label` are written in `folder`."""
+    name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label).strip("_")
+    return folder / f"{name}.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------

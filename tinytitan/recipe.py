@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinytitan.config import FIELDS as FINETUNE_FIELDS
-from tinytitan.config import FinetuneConfig, _coerce, read_table
+from tinytitan.config import FinetuneConfig, coerce_setting, read_table
 from tinytitan.errors import TinyTitanError
 
 # data keys of [finetune] that describe the source files; a built-in task writes JSONL, so they apply to `files` only
@@ -133,7 +133,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             raise TinyTitanError(f"{path}: [finetune] {key} is set by the recipe (use [task] for data files)")
         if key not in FINETUNE_FIELDS:
             raise TinyTitanError(f"{path}: [finetune] unknown key {key!r} (see `tinytitan finetune --help`)")
-        finetune[key] = _coerce(key, finetune[key], str(path))
+        finetune[key] = coerce_setting(key, finetune[key], str(path))
     FinetuneConfig(**finetune)  # every value checked now, not after the data is prepared
     return Recipe(path, name, output, kind, sources, options, finetune,
                   _settings(ExportSettings, raw.get("export", {}), path, "export"),

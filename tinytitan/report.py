@@ -66,6 +66,7 @@ def run(args) -> None:
 
 def _report(args, run_dir: Path, root: Path | None) -> None:
     from tinytitan.artifacts import parse_artifact
+    from tinytitan.bench import bench_for_report
     from tinytitan.evaluate import evaluate_task, read_schema
     from tinytitan.recipe import EvalSettings
     from tinytitan.run_summary import print_summary
@@ -97,7 +98,7 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
     if args.bench:
         ggufs = [a for a in artifacts if a.kind != "run"]
         bench = _cached(out / "bench.json", {"artifacts": [a.spec for a in ggufs], "context": args.context},
-                        args.fresh, lambda: _bench(ggufs, args.context, data))
+                        args.fresh, lambda: bench_for_report(ggufs, args.context, data))
     name = (root or run_dir).resolve().name
     summary = finish_report(run_dir, out, evaluation, bench, name=name, tolerance=settings.tolerance,
                             fleet=(root or out) / "fleet.toml", schema=schema_path if schema else None,
@@ -183,21 +184,6 @@ def training_rows(run_dir: Path) -> list:
 
     config = FinetuneConfig(**json.loads((run_dir / "config.json").read_text()))
     return split_rows(config)[1]["train"]
-
-
-def _bench(artifacts, context: str, data: str, reps: int = 3) -> list[dict]:
-    from tinytitan import energy
-    from tinytitan.bench import _int_list, _task_prompt, bench_artifact
-
-    contexts = [] if context == "none" else _int_list(context, "--context")
-    prompt = _task_prompt(data)
-    profiles = [energy.profile(p) for p in energy.PROFILES]
-    results = []
-    for artifact in artifacts:
-        scaling = contexts if artifact.is_base else []
-        results.append(bench_artifact(artifact, [2], 512, 128, reps, scaling, prompt, True, profiles, [200, 100, 5],
-                                      25, energy.DEFAULT_BATTERY_WH))
-    return results
 
 
 def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
@@ -365,11 +351,11 @@ def _details(evaluation: dict) -> list[str]:
 
 def _samples(evaluation: dict, out: Path) -> list[str]:
     """The first outputs of the deployed artifact, and its worst errors (least like the reference)."""
-    from tinytitan.evaluate import _file_name
+    from tinytitan.evaluate import examples_file
     from tinytitan.metrics import chrf
 
     deployed = _deployed(evaluation)
-    path = out / "examples" / f"{_file_name(deployed['artifact'])}.jsonl"
+    path = examples_file(out / "examples", deployed["artifact"])
     if not path.exists():
         return ["(no per-example file)"]
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -346,10 +346,11 @@ class Pipeline:
         write_json(self.report_dir / "eval.json", {"result": result, "settings": asdict(settings)})
 
     def _bench(self) -> None:
-        from tinytitan.report import _bench, run_artifacts
+        from tinytitan.bench import bench_for_report
+        from tinytitan.report import run_artifacts
 
         ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
-        bench = _bench(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"), self.recipe.report.bench_reps)
+        bench = bench_for_report(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"), self.recipe.report.bench_reps)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.report_dir / "bench.json", {"result": bench})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.structured import INPUT_WORDS, _json_type, input_words
+from tinytitan.structured import INPUT_WORDS, json_type, input_words
 
 def infer_schema(values: Sequence, *, max_enum: int = 12, min_rows_per_value: int = 5,
                  inputs: Sequence[str] | None = None, min_copied: float = 0.99, min_copied_rows: int = 20) -> dict:
@@ -110,7 +110,7 @@ def _main_kind(schema: dict):
 
 
 def _kind(value) -> str:
-    kind = _json_type(value)
+    kind = json_type(value)
     return "number" if kind == "integer" else kind
 
 
@@ -140,7 +140,7 @@ def _infer(values: list, max_enum: int, min_rows: int, top: bool = False) -> dic
         return {"anyOf": branches + ([{"type": "null"}] if nullable else [])}
     (kind,) = kinds
     present = [v for v in values if v is not None]
-    if kind == "number" and all(_json_type(v) == "integer" for v in present):
+    if kind == "number" and all(json_type(v) == "integer" for v in present):
         kind = "integer"
     schema: dict
     if kind == "object":

@@ -291,7 +291,7 @@ class _Converter:
         if not isinstance(values, list) or not values:
             raise SchemaError(where + "/enum", "expected a non-empty list of values")
         if kind is not None:
-            values = [v for v in values if _json_type(v) == kind or (kind == "number" and _json_type(v) == "integer")
+            values = [v for v in values if json_type(v) == kind or (kind == "number" and json_type(v) == "integer")
                       or (kind == "integer" and isinstance(v, float) and v.is_integer())]
             if not values:
                 raise SchemaError(where, f"no enum/const value is of type {kind}")
@@ -452,7 +452,8 @@ def _escape_pointer(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
+    """The JSON Schema type of a parsed JSON value ("integer" for whole numbers, "unknown" for non-JSON)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -135,7 +135,7 @@ class Engine:
         prompt_ids = list(prompt_ids)
         if not prompt_ids:
             raise TinyTitanError("the prompt is empty (it must have at least one token)")
-        text_out = _StopAwareText(params.stop)
+        text_out = StopAwareText(params.stop)
         ids: list[int] = []
         start = time.perf_counter()
         prefill_end = first_token_at = start
@@ -188,7 +188,7 @@ def target_logprobs_of(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray
     return (picked - torch.logsumexp(rows, dim=-1)).double().numpy()
 
 
-class _StopAwareText:
+class StopAwareText:
     """Turns the growing decoded text into new pieces, holding back what might begin a stop string
     or an incomplete UTF-8 character, and cutting the text at the first stop string."""
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tinytitan.engines import _StopAwareText
+from tinytitan.engines import StopAwareText
 from tinytitan.engines.llama import END_PIECES, check_adapter, quiet_native_stderr
 from tinytitan.engines.sampling import Sampler, Sampling
 from tinytitan.errors import ModelFileError, TinyTitanError
@@ -273,7 +273,7 @@ def generate_choice(ctx, model: LoadedModel, job: Job, choice: int, prompt: list
             _fill_batch(batch, part, start, logits_last=start + len(part) == len(prompt))
             if llama_cpp.llama_decode(ctx, batch) != 0:
                 raise TinyTitanError(f"llama.cpp failed to decode the prompt ({len(prompt)} tokens)")
-        text = _StopAwareText(job.sampling.stop)
+        text = StopAwareText(job.sampling.stop)
         produced, raw = 0, b""
         position = len(prompt)
         while True:
