@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tinytitan.engines import SamplingParams
+from tinytitan.kl import kl_divergence
 
 # artifact type -> (max mean KL, min top-1 agreement, min greedy agreement with torch)
 THRESHOLDS = {
@@ -129,7 +130,7 @@ def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens
                 continue
             reference = ref_logp if candidate.keep is None else torch.log_softmax(ref_logits[:, candidate.keep], dim=-1)
             logp = torch.log_softmax(torch.from_numpy(candidate.engine.score(mine[:-1], first)), dim=-1)
-            candidate.kl += (reference.exp() * (reference - logp)).sum(-1).tolist()
+            candidate.kl += kl_divergence(reference, logp).tolist()
             candidate.top1 += (reference.argmax(-1) == logp.argmax(-1)).tolist()
             if id(candidate) in batched:
                 output = batched[id(candidate)][index]

@@ -94,12 +94,16 @@ def kl_against(reference: dict[str, np.ndarray], engine, sequences: Sequence[tup
     return accumulator.result()
 
 
+def kl_divergence(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position, from log-probabilities over the same outcomes: (positions, outcomes) -> (positions,)."""
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
+
+
 def topk_kl(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """KL over the reference's top-k outcomes plus one outcome for the rest, per position.
     ref_ids, ref_logp: (positions, k); logp: (positions, vocab) log-probs of the model compared."""
-    p = ref_logp.exp()
     q_logp = logp.gather(1, ref_ids)
-    kl = (p * (ref_logp - q_logp)).sum(-1)
-    p_rest = (1 - p.sum(-1)).clamp(min=1e-12)
+    kl = kl_divergence(ref_logp, q_logp)
+    p_rest = (1 - ref_logp.exp().sum(-1)).clamp(min=1e-12)
     q_rest = (1 - q_logp.exp().sum(-1)).clamp(min=1e-12)
     return (kl + p_rest * (p_rest.log() - q_rest.log())).clamp(min=0)

@@ -45,10 +45,12 @@ def compare_chunk(torch_engine, llama_engine, chunk: Chunk) -> dict[str, np.ndar
     """Per-position KL(torch || llama), top-1 match, and each engine's target NLL."""
     import torch
 
+    from tinytitan.kl import kl_divergence
+
     window = chunk.window[:-1]
     t_logp = log_softmax(torch_engine.score(window, chunk.first))  # (positions, vocab)
     l_logp = log_softmax(llama_engine.score(window, chunk.first))
-    kl = (t_logp.exp() * (t_logp - l_logp)).sum(-1)
+    kl = kl_divergence(t_logp, l_logp)
     top1 = t_logp.argmax(-1) == l_logp.argmax(-1)
     targets = torch.from_numpy(chunk.targets)[:, None]
     return {
