@@ -113,6 +113,8 @@ def literal(text: str) -> str:
 
 
 def canonical_json(value) -> str:
+    """The one canonical spelling of a JSON value, byte for byte: what training targets are written as
+    (`data.canonical_completion`) and what the grammars here accept; compact, non-ASCII kept as is."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
