@@ -541,12 +541,22 @@ def _ordered(rejected: list[Rejected]) -> list[Rejected]:
 # splits
 
 
-def split_of(example: Example, ratios: Sequence[float], seed: int = 0) -> str:
-    """train / val / test by a hash of the prompt: deterministic, and equal prompts stay together."""
-    digest = hashlib.sha256(f"{seed}\0{example.key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+def stable_hash(text: str) -> bytes:
+    """sha256 of the text: the same on every run and machine, unlike `hash()`."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def hash_split(text: str, ratios: Sequence[float]) -> str:
+    """train / val / test for `text`: its stable hash as a fraction in [0, 1), cut at the (train, val, test)
+    shares. The one split hash; each caller spells the text it hashes (seed and key) as it always has."""
+    u = int.from_bytes(stable_hash(text)[:8], "big") / 2**64
     train, val = ratios[0], ratios[0] + ratios[1]
     return "train" if u < train else "val" if u < val else "test"
+
+
+def split_of(example: Example, ratios: Sequence[float], seed: int = 0) -> str:
+    """train / val / test by a hash of the prompt: deterministic, and equal prompts stay together."""
+    return hash_split(f"{seed}\0{example.key}", ratios)
 
 
 def split_examples(examples: list[Example], ratios: Sequence[float] = (0.8, 0.1, 0.1),

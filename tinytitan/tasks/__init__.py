@@ -14,6 +14,7 @@ import importlib
 import json
 from pathlib import Path
 
+from tinytitan.data import hash_split
 from tinytitan.errors import TinyTitanError
 
 TASKS = {
@@ -63,19 +64,12 @@ def write_jsonl(path: Path, rows) -> int:
     return count
 
 
-def stable_hash(text: str) -> bytes:
-    """sha256 of the text: the same on every run and machine, unlike `hash()`."""
-    import hashlib
-
-    return hashlib.sha256(text.encode()).digest()
-
-
 def split_name(key: str, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> str:
-    """train | val | test for a key, stable across runs (the same hash `data.split_of` uses)."""
-    value = int.from_bytes(stable_hash(f"{seed}:{key}")[:8], "big") / 2**64
-    if value < ratios[0]:
-        return "train"
-    return "val" if value < ratios[0] + ratios[1] else "test"
+    """train | val | test for a key, stable across runs: `data.hash_split` of "seed:key". The text hashed is
+    not `data.split_of`'s ("seed\\0" + the prompt's messages as JSON), so a task's rows split differently
+    from the same rows given as a file; unifying the two would move rows between the splits of every
+    prepared run, so each keeps its own."""
+    return hash_split(f"{seed}:{key}", ratios)
 
 
 def write_with_test_set(out: Path, train_rows: list[dict], test_rows: list[dict], *, val_fraction: float,

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.tasks import drop_repeats, need_file, split_name, stable_hash, write_jsonl
+from tinytitan.data import stable_hash
+from tinytitan.tasks import drop_repeats, need_file, split_name, write_jsonl
 
 SOURCES = ("csv", "extra_csv")
 REQUIRED = ("csv",)
