@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ def baseline(data: Path, threads: int) -> dict:
 
     from tinytitan.config import FinetuneConfig
     from tinytitan.data_check import prepare_data
+    from tinytitan.engines import peak_memory_mb
     from tinytitan.models import resolve
     from tinytitan.torch_model import load_tokenizer, load_torch_model
 
@@ -90,7 +90,7 @@ def baseline(data: Path, threads: int) -> dict:
     tokens = sum(len(e.ids) for e in rows)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "rows": len(rows),
             "steps": -(-len(rows) // ROWS_PER_STEP),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_memory_mb()}
 
 
 def tinytitan(data: Path, threads: int) -> dict:

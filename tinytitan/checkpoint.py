@@ -12,7 +12,6 @@ a `TinyTitanError` that says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,17 +21,9 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import fsync, replace_dir, umask
+from tinytitan.files import fsync, replace_dir, sha256_of, umask
 
 FORMAT = "tinytitan-checkpoint-1"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_atomic_dir(final: Path, write) -> Path:

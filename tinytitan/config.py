@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.models import DEFAULT_MODEL
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -23,7 +24,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @dataclass
 class FinetuneConfig:
     # model and data
-    model: str = "gemma-3-270m"
+    model: str = DEFAULT_MODEL
     train: str = ""  # a JSONL/CSV/TSV file; split into train/val/test when val is not given
     val: str = ""
     test: str = ""

@@ -23,6 +23,8 @@ from tinytitan import options
 from tinytitan.data import (DataSpec, LoadReport, Rejected, TokenizedExample, leakage, load_examples,
                             split_examples, tokenize_examples)
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import sha256_of
+from tinytitan.models import DEFAULT_MODEL
 
 MAX_LISTED = 20
 
@@ -42,7 +44,7 @@ class Prepared:
         """What the run was trained on: file hashes and the token ids of every split."""
         digest = {name: hashlib.sha256(json.dumps([e.ids for e in split]).encode()).hexdigest()
                   for name, split in self.splits.items()}
-        files = {str(r.path): hashlib.sha256(r.path.read_bytes()).hexdigest() for r in self.reports}
+        files = {str(r.path): sha256_of(r.path) for r in self.reports}
         return {"files": files, "split_mode": self.split_mode, "rows": self.rows,
                 "counts": {k: len(v) for k, v in self.splits.items()}, "tokens_sha256": digest,
                 "rejected": len(self.rejected)}
@@ -184,7 +186,7 @@ def add_arguments(parser) -> None:
     check.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions for one file")
     options.add_data_spec(check)
     check.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt + completion)")
-    check.add_argument("--model", "-m", default="gemma-3-270m", help="whose tokenizer counts the tokens")
+    check.add_argument("--model", "-m", default=DEFAULT_MODEL, help="whose tokenizer counts the tokens")
     check.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing")
     check.add_argument("--max-bad-fraction", type=float, default=0.05, help="fail above this share of bad rows")
     check.add_argument("--seed", type=int, default=0, help="seed of the split hash")

@@ -346,7 +346,7 @@ def _remove(path: Path) -> None:
 
 
 def _digest(path: Path) -> dict:
-    from tinytitan.checkpoint import sha256_of
+    from tinytitan.files import sha256_of
 
     if path.is_file():
         return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}

@@ -30,6 +30,7 @@ import torch
 from tinytitan import checkpoint
 from tinytitan.batching import collate, loss_tokens, plan_epoch, real_tokens
 from tinytitan.config import FinetuneConfig, add_config_flags, build_config
+from tinytitan.engines import peak_memory_mb
 from tinytitan.errors import TinyTitanError
 from tinytitan.training import (Distributed, CompletionLoss, build_model, causal_lm, make_scheduler, save_weights,
                                 trainable_state, load_trainable_state, use_bf16)
@@ -148,7 +149,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
             elapsed = time.perf_counter() - step_start
             record = {"step": pos.step, "epoch": round(pos.epoch + pos.batch / len(plan), 4),
                       "loss": loss_sum / step_loss_tokens, "lr": scheduler.get_last_lr()[0], "tokens": pos.tokens,
-                      "tokens_per_second": step_tokens / elapsed, "peak_rss_mb": _peak_rss_mb()}
+                      "tokens_per_second": step_tokens / elapsed, "peak_rss_mb": peak_memory_mb()}
             metrics.write(record)
             progress(pos.step, record)
             if val_set and (pos.step % config.eval_every == 0 or pos.step == total_steps):
@@ -309,12 +310,6 @@ def _write_json(path: Path, value) -> None:
     from tinytitan.files import write_json
 
     write_json(path, value, indent=2)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Metrics:

@@ -9,14 +9,13 @@ Nothing here downloads weights from a hub.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinytitan.errors import ModelFileError
-from tinytitan.files import write_json, write_text
+from tinytitan.files import sha256_of, write_json, write_text
 from tinytitan.gguf_files import GGUFFile, read_gguf
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -95,10 +94,6 @@ def file_sha256(path: Path) -> str:
         index = {}
     key = f"{path.resolve()}|{_stat_key(path)}"
     if key not in index:
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        index[key] = digest.hexdigest()
+        index[key] = sha256_of(path)
         write_json(index_path, index, indent=0)
     return index[key]
