@@ -18,6 +18,7 @@ import sys
 
 from tinytitan import energy, options
 from tinytitan.errors import TinyTitanError
+from tinytitan.tables import fixed_row
 
 DEFAULT_CONTEXTS = "1024,4096,16384,32768"
 
@@ -197,8 +198,8 @@ def native_bench(artifact, threads, pp, tg, reps) -> dict | None:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'artifact':<30} {'MB':>7} {'thr':>3} {'pp t/s':>8} {'tg t/s':>7} {'TTFT ms':>8} {'RSS MB':>7} "
-          f"{'native pp/tg':>14}")
+    widths = [-30, 7, 3, 8, 7, 8, 7, 14]
+    print(fixed_row(["artifact", "MB", "thr", "pp t/s", "tg t/s", "TTFT ms", "RSS MB", "native pp/tg"], widths))
     for r in results:
         for s in r["speed"]:
             native = r["native"] if r["native"] and "error" not in r["native"] else {}
@@ -206,8 +207,8 @@ def print_table(results: list[dict]) -> None:
             tg = next((v for k, v in native.items() if k.startswith("tg") and k.endswith(f"_t{s['threads']}")), None)
             nat = f"{pp:.0f}/{tg:.1f}" if pp and tg else "-"
             ttft = f"{1000 * s['ttft_s']:.0f}" if s["ttft_s"] else "-"
-            print(f"{r['artifact'][:30]:<30} {r['size_mb']:>7.1f} {s['threads']:>3} {s['pp_tps']:>8.1f} "
-                  f"{s['tg_tps']:>7.1f} {ttft:>8} {s['peak_rss_mb']:>7.0f} {nat:>14}")
+            print(fixed_row([r["artifact"], f"{r['size_mb']:.1f}", str(s["threads"]), f"{s['pp_tps']:.1f}",
+                             f"{s['tg_tps']:.1f}", ttft, f"{s['peak_rss_mb']:.0f}", nat], widths))
         for c in r["context"]:
             print(f"  context {c['depth']:>6} tokens: prefill {c['prefill_s']:6.1f} s ({c['prefill_tps']:.0f} t/s), "
                   f"decode {c['decode_tps']:.1f} t/s, KV {c['kv_mb']:.0f} MB, RSS {c['peak_rss_mb']:.0f} MB")

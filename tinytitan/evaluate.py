@@ -31,6 +31,7 @@ import numpy as np
 from tinytitan import metrics, options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import atomic_file, read_json, write_json
+from tinytitan.tables import fixed_row
 
 TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one", "snips-nlu")
 HEADLINE = {"extraction": "exact_match", "classification": "accuracy", "generation": "chrf"}
@@ -453,15 +454,14 @@ def print_result(result: dict) -> None:
     if task:
         print(f"{task['data']}: {task['task']}, {task['rows']} rows")
         headline = task["results"][0]["headline"]
-        header = f"{'artifact':<34} {'size MB':>8} {headline:>12} {'95% CI':>15} {'constrained':>11} " \
-                 f"{'ref ppl':>8} {'KL':>8} {'seconds':>8}"
-        print(header)
+        widths = [-34, 8, 12, 13, 11, 8, 8, 8]
+        print(fixed_row(["artifact", "size MB", headline, "95% CI", "constrained", "ref ppl", "KL", "seconds"], widths))
         for r in task["results"]:
             kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
             constrained = f"{100 * r['constrained'][headline]:.1f}%" if headline in r.get("constrained", {}) else "-"
-            print(f"{r['artifact'][:34]:<34} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% "
-                  f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}% {constrained:>11} "
-                  f"{r['reference_perplexity']:>8.3f} {kl:>8} {r['seconds']:>8.1f}")
+            print(fixed_row([r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%",
+                             f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}%", constrained,
+                             f"{r['reference_perplexity']:.3f}", kl, f"{r['seconds']:.1f}"], widths))
     for b in result.get("benchmarks", []):
         print(f"{b['artifact']:<24} {b['benchmark']:<14} {b['shots']:>2}-shot {b['items']:>5} items  "
               f"acc {b['acc']:5.1f}  acc_norm {b['acc_norm']:5.1f}  (published {b['published']}, "

@@ -26,6 +26,7 @@ from pathlib import Path
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import write_json, write_text
+from tinytitan.tables import format_cell
 
 TARGETS = ("gguf", "adapter", "hf", "peft", "ollama")
 
@@ -397,17 +398,15 @@ def print_table(report: dict) -> None:
     table = Table(title=f"export of {report['run']} (gate on {report['gate_rows']} held-out rows)")
     for column in ("artifact", "size", "mean KL", "top-1", "greedy = torch", "exact match", "gate"):
         table.add_column(column, justify="left" if column == "artifact" else "right", no_wrap=column == "artifact")
-    def pct(value) -> str:
-        return "-" if value is None else f"{value:.1%}"
-
     for a in report["artifacts"]:
         if a.get("kind") == "ollama":
             continue
         p = a["parity"]
         size = f"{a['bytes'] / 2**20:.1f} MiB" if "bytes" in a else "-"
-        greedy = pct(p["greedy_agreement"]) + ("" if p["thresholds"]["min_greedy_agreement"] else " (not gated)")
-        table.add_row(a["artifact"], size, "-" if p["kl_mean"] is None else f"{p['kl_mean']:.4f}", pct(p["top1"]),
-                      greedy, pct(p["exact_match"]),
+        greedy = format_cell(p["greedy_agreement"], "{:.1%}") + \
+            ("" if p["thresholds"]["min_greedy_agreement"] else " (not gated)")
+        table.add_row(a["artifact"], size, format_cell(p["kl_mean"], "{:.4f}"), format_cell(p["top1"], "{:.1%}"),
+                      greedy, format_cell(p["exact_match"], "{:.1%}"),
                       "passed" if p["passed"] else "[red]FAILED[/red]")
     console.print(table)
     for a in report["artifacts"]:

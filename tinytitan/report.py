@@ -22,6 +22,7 @@ from pathlib import Path
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import FolderLock, read_json, write_json, write_text
+from tinytitan.tables import format_cell, markdown_table
 
 ENERGY_PROFILE = "phone"  # the J/conversation column: the edge device this tool ships to
 
@@ -253,25 +254,23 @@ def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None,
     return {"md": md_path, "html": html_path}
 
 
-def _fmt(value, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
-
-
 def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
               recommended: dict | None = None) -> list[tuple[str, list[str]]]:
     rows = table_rows(evaluation, bench)
     metric = rows[0]["metric"].replace("_", " ")
     constrained = any(r["constrained"] is not None for r in rows)
-    extra = f" {metric}, constrained |" if constrained else ""
-    table = [f"| artifact | size MB | {metric} (95% CI) |{extra} KL vs torch | prefill tok/s | decode tok/s | peak RSS MB "
-             f"| J/conversation ({ENERGY_PROFILE}, estimate) |", "|---|---|---|---|---|---|---|---|" + ("---|" if constrained else "")]
+    header = ["artifact", "size MB", f"{metric} (95% CI)"] + ([f"{metric}, constrained"] if constrained else []) + \
+        ["KL vs torch", "prefill tok/s", "decode tok/s", "peak RSS MB", f"J/conversation ({ENERGY_PROFILE}, estimate)"]
+    cells = []
     for r in rows:
         name = f"**{r['artifact']}** (recommended)" if recommended and r["artifact"] == recommended["artifact"] else r["artifact"]
-        column = f" {_fmt(r['constrained'] and 100 * r['constrained'], '{:.1f}%')} |" if constrained else ""
-        table.append(f"| {name} | {r['size_mb']:.1f} | {100 * r['score']:.1f}% "
-                     f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) |{column} {_fmt(r['kl'], '{:.4f}')} | "
-                     f"{_fmt(r['pp_tps'], '{:.0f}')} | {_fmt(r['tg_tps'], '{:.1f}')} | {_fmt(r['rss_mb'], '{:.0f}')} | "
-                     f"{_fmt(r['j_per_conversation'], '{:.3g}')} |")
+        cells.append([name, f"{r['size_mb']:.1f}",
+                      f"{100 * r['score']:.1f}% ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f})"]
+                     + ([format_cell(r["constrained"] and 100 * r["constrained"], "{:.1f}%")] if constrained else [])
+                     + [format_cell(r["kl"], "{:.4f}"), format_cell(r["pp_tps"], "{:.0f}"),
+                        format_cell(r["tg_tps"], "{:.1f}"), format_cell(r["rss_mb"], "{:.0f}"),
+                        format_cell(r["j_per_conversation"], "{:.3g}")])
+    table = markdown_table(header, cells)
     about = [f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of `{evaluation['data']}`. "
              f"The base model gets {next((r['few_shot'] for r in evaluation['results'] if r['few_shot']), 0)} solved "
              f"examples in its prompt (the floor). KL is measured on the reference completions against the trained "
@@ -310,10 +309,10 @@ def _perplexity(evaluation: dict) -> list[str]:
     results = evaluation["results"]
     lines = ["Perplexity of the reference completions given their prompts (lower is better); the base model's "
              "prompt carries its solved examples. chrF and ROUGE-L compare each generated text with the real one.",
-             "", "| artifact | perplexity | chrF | ROUGE-L |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['artifact']} | {_fmt(r.get('reference_perplexity'), '{:.2f}')} | "
-                     f"{_fmt(r.get('chrf'), '{:.1f}')} | {_fmt(r.get('rouge_l'), '{:.3f}')} |")
+             ""]
+    lines += markdown_table(["artifact", "perplexity", "chrF", "ROUGE-L"], [
+        [r["artifact"], format_cell(r.get("reference_perplexity"), "{:.2f}"), format_cell(r.get("chrf"), "{:.1f}"),
+         format_cell(r.get("rouge_l"), "{:.3f}")] for r in results])
     base = next((r for r in results if r["few_shot"]), None)
     tuned = _deployed(evaluation)
     if base and base.get("reference_perplexity") and tuned.get("reference_perplexity"):
@@ -329,11 +328,10 @@ def _details(evaluation: dict) -> list[str]:
     if "fields" in best:
         lines += [f"Per-field scores of {best['artifact']}: precision, recall and F1 over the values present "
                   f"(a row where neither the reference nor the output has the field counts nowhere); support is the "
-                  f"number of reference values.", "", "| field | support | precision | recall | F1 |",
-                  "|---|---|---|---|---|"]
-        for name, f in sorted(best["fields"].items(), key=lambda item: -item[1].get("support", 0)):
-            lines.append(f"| {name} | {f.get('support', '-')} | {f['precision']:.3f} | {f['recall']:.3f} | "
-                         f"{f['f1']:.3f} |")
+                  f"number of reference values.", ""]
+        lines += markdown_table(["field", "support", "precision", "recall", "F1"], [
+            [name, str(f.get("support", "-")), f"{f['precision']:.3f}", f"{f['recall']:.3f}", f"{f['f1']:.3f}"]
+            for name, f in sorted(best["fields"].items(), key=lambda item: -item[1].get("support", 0))])
         lines += ["", "Most common field errors (rows): " + ", ".join(
             f"{e['field']} {e['error']} ({e['count']})" for e in best["top_errors"][:8])]
     if "slot_f1_by_intent" in best:
@@ -365,11 +363,11 @@ def _samples(evaluation: dict, out: Path) -> list[str]:
     count = sum(not r.get("correct", r.get("chrf", 100) >= 50) for r in records)
     lines = [f"From `{path.relative_to(out)}` ({deployed['artifact']}; {count} of {len(records)} rows "
              f"{'with chrF below 50' if free_text else 'wrong'}):",
-             "", "| | input | reference | output |", "|---|---|---|---|"]
-    for kind, items in (("sample", records[:3]), ("least like the reference" if free_text else "worst error", wrong[:8])):
-        for r in items:
-            lines.append(f"| {kind} | {_cell(r['prompt'])} | {_cell(r['reference'])} | {_cell(r['output'])} |")
-    return lines
+             ""]
+    return lines + markdown_table(["", "input", "reference", "output"], [
+        [kind, _cell(r["prompt"]), _cell(r["reference"]), _cell(r["output"])]
+        for kind, items in (("sample", records[:3]), ("least like the reference" if free_text else "worst error", wrong[:8]))
+        for r in items])
 
 
 def _cell(text: str, width: int = 160) -> str:

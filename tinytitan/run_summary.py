@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tinytitan.tables import fixed_row, format_cell
+
 
 def recommend(rows: list[dict], tolerance: float, constrained: bool = False) -> dict | None:
     """The smallest servable artifact within `tolerance` of the best servable score (gate passed), scored as
@@ -28,27 +30,23 @@ def print_summary(summary: dict) -> None:
     constrained = any(r.get("constrained") is not None for r in rows)
     print(f"\n{summary['task']}: {summary['rows']} held-out rows; {metric} with its 95% interval"
           + (", and with constrained decoding" if constrained else ""))
-    header = f"{'artifact':<44} {'size MB':>8} {metric:>12} {'95% CI':>13}"
-    header += f" {'constrained':>11}" if constrained else ""
     free_text = summary["task"] == "generation"  # no right answer: perplexity of the real texts says more
-    header += f" {'perplexity':>10}" if free_text else ""
-    print(header + f" {'KL':>8} {'decode tok/s':>12}")
+    columns = [("artifact", -44), ("size MB", 8), (metric, 12), ("95% CI", 13)]
+    columns += [("constrained", 11)] if constrained else []
+    columns += [("perplexity", 10)] if free_text else []
+    columns += [("KL", 8), ("decode tok/s", 12)]
+    widths = [width for _, width in columns]
+    print(fixed_row([name for name, _ in columns], widths))
     recommended = (summary["recommended"] or {}).get("artifact")
     for r in rows:
-        line = f"{r['artifact'][:44]:<44} {r['size_mb']:>8.1f} {100 * r['score']:>11.1f}% " \
-               f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"
-        if constrained:
-            line += f" {_cell(r['constrained'], '{:.1%}'):>11}"
-        if free_text:
-            line += f" {_cell(r.get('perplexity'), '{:.2f}'):>10}"
-        line += f" {_cell(r['kl'], '{:.4f}'):>8} {_cell(r.get('tg_tps'), '{:.1f}'):>12}"
-        print(line + ("  <- recommended" if r["artifact"] == recommended else ""))
+        cells = [r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%",
+                 f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"]
+        cells += [format_cell(r["constrained"], "{:.1%}")] if constrained else []
+        cells += [format_cell(r.get("perplexity"), "{:.2f}")] if free_text else []
+        cells += [format_cell(r["kl"], "{:.4f}"), format_cell(r.get("tg_tps"), "{:.1f}")]
+        print(fixed_row(cells, widths) + ("  <- recommended" if r["artifact"] == recommended else ""))
     print(f"\nreport: {summary['html']}")
     if summary["serve"]:
         print(f"serve the recommended artifact: {summary['serve']}")
     else:
         print("no servable artifact passed its parity gate: see the report")
-
-
-def _cell(value, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
