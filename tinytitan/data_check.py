@@ -24,6 +24,7 @@ from tinytitan.data import (DataSpec, LoadReport, Rejected, TokenizedExample, le
                             split_examples, tokenize_examples)
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import sha256_of
+from tinytitan.metrics import detect_task, json_answers
 from tinytitan.models import DEFAULT_MODEL
 
 MAX_LISTED = 20
@@ -144,12 +145,10 @@ def statistics(prepared: Prepared, reports: list[LoadReport], max_length: int) -
         "truncated": sum(e.truncated for e in examples),
         "tokens": int(prompt.sum() + completion.sum()) if examples else 0,
     }
-    if json_keys:
+    if json_keys:  # JSON objects among the answers: what each field holds
         stats["fields"] = field_distribution(completions, json_keys)
-    else:
-        counts = Counter(completions)
-        if len(counts) <= max(50, len(completions) // 20):
-            stats["labels"] = dict(counts.most_common())
+    elif detect_task(completions) == "classification":  # as `eval` decides it
+        stats["labels"] = dict(Counter(completions).most_common())
     return stats
 
 
@@ -227,7 +226,6 @@ def run(args) -> None:
 def write_schema(args) -> None:
     """`tinytitan data schema FILE`: the schema `tinytitan run` would infer from these training rows (fields,
     types, optional fields, enums, `x-input-words`), for `eval --schema`, `report --schema` and serving."""
-    from tinytitan.metrics import parse_answer
     from tinytitan.schema_inference import infer_schema
     from tinytitan.structured import schema_to_grammar
 
@@ -235,8 +233,8 @@ def write_schema(args) -> None:
     if report.rejected:
         raise TinyTitanError(f"{report.rejected[0]} ({len(report.rejected)} bad rows; `tinytitan data check "
                              f"{args.file}` lists them)")
-    answers = [parse_answer(e.completion) for e in report.examples]
-    if not answers or any(a is None for a in answers) or len({type(a) for a in answers}) > 1:
+    answers = json_answers([e.completion for e in report.examples])
+    if not answers or len({type(a) for a in answers}) > 1:
         raise TinyTitanError(f"{args.file}: a schema needs every answer to be a JSON object (or every one a list)")
     schema = infer_schema(answers, inputs=[e.input_text for e in report.examples])
     schema_to_grammar(schema)  # enforceable, as `run` requires

@@ -126,16 +126,6 @@ def load_rows(path: str, spec, limit: int | None = None, key_order=()):
     return report.examples[:limit] if limit else report.examples
 
 
-def detect_task(completions: list[str]) -> str:
-    if all(metrics.parse_answer(c) is not None for c in completions):
-        return "extraction"
-    distinct = set(completions)
-    if len(distinct) <= min(100, max(2, len(completions) // 2)) and all(len(c) <= 60 and "\n" not in c
-                                                                        for c in distinct):
-        return "classification"
-    return "generation"
-
-
 def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
                   kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None,
                   schema: dict | None = None, likelihood: bool = True, constrained: bool = True) -> dict:
@@ -168,7 +158,7 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
                   f"examples and are left out of every artifact's score (--shots-data keeps every row)",
                   file=sys.stderr)
     examples = examples[:limit] if limit else examples
-    task = detect_task([e.completion for e in examples]) if task == "auto" else task
+    task = metrics.detect_task([e.completion for e in examples]) if task == "auto" else task
     labels = sorted({e.completion for e in examples}) if task == "classification" else []
     grammars = _grammars(task, schema, labels, examples) if constrained else None
     results = []
@@ -234,7 +224,7 @@ def _grammars(task: str, schema: dict | None, labels: list[str], examples) -> li
     the schema takes words from it) for rows whose answers are JSON, or exactly one of the labels."""
     from tinytitan.structured import literal, schema_to_grammar, uses_input
 
-    json_answers = all(metrics.parse_answer(e.completion) is not None for e in examples)
+    json_answers = metrics.json_answers([e.completion for e in examples]) is not None
     if schema is not None and json_answers and task not in ("classification", "generation"):
         if uses_input(schema):
             return [schema_to_grammar(schema, e.input_text) for e in examples]

@@ -97,7 +97,7 @@ def _in_vocabulary(rows: list[list[int]], keep: list[int] | None) -> list[list[i
 
 def run_gate(reference_engine, candidates: Sequence[Candidate], rows, max_tokens: int, on_row=None) -> None:
     """Score every candidate on `rows` (TokenizedExample: prompt + reference completion)."""
-    from tinytitan.evaluate import detect_task
+    from tinytitan.metrics import detect_task
 
     # Free text (stories): two engines whose arithmetic differs even slightly part ways at some near-tie
     # within a few dozen tokens, so whole-output greedy agreement is ~0 at any quantization (a Q8_0 story

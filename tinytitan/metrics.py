@@ -25,6 +25,34 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
+# which task a set of reference answers is
+
+
+def json_answers(texts: Sequence[str]) -> list | None:
+    """The parsed answers when every text is a JSON object or array (a JSON task), else None."""
+    answers = []
+    for text in texts:
+        answer = parse_answer(text)
+        if answer is None:
+            return None
+        answers.append(answer)
+    return answers
+
+
+def detect_task(completions: Sequence[str]) -> str:
+    """The task these reference answers set: "extraction" when every one is JSON, "classification" when
+    they are a small set of short one-line labels (at most 100, and at most one per two rows), else
+    "generation". `eval --task auto`, the parity gate and `data check` all decide by it."""
+    if json_answers(completions) is not None:
+        return "extraction"
+    distinct = set(completions)
+    if len(distinct) <= min(100, max(2, len(completions) // 2)) and all(len(c) <= 60 and "\n" not in c
+                                                                        for c in distinct):
+        return "classification"
+    return "generation"
+
+
+# ---------------------------------------------------------------------------------------------
 # extraction
 
 

@@ -197,12 +197,13 @@ class Pipeline:
     def _is_json_task(self) -> bool:
         """Every training completion a JSON object: the task gets a schema."""
         from tinytitan.data import DataSpec, load_examples
+        from tinytitan.metrics import json_answers
 
         train = self.data / "train.jsonl"
         if not train.exists():
             return False
-        completions = [e.completion for e in load_examples(train, DataSpec()).examples]
-        return bool(completions) and all(c.startswith("{") and isinstance(_json(c), dict) for c in completions)
+        answers = json_answers([e.completion for e in load_examples(train, DataSpec()).examples])
+        return bool(answers) and all(isinstance(answer, dict) for answer in answers)
 
     def _prepare(self) -> None:
         if self.data.exists():
