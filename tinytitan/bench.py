@@ -199,7 +199,8 @@ def native_bench(artifact, threads, pp, tg, reps) -> dict | None:
 
 def print_table(results: list[dict]) -> None:
     widths = [-30, 7, 3, 8, 7, 8, 7, 14]
-    print(fixed_row(["artifact", "MB", "thr", "pp t/s", "tg t/s", "TTFT ms", "RSS MB", "native pp/tg"], widths))
+    header = ["artifact", "MB", "thr", "pp t/s", "tg t/s", "TTFT ms", "RSS MB", "native pp/tg"]
+    print(fixed_row(header, widths))
     for r in results:
         for s in r["speed"]:
             native = r["native"] if r["native"] and "error" not in r["native"] else {}

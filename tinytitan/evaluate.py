@@ -445,7 +445,8 @@ def print_result(result: dict) -> None:
         print(f"{task['data']}: {task['task']}, {task['rows']} rows")
         headline = task["results"][0]["headline"]
         widths = [-34, 8, 12, 13, 11, 8, 8, 8]
-        print(fixed_row(["artifact", "size MB", headline, "95% CI", "constrained", "ref ppl", "KL", "seconds"], widths))
+        header = ["artifact", "size MB", headline, "95% CI", "constrained", "ref ppl", "KL", "seconds"]
+        print(fixed_row(header, widths))
         for r in task["results"]:
             kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
             constrained = f"{100 * r['constrained'][headline]:.1f}%" if headline in r.get("constrained", {}) else "-"

@@ -405,8 +405,8 @@ def print_table(report: dict) -> None:
         size = f"{a['bytes'] / 2**20:.1f} MiB" if "bytes" in a else "-"
         greedy = format_cell(p["greedy_agreement"], "{:.1%}") + \
             ("" if p["thresholds"]["min_greedy_agreement"] else " (not gated)")
-        table.add_row(a["artifact"], size, format_cell(p["kl_mean"], "{:.4f}"), format_cell(p["top1"], "{:.1%}"),
-                      greedy, format_cell(p["exact_match"], "{:.1%}"),
+        table.add_row(a["artifact"], size, format_cell(p["kl_mean"], "{:.4f}"),
+                      format_cell(p["top1"], "{:.1%}"), greedy, format_cell(p["exact_match"], "{:.1%}"),
                       "passed" if p["passed"] else "[red]FAILED[/red]")
     console.print(table)
     for a in report["artifacts"]:

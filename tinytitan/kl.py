@@ -95,7 +95,8 @@ def kl_against(reference: dict[str, np.ndarray], engine, sequences: Sequence[tup
 
 
 def kl_divergence(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per position, from log-probabilities over the same outcomes: (positions, outcomes) -> (positions,)."""
+    """KL(p || q) per position, from log-probabilities over the same outcomes.
+    p_logp, q_logp: (positions, outcomes) -> (positions,)."""
     return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
 
 

@@ -259,17 +259,20 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
     rows = table_rows(evaluation, bench)
     metric = rows[0]["metric"].replace("_", " ")
     constrained = any(r["constrained"] is not None for r in rows)
-    header = ["artifact", "size MB", f"{metric} (95% CI)"] + ([f"{metric}, constrained"] if constrained else []) + \
-        ["KL vs torch", "prefill tok/s", "decode tok/s", "peak RSS MB", f"J/conversation ({ENERGY_PROFILE}, estimate)"]
+    header = ["artifact", "size MB", f"{metric} (95% CI)"]
+    header += [f"{metric}, constrained"] if constrained else []
+    header += ["KL vs torch", "prefill tok/s", "decode tok/s", "peak RSS MB",
+               f"J/conversation ({ENERGY_PROFILE}, estimate)"]
     cells = []
     for r in rows:
         name = f"**{r['artifact']}** (recommended)" if recommended and r["artifact"] == recommended["artifact"] else r["artifact"]
-        cells.append([name, f"{r['size_mb']:.1f}",
-                      f"{100 * r['score']:.1f}% ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f})"]
-                     + ([format_cell(r["constrained"] and 100 * r["constrained"], "{:.1f}%")] if constrained else [])
-                     + [format_cell(r["kl"], "{:.4f}"), format_cell(r["pp_tps"], "{:.0f}"),
-                        format_cell(r["tg_tps"], "{:.1f}"), format_cell(r["rss_mb"], "{:.0f}"),
-                        format_cell(r["j_per_conversation"], "{:.3g}")])
+        low, high = (100 * bound for bound in r["ci95"])
+        row = [name, f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}% ({low:.1f}-{high:.1f})"]
+        row += [format_cell(r["constrained"] and 100 * r["constrained"], "{:.1f}%")] if constrained else []
+        row += [format_cell(r["kl"], "{:.4f}"), format_cell(r["pp_tps"], "{:.0f}"),
+                format_cell(r["tg_tps"], "{:.1f}"), format_cell(r["rss_mb"], "{:.0f}"),
+                format_cell(r["j_per_conversation"], "{:.3g}")]
+        cells.append(row)
     table = markdown_table(header, cells)
     about = [f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of `{evaluation['data']}`. "
              f"The base model gets {next((r['few_shot'] for r in evaluation['results'] if r['few_shot']), 0)} solved "
@@ -311,8 +314,8 @@ def _perplexity(evaluation: dict) -> list[str]:
              "prompt carries its solved examples. chrF and ROUGE-L compare each generated text with the real one.",
              ""]
     lines += markdown_table(["artifact", "perplexity", "chrF", "ROUGE-L"], [
-        [r["artifact"], format_cell(r.get("reference_perplexity"), "{:.2f}"), format_cell(r.get("chrf"), "{:.1f}"),
-         format_cell(r.get("rouge_l"), "{:.3f}")] for r in results])
+        [r["artifact"], format_cell(r.get("reference_perplexity"), "{:.2f}"),
+         format_cell(r.get("chrf"), "{:.1f}"), format_cell(r.get("rouge_l"), "{:.3f}")] for r in results])
     base = next((r for r in results if r["few_shot"]), None)
     tuned = _deployed(evaluation)
     if base and base.get("reference_perplexity") and tuned.get("reference_perplexity"):
@@ -329,9 +332,10 @@ def _details(evaluation: dict) -> list[str]:
         lines += [f"Per-field scores of {best['artifact']}: precision, recall and F1 over the values present "
                   f"(a row where neither the reference nor the output has the field counts nowhere); support is the "
                   f"number of reference values.", ""]
+        fields = sorted(best["fields"].items(), key=lambda item: -item[1].get("support", 0))
         lines += markdown_table(["field", "support", "precision", "recall", "F1"], [
             [name, str(f.get("support", "-")), f"{f['precision']:.3f}", f"{f['recall']:.3f}", f"{f['f1']:.3f}"]
-            for name, f in sorted(best["fields"].items(), key=lambda item: -item[1].get("support", 0))])
+            for name, f in fields])
         lines += ["", "Most common field errors (rows): " + ", ".join(
             f"{e['field']} {e['error']} ({e['count']})" for e in best["top_errors"][:8])]
     if "slot_f1_by_intent" in best:
@@ -364,10 +368,10 @@ def _samples(evaluation: dict, out: Path) -> list[str]:
     lines = [f"From `{path.relative_to(out)}` ({deployed['artifact']}; {count} of {len(records)} rows "
              f"{'with chrF below 50' if free_text else 'wrong'}):",
              ""]
+    shown = (("sample", records[:3]), ("least like the reference" if free_text else "worst error", wrong[:8]))
     return lines + markdown_table(["", "input", "reference", "output"], [
         [kind, _cell(r["prompt"]), _cell(r["reference"]), _cell(r["output"])]
-        for kind, items in (("sample", records[:3]), ("least like the reference" if free_text else "worst error", wrong[:8]))
-        for r in items])
+        for kind, items in shown for r in items])
 
 
 def _cell(text: str, width: int = 160) -> str:

@@ -351,7 +351,8 @@ class Pipeline:
         from tinytitan.report import run_artifacts
 
         ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
-        bench = bench_for_report(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"), self.recipe.report.bench_reps)
+        bench = bench_for_report(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"),
+                                 self.recipe.report.bench_reps)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.report_dir / "bench.json", {"result": bench})
 
