@@ -250,3 +250,25 @@ def test_a_head_negatives_file_that_is_not_a_matrix_of_the_model_s_width_is_one_
                          "--max-steps", "1", "--precision", "fp32", "--head-negatives", str(path))
         assert result.returncode != 0 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_general_english_ranking_is_traced_once_per_vocabulary_and_read_back(tiny, tmp_path, monkeypatch):
+    from tinytitan import vocabulary
+    from tinytitan.gguf_files import read_gguf
+    from tinytitan.vocabulary import MergeTracer, Vocab, general_english, general_ranking
+
+    corpus = tmp_path / "english.txt"
+    corpus.write_text("the cat sat on the mat\nthe dog and the cat\nred blue\n")
+    monkeypatch.setattr(vocabulary, "_ENGLISH", corpus)
+    monkeypatch.setenv("TINYTITAN_HOME", str(tmp_path / "home"))
+    vocab = Vocab.from_gguf(read_gguf(tiny[0]))
+    tracer = MergeTracer(vocab)
+    traced = general_ranking(vocab, tracer, general_english())
+    assert traced and all(0 <= i < len(vocab) for tree in traced for i in tree)
+    assert general_ranking(vocab, tracer) == traced  # traced and cached
+    cached, = (tmp_path / "home" / "vocab").glob("english-*.json")
+    cached.write_text("[[1, 2, 3]]")
+    assert general_ranking(vocab, tracer) == [[1, 2, 3]]  # read back, not traced again
+    other = Vocab(vocab.tokens, [s + 1.0 for s in vocab.scores], vocab.types)
+    assert general_ranking(other, MergeTracer(other)) == traced  # another vocabulary: its own file
+    assert len(list((tmp_path / "home" / "vocab").glob("english-*.json"))) == 2

@@ -1,6 +1,8 @@
 """`tinytitan run RECIPE`: the whole job, from a dataset to a checked, shrunk, servable specialist.
 
-    prepare -> check -> schema -> finetune -> export -> eval -> bench -> report
+    prepare -> check -> schema -> vocab -> finetune -> export -> eval -> bench -> report
+
+(`vocab` only where [vocab] trim = "train": the task vocabulary the model is fine-tuned in.)
 
 Each stage records in RUN/stages.json what it was computed from (a content hash of its settings,
 the files it read and the outputs of the stages before it) and the sha256 of what it wrote. A stage
