@@ -41,9 +41,16 @@ def test_report_covers_every_artifact(exported_run):
         assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "src='report" not in page
+    assert "<title>tinytitan report: run</title>" in page and "# tinytitan report: run\n" in report  # the run's name
     bench = json.loads((run / "report" / "bench.json").read_text())["result"]
     base = next(b for b in bench if b["artifact"] == "base (few-shot)")
     assert [c["depth"] for c in base["context"]] == [64, 128]
+    # what the report says of how it measured is read from the results it shows
+    threads = "/".join(str(n) for n in sorted({s["threads"] for b in bench for s in b["speed"]}))
+    assert f"Speed: {threads} threads, pp{base['pp']} / tg{base['tg']} as llama-bench measures them." in report
+    top_k = {r["kl"]["top_k"] for r in json.loads((run / "report" / "eval.json").read_text())["result"]["results"]
+             if "kl" in r}
+    assert len(top_k) == 1 and f"(top-{top_k.pop()} cache)" in report
     assert len(list((run / "report" / "examples").glob("*.jsonl"))) == 5
     # the base model's solved examples come from the run's training split: every one of the 12 rows is scored
     evaluation = json.loads((run / "report" / "eval.json").read_text())["result"]

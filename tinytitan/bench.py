@@ -119,7 +119,7 @@ def bench_artifact(artifact, threads, pp, tg, reps, contexts, prompt, native, pr
     from tinytitan.progress import progress_bar
 
     result = {"artifact": artifact.label, "spec": artifact.spec, "size_mb": artifact.size_bytes() / 2**20,
-              "speed": [], "context": [], "native": None}
+              "pp": pp, "tg": tg, "speed": [], "context": [], "native": None}
     trained = _trained_context(artifact)
     with progress_bar(f"bench {artifact.label}") as progress:
         task = progress.add_task("tests", total=len(threads) + len(contexts) + bool(native))

@@ -246,12 +246,35 @@ def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None,
     md_path, html_path = out / "report.md", out / "report.html"
     title = title or run_dir.name
     md = [f"# tinytitan report: {title}", ""]
-    for title, body in sections:
-        md += [f"## {title}", "", *body, ""]
+    for heading, body in sections:
+        md += [f"## {heading}", "", *body, ""]
     md += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()]
     write_text(md_path, "\n".join(md) + "\n")
     write_text(html_path, _html(title, sections, plots))
     return {"md": md_path, "html": html_path}
+
+
+def _measured_how(evaluation: dict, bench: list | None) -> str:
+    """How the table's KL, speed and energy were measured, read from the results themselves."""
+    said = []
+    top_k = sorted({r["kl"]["top_k"] for r in evaluation["results"] if r.get("kl", {}).get("top_k")})
+    if top_k:
+        said.append(f"KL is measured on the reference completions against the trained torch model (top-"
+                    f"{'/'.join(map(str, top_k))} cache).")
+    speeds = [s for b in bench or [] for s in b["speed"]]
+    if speeds:
+        threads = "/".join(str(n) for n in sorted({s["threads"] for s in speeds}))
+        tests = sorted({(b["pp"], b["tg"]) for b in bench if "pp" in b})
+        said.append(f"Speed: {threads} threads" + ("".join(f", pp{pp} / tg{tg}" for pp, tg in tests)
+                                                      + " as llama-bench measures them." if tests else "."))
+        shapes = [(e["profile"], e["conversation"]) for b in bench for e in b["energy"]["estimates"]
+                  if e["profile"] == ENERGY_PROFILE and e.get("estimate")]
+        if shapes:
+            shape = shapes[0][1]["shape"]
+            said.append(f"Energy: an **estimate**, this machine's CPU-seconds x {ENERGY_PROFILE} profile watts, for a "
+                        f"conversation of {shape['turns']} turns of {shape['prompt_tokens']} prompt + "
+                        f"{shape['reply_tokens']} reply tokens; see bench.json for every profile and its assumptions.")
+    return " ".join(said)
 
 
 def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
@@ -276,10 +299,7 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
     table = markdown_table(header, cells)
     about = [f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of `{evaluation['data']}`. "
              f"The base model gets {next((r['few_shot'] for r in evaluation['results'] if r['few_shot']), 0)} solved "
-             f"examples in its prompt (the floor). KL is measured on the reference completions against the trained "
-             f"torch model (top-64 cache). Speed: 2 threads, pp512 / tg128 as llama-bench measures them. Energy: an "
-             f"**estimate**, this machine's CPU-seconds x {ENERGY_PROFILE} profile watts, for a conversation of 5 "
-             f"turns of 200 prompt + 100 reply tokens; see bench.json for every profile and its assumptions."]
+             f"examples in its prompt (the floor). {_measured_how(evaluation, bench)}"]
     if constrained:
         about.append("The constrained column decodes with the grammar the server applies (the JSON schema "
                      "inferred from the training targets, with the fields copied from the input held to the "
