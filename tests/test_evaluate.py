@@ -261,3 +261,20 @@ def test_constrained_decoding_takes_copied_words_from_each_row(tiny, tmp_path):
     examples = load_examples(data, DataSpec()).examples
     assert _grammars("extraction", schema, [], examples) == [schema_to_grammar(schema, p) for p in prompts]
     assert len(set(_grammars("extraction", schema, [], examples))) == len(set(prompts))
+
+
+def test_two_artifacts_of_one_name_keep_their_own_rows_and_example_files(tiny, tmp_path):
+    """Two runs' models of the same file name (or one model twice) are labelled apart: two rows, two files."""
+    import shutil
+
+    data = _rows(tmp_path / "rows.jsonl", lambda rng: rng.choice(["cat", "dog", "mat"]))
+    copies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        copies.append(str(shutil.copy(tiny[0], tmp_path / folder / "model.gguf")))
+    result = run_cli("eval", *copies, copies[0], "--data", str(data), "--no-likelihood", "--no-constrained",
+                     "--max-tokens", "4", "--limit", "6", "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    labels = json.loads(result.stdout)["artifacts"]
+    assert labels == [copies[0], copies[1], f"{copies[0]} (2)"]
+    assert len(list((tmp_path / "out").glob("*.jsonl"))) == 3

@@ -53,6 +53,23 @@ class Artifact:
                            lora=str(self.adapter) if self.adapter else None, swa_full=swa_full)
 
 
+def parse_artifacts(specs) -> list[Artifact]:
+    """The artifacts of a command line, each with its own label: two that would share one (two runs'
+    adapters on bases of the same name) are labelled as written, so tables and example files stay apart."""
+    from collections import Counter
+    from dataclasses import replace
+
+    artifacts = [parse_artifact(spec) for spec in specs]
+    shared = {label for label, n in Counter(a.label for a in artifacts).items() if n > 1}
+    artifacts = [replace(a, label=a.spec.strip()) if a.label in shared else a for a in artifacts]
+    seen: Counter = Counter()
+    for index, artifact in enumerate(artifacts):  # the same one twice
+        seen[artifact.label] += 1
+        if seen[artifact.label] > 1:
+            artifacts[index] = replace(artifact, label=f"{artifact.label} ({seen[artifact.label]})")
+    return artifacts
+
+
 def parse_artifact(spec: str) -> Artifact:
     text = spec.strip()
     if not text:

@@ -56,7 +56,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def run(args) -> None:
-    from tinytitan.artifacts import parse_artifact
+    from tinytitan.artifacts import parse_artifacts
 
     threads = _int_list(args.threads, "--threads")
     contexts = [] if args.context == "none" else _int_list(args.context, "--context")
@@ -66,7 +66,7 @@ def run(args) -> None:
     profiles = [energy.profile(p) for p in (args.profile or list(energy.PROFILES))]
     if args.battery_wh <= 0:
         raise TinyTitanError(f"--battery-wh must be above 0, not {args.battery_wh}")
-    artifacts = [parse_artifact(spec) for spec in args.artifacts]
+    artifacts = parse_artifacts(args.artifacts)
     for artifact in artifacts:
         if artifact.kind == "run":
             raise TinyTitanError(f"{artifact.spec}: bench measures llama.cpp artifacts; export the run first "

@@ -67,13 +67,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from tinytitan.artifacts import parse_artifact
+    from tinytitan.artifacts import parse_artifact, parse_artifacts
 
     if not args.data and not args.benchmark:
         raise TinyTitanError("nothing to evaluate: pass --data FILE and/or --benchmark NAMES")
     if args.base_shots < 0 or (args.shots is not None and args.shots < 0):
         raise TinyTitanError("--base-shots and --shots must be >= 0")
-    artifacts = [parse_artifact(spec) for spec in args.artifacts]
+    artifacts = parse_artifacts(args.artifacts)
     result: dict = {"artifacts": [a.label for a in artifacts]}
     if args.data:
         reference = parse_artifact(args.kl_reference) if args.kl_reference else None
