@@ -323,7 +323,9 @@ def head_negatives(config, keep: list[int], count: int, rows: int = 64) -> tuple
 
     import torch
 
+    from tinytitan.batching import MicroBatch, collate
     from tinytitan.data_check import prepare_data
+    from tinytitan.loss import completion_positions
     from tinytitan.models import resolve
     from tinytitan.torch_model import load_torch_model, load_tokenizer
     from tinytitan.training import use_bf16
@@ -341,15 +343,12 @@ def head_negatives(config, keep: list[int], count: int, rows: int = 64) -> tuple
     bf16 = use_bf16(config.precision)
     head = weight.to(torch.bfloat16) if bf16 else weight
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(examples), 8):  # 8 rows at a time, padded on the right
-            batch = examples[start:start + 8]
-            ids = torch.zeros((len(batch), max(len(e.ids) for e in batch)), dtype=torch.long)
-            attention = torch.zeros(ids.shape, dtype=torch.long)
-            for row, example in enumerate(batch):
-                ids[row, :len(example.ids)] = torch.tensor(example.ids)
-                attention[row, :len(example.ids)] = 1
-            states = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
-            hidden = torch.cat([states[row, e.completion_start - 1:len(e.ids) - 1] for row, e in enumerate(batch)])
+        for start in range(0, len(examples), 8):  # 8 rows at a time, as training batches them
+            batch = MicroBatch(tuple(range(start, min(start + 8, len(examples)))),
+                               max(len(e.ids) for e in examples[start:start + 8]))
+            ids, attention, loss_mask = collate(examples, batch, pad_id=0)
+            predicts, _ = completion_positions(ids, loss_mask)
+            hidden = model.model(input_ids=ids, attention_mask=attention).last_hidden_state[predicts]
             probs = (hidden.to(head.dtype) @ head.T).float().softmax(-1)  # (positions, vocab)
             kept_share += (1.0 - probs[:, dropped].sum(-1)).tolist()
             mass += probs.sum(0).double() * dropped
