@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tinytitan.native_tools import find_tool
+from tinytitan.export.native_tools import find_tool
 
 # a base model keeps writing after this for well over 128 tokens
 PROMPT = "Chapter 1\n\nThe old lighthouse keeper had lived on the island for forty years, and every night he"
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="GGUF path (default: the embedded gemma-3-270m)")
     args = parser.parse_args()
 
-    from tinytitan.models import resolve
+    from tinytitan.model.registry import resolve
 
     model = resolve(args.model).path
     tool = find_tool("llama-bench")

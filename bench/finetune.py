@@ -33,7 +33,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def write_rows(path: Path, rows: int) -> None:
     """The first `rows` usable ingredient rows as prompt/completion JSONL (completion: a JSON object)."""
-    from tinytitan.data import DataSpec, load_examples
+    from tinytitan.data.rows import DataSpec, load_examples
 
     examples = load_examples(DATA, DataSpec()).examples[:rows]
     with open(path, "w") as file:
@@ -47,11 +47,11 @@ def baseline(data: Path, threads: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from tinytitan.config import FinetuneConfig
-    from tinytitan.data_check import prepare_data
-    from tinytitan.engines import peak_memory_mb
-    from tinytitan.models import resolve
-    from tinytitan.torch_model import load_tokenizer, load_torch_model
+    from tinytitan.train.config import FinetuneConfig
+    from tinytitan.data.check import prepare_data
+    from tinytitan.model.engines import peak_memory_mb
+    from tinytitan.model.registry import resolve
+    from tinytitan.model.torch_model import load_tokenizer, load_torch_model
 
     torch.set_num_threads(threads)
     ref = resolve(None)

@@ -56,10 +56,10 @@ def main() -> None:
     parser.add_argument("--lora-rank", default="16")
     args = parser.parse_args()
 
-    from tinytitan.chat_format import encode_chat
-    from tinytitan.data import DataSpec, load_examples, split_examples
-    from tinytitan.engines.torch import TorchEngine
-    from tinytitan.runs import load_run_model
+    from tinytitan.model.chat_format import encode_chat
+    from tinytitan.data.rows import DataSpec, load_examples, split_examples
+    from tinytitan.model.engines.torch import TorchEngine
+    from tinytitan.model.runs import load_run_model
 
     splits = split_examples(load_examples(DATA, DataSpec()).examples, (0.8, 0.1, 0.1), seed=0)
     train, val, test = (splits["train"][:args.train_rows], splits["val"][:args.val_rows],

@@ -51,7 +51,7 @@ def serve_and_measure(fleet: dict[str, tuple[str, str]], slots: int, ctx: int) -
 
 def _size(path: str) -> int:
     if path == "base":
-        from tinytitan.models import default_model_path
+        from tinytitan.model.registry import default_model_path
 
         return default_model_path().stat().st_size
     return Path(path).stat().st_size

@@ -36,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.artifacts:
         return compare_artifacts(args)
-    from tinytitan.chat_format import END_OF_TURN, encode_chat
-    from tinytitan.engines import load_engine
-    from tinytitan.data import DataSpec
-    from tinytitan.evaluate import load_rows
+    from tinytitan.model.chat_format import END_OF_TURN, encode_chat
+    from tinytitan.model.engines import load_engine
+    from tinytitan.data.rows import DataSpec
+    from tinytitan.evaluate.eval import load_rows
 
     data = args.data or _banking77_test()
     examples = load_rows(str(data), DataSpec())
@@ -74,10 +74,10 @@ def main() -> None:
 
 
 def compare_artifacts(args) -> None:
-    from tinytitan.artifacts import parse_artifact
-    from tinytitan.chat_format import END_OF_TURN, encode_chat
-    from tinytitan.data import DataSpec
-    from tinytitan.evaluate import load_rows
+    from tinytitan.model.artifacts import parse_artifact
+    from tinytitan.model.chat_format import END_OF_TURN, encode_chat
+    from tinytitan.data.rows import DataSpec
+    from tinytitan.evaluate.eval import load_rows
 
     data = args.data or _banking77_test()
     examples = load_rows(str(data), DataSpec())

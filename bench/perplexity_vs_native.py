@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinytitan.native_tools import find_tool
+from tinytitan.export.native_tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--file", default=str(WIKI))
     args = parser.parse_args()
 
-    from tinytitan.models import resolve
+    from tinytitan.model.registry import resolve
 
     model = resolve(args.model).path
     tool = find_tool("llama-perplexity")

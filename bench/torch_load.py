@@ -24,9 +24,9 @@ import json, sys, time
 start = time.perf_counter()
 import torch
 from transformers import Gemma3ForCausalLM  # transformers imports lazily: pay for it here
-from tinytitan.engines.torch import TorchEngine
+from tinytitan.model.engines.torch import TorchEngine
 imported = time.perf_counter()
-from tinytitan.models import resolve
+from tinytitan.model.registry import resolve
 engine = TorchEngine(resolve(sys.argv[1]))
 print(json.dumps({"import_seconds": imported - start, "load_seconds": time.perf_counter() - imported}))
 """
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="GGUF path (default: the embedded gemma-3-270m)")
     args = parser.parse_args()
-    from tinytitan.models import resolve
+    from tinytitan.model.registry import resolve
 
     model = str(resolve(args.model).path)  # assembled in the user's cache; only the torch cache is fresh
     with tempfile.TemporaryDirectory(prefix="tinytitan-home-") as home:

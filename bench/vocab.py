@@ -4,7 +4,7 @@ Both fine-tune LoRA (rank 16, alpha 32) with `tinytitan finetune` on the first `
 ingredient rows (../shared/data/ingredients, tastecooking), max length 128, one pass, batch_tokens
 1024, each in its own process:
 - full: the embedded Gemma 3 270M (262,144 tokens; the tied LM head is 640 x 262,144);
-- task: the same GGUF trimmed to these rows' task vocabulary (`tinytitan.vocabulary.run_keep_set`,
+- task: the same GGUF trimmed to these rows' task vocabulary (`tinytitan.shrink.vocabulary.run_keep_set`,
   with the default 4,000 most frequent tokens of general English), and the 1,024 dropped rows kept in
   the training softmax (`head_negatives`), as `[vocab] trim = "train"` does; the time to make both is
   reported beside.
@@ -55,11 +55,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from tinytitan.config import FinetuneConfig
-    from tinytitan.models import resolve
+    from tinytitan.train.config import FinetuneConfig
+    from tinytitan.model.registry import resolve
     import numpy as np
 
-    from tinytitan.vocabulary import Vocab, describe, head_negatives, run_keep_set, trim_gguf
+    from tinytitan.shrink.vocabulary import Vocab, describe, head_negatives, run_keep_set, trim_gguf
 
     with tempfile.TemporaryDirectory() as tmp:
         data, trimmed, negatives = (Path(tmp) / name for name in ("ingredients.jsonl", "base-task.gguf", "neg.npy"))

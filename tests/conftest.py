@@ -31,7 +31,7 @@ def tinytitan_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(path of the tiny GGUF, the transformers model it was written from)."""
-    from tinytitan.tiny import write_tiny_gguf
+    from tinytitan.model.tiny import write_tiny_gguf
 
     path = tmp_path_factory.mktemp("tiny") / "tiny-gemma3.gguf"
     model = write_tiny_gguf(path)
@@ -40,28 +40,28 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_torch(tiny):
-    from tinytitan.engines import load_engine
+    from tinytitan.model.engines import load_engine
 
     return load_engine("torch", str(tiny[0]))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny):
-    from tinytitan.engines import load_engine
+    from tinytitan.model.engines import load_engine
 
     return load_engine("llama", str(tiny[0]), n_ctx=512)
 
 
 @pytest.fixture(scope="session")
 def real_torch():
-    from tinytitan.engines import load_engine
+    from tinytitan.model.engines import load_engine
 
     return load_engine("torch")
 
 
 @pytest.fixture(scope="session")
 def real_llama():
-    from tinytitan.engines import load_engine
+    from tinytitan.model.engines import load_engine
 
     return load_engine("llama", n_ctx=2048)
 

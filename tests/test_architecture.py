@@ -68,30 +68,30 @@ def test_no_module_uses_another_modules_private_names():
 def test_private_uses_catches_each_form():
     source = "\n".join([
         "import json",
-        "import tinytitan.bench",
-        "import tinytitan.config as config",
+        "import tinytitan.evaluate.bench",
+        "import tinytitan.train.config as config",
         "from tinytitan import evaluate",
-        "from tinytitan.structured import _json_type, json_type, __version__",
+        "from tinytitan.data.structured import _json_type, json_type, __version__",
         "from ._own import _helper",
         "from . import _sibling",
         "def f(self):",
-        "    tinytitan.bench._int_list('1', '--x')",
+        "    tinytitan.evaluate.bench._int_list('1', '--x')",
         "    config._coerce('a', 1, 'here')",
         "    evaluate._file_name('x')",
         "    evaluate.examples_file",
         "    self._state, json._default_encoder, evaluate.__name__",
     ])
-    found = private_uses(source, "tinytitan.server.api")
+    found = private_uses(source, "tinytitan.serve.api")
     assert found == [
-        (5, "from tinytitan.structured import _json_type"),
-        (6, "from tinytitan.server._own import _helper"),
-        (7, "from tinytitan.server import _sibling"),
-        (9, "tinytitan.bench._int_list (tinytitan is tinytitan)"),
-        (10, "config._coerce (config is tinytitan.config)"),
+        (5, "from tinytitan.data.structured import _json_type"),
+        (6, "from tinytitan.serve._own import _helper"),
+        (7, "from tinytitan.serve import _sibling"),
+        (9, "tinytitan.evaluate.bench._int_list (tinytitan is tinytitan)"),
+        (10, "config._coerce (config is tinytitan.train.config)"),
         (11, "evaluate._file_name (evaluate is tinytitan.evaluate)"),
     ]
     # a module's own private names, and relative imports from within a package's __init__, are its own
-    assert private_uses("from tinytitan.kl import _x\nfrom . import _y", "tinytitan.kl") == [
+    assert private_uses("from tinytitan.evaluate.kl import _x\nfrom . import _y", "tinytitan.evaluate.kl") == [
         (2, "from tinytitan import _y")]
-    assert private_uses("from .llama import _z", "tinytitan.engines", is_package=True) == [
-        (1, "from tinytitan.engines.llama import _z")]
+    assert private_uses("from .llama import _z", "tinytitan.model.engines", is_package=True) == [
+        (1, "from tinytitan.model.engines.llama import _z")]

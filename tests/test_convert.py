@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tinytitan.convert import gemma3_config, layer_is_sliding
-from tinytitan.gguf_files import read_gguf
-from tinytitan.models import resolve
-from tinytitan.torch_model import load_torch_model
+from tinytitan.model.convert import gemma3_config, layer_is_sliding
+from tinytitan.model.gguf import read_gguf
+from tinytitan.model.registry import resolve
+from tinytitan.model.torch_model import load_torch_model
 from tests.conftest import run_cli
 
 
@@ -56,7 +56,7 @@ def test_sliding_pattern_follows_llama_cpp():
 
 
 def test_conversion_is_cached(tiny):
-    from tinytitan.torch_model import cache_dir
+    from tinytitan.model.torch_model import cache_dir
 
     ref = resolve(str(tiny[0]))
     load_torch_model(ref)

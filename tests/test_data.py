@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tinytitan.chat_format import Message
-from tinytitan.config import FinetuneConfig
-from tinytitan.data import (DataSpec, Example, canonical_completion, leakage, load_examples, split_examples,
+from tinytitan.model.chat_format import Message
+from tinytitan.train.config import FinetuneConfig
+from tinytitan.data.rows import (DataSpec, Example, canonical_completion, leakage, load_examples, split_examples,
                             tokenize_example)
-from tinytitan.data_check import prepare_data
+from tinytitan.data.check import prepare_data
 from tinytitan.errors import TinyTitanError
 from tests.conftest import run_cli, shared_file
 
@@ -227,7 +227,7 @@ def test_a_file_in_another_encoding_is_named_by_line_and_byte_and_read_when_told
 
 
 def test_cesu_8_joins_surrogate_pairs_and_names_a_lone_one(tmp_path):
-    from tinytitan.data import decode
+    from tinytitan.data.rows import decode
 
     pizza = "🍕".encode("utf-16-le").decode("utf-16-le")
     cesu = "".join(chr(u) for u in (0xD83C, 0xDF55)).encode("utf-8", "surrogatepass")

@@ -85,8 +85,8 @@ def datasets(draw):
 
 def stages(folder: Path, tiny_gguf: Path, rows: list[dict], crlf: bool):
     """The run's prepare, check and schema stages over `rows` (written as a user would)."""
-    from tinytitan.recipe import load_recipe
-    from tinytitan.run import Pipeline
+    from tinytitan.pipeline.recipe import load_recipe
+    from tinytitan.pipeline.run import Pipeline
 
     data = folder / "rows.jsonl"
     end = b"\r\n" if crlf else b"\n"
@@ -106,7 +106,7 @@ def stages(folder: Path, tiny_gguf: Path, rows: list[dict], crlf: bool):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny):
-    from tinytitan.server.backend import LoadedModel
+    from tinytitan.serve.backend import LoadedModel
 
     model = LoadedModel(tiny[0], n_ctx=512)
     yield model
@@ -119,10 +119,10 @@ def tiny_model(tiny):
 @given(rows=datasets(), crlf=st.booleans())
 def test_every_training_target_is_accepted_by_its_grammar_and_is_the_record_it_came_from(tiny, tiny_model, rows,
                                                                                           crlf):
-    from tinytitan.data import DataSpec, load_examples
-    from tinytitan.metrics import same_json
-    from tinytitan.server.backend import grammar_accepts
-    from tinytitan.structured import schema_to_grammar
+    from tinytitan.data.rows import DataSpec, load_examples
+    from tinytitan.evaluate.metrics import same_json
+    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.data.structured import schema_to_grammar
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -174,9 +174,9 @@ def test_a_five_line_recipe_runs_end_to_end_on_these_shapes(tiny, tmp_path, shap
 
 
 def test_a_recipe_reads_its_files_in_their_encoding_and_the_prepared_rows_stay_utf8(tiny, tmp_path):
-    from tinytitan.data import load_examples
-    from tinytitan.recipe import load_recipe
-    from tinytitan.run import Pipeline
+    from tinytitan.data.rows import load_examples
+    from tinytitan.pipeline.recipe import load_recipe
+    from tinytitan.pipeline.run import Pipeline
 
     rows = "".join(f'{{"input": "café crème {i}", "output": {{"drink": "crème", "n": {i}}}}}\n' for i in range(40))
     (tmp_path / "latin1.jsonl").write_bytes(rows.encode("latin-1"))

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinytitan import energy
-from tinytitan.bench import energy_figures
+from tinytitan.evaluate import energy
+from tinytitan.evaluate.bench import energy_figures
 from tinytitan.errors import TinyTitanError
 
 

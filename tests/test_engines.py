@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinytitan.engines import GenerationChunk, SamplingParams
+from tinytitan.model.engines import GenerationChunk, SamplingParams
 from tinytitan.errors import TinyTitanError
 
 TEXTS = [
@@ -118,8 +118,8 @@ def test_prompt_longer_than_context_is_an_error(tiny_llama):
 
 def test_scoring_across_several_decode_batches(tiny, tiny_torch):
     """llama.cpp decodes long inputs in n_batch pieces; scores must line up with the targets."""
-    from tinytitan.engines.llama import LlamaEngine
-    from tinytitan.models import resolve
+    from tinytitan.model.engines.llama import LlamaEngine
+    from tinytitan.model.registry import resolve
 
     ids = tiny_torch.tokenize("the cat sat on the mat and the dog sat on the cup " * 4, bos=True)[:70]
     with LlamaEngine(resolve(str(tiny[0])), n_ctx=128, n_batch=16) as small_batches:
@@ -131,7 +131,7 @@ def test_scoring_across_several_decode_batches(tiny, tiny_torch):
 
 
 def test_the_earliest_stop_string_wins():
-    from tinytitan.engines import StopAwareText
+    from tinytitan.model.engines import StopAwareText
 
     text = StopAwareText(["B", "A"])
     assert text.feed("xAyB", final=False) == ("x", True)
@@ -142,7 +142,7 @@ def test_batched_greedy_matches_one_at_a_time(tiny, tmp_path):
     completion it gets alone, with and without a LoRA adapter, across groups and per-prompt budgets."""
     import random
 
-    from tinytitan.engines import SamplingParams, load_engine
+    from tinytitan.model.engines import SamplingParams, load_engine
     from tests.test_serve import write_adapter
 
     (tmp_path / "base.gguf").write_bytes(tiny[0].read_bytes())

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tinytitan import benchmarks
+from tinytitan.evaluate import benchmarks
 from tinytitan.errors import TinyTitanError
 from tests.conftest import run_cli, shared_file
 
@@ -28,7 +28,7 @@ def _requests(engine):
 
 
 def test_llama_logprob_sums_with_prefix_reuse_match_fresh_passes(tiny):
-    from tinytitan.engines import load_engine
+    from tinytitan.model.engines import load_engine
 
     reusing = load_engine("llama", str(tiny[0]), n_ctx=256, swa_full=True)
     fresh = load_engine("llama", str(tiny[0]), n_ctx=256)
@@ -37,7 +37,7 @@ def test_llama_logprob_sums_with_prefix_reuse_match_fresh_passes(tiny):
     np.testing.assert_allclose(reusing.logprob_sums(requests), expected, atol=1e-3)
     np.testing.assert_allclose(fresh.logprob_sums(requests), expected, atol=1e-5)  # no reuse: one pass each
     # generation in between leaves the cache in a state the next scoring must not trust
-    from tinytitan.engines import SamplingParams
+    from tinytitan.model.engines import SamplingParams
 
     reusing.generate(requests[0][0], SamplingParams(max_tokens=3))
     np.testing.assert_allclose(reusing.logprob_sums(requests[:3]), expected[:3], atol=1e-3)
@@ -98,9 +98,9 @@ def test_eval_cli_every_task_kind(tiny, tmp_path, task, completion):
     assert saved["result"]["task"] == task and saved["settings"]["max_tokens"] == 12
     if task == "classification":
         # the likelihood pick is the label with the largest sum log P(label, <end_of_turn> | prompt)
-        from tinytitan.engines import load_engine
-        from tinytitan.evaluate import _encode, load_rows
-        from tinytitan.data import DataSpec
+        from tinytitan.model.engines import load_engine
+        from tinytitan.evaluate.eval import _encode, load_rows
+        from tinytitan.data.rows import DataSpec
 
         engine = load_engine("llama", model, n_ctx=256, swa_full=True)
         row = _encode(engine, load_rows(str(data), DataSpec())[:1], [])[0]
@@ -117,8 +117,8 @@ def test_eval_cli_every_task_kind(tiny, tmp_path, task, completion):
 
 def test_eval_base_few_shot_rows_are_left_out(tiny, tmp_path):
     """Examples given to the base model are drawn from the data and scored for nobody."""
-    from tinytitan.artifacts import Artifact
-    from tinytitan.evaluate import evaluate_task
+    from tinytitan.model.artifacts import Artifact
+    from tinytitan.evaluate.eval import evaluate_task
 
     data = _rows(tmp_path / "rows.jsonl", lambda rng: rng.choice(["cat", "dog"]), n=20)
     floor = Artifact("base", "base", "gguf", tiny[0], is_base=True)
@@ -196,8 +196,8 @@ def test_run_benchmark_picks_by_likelihood(tiny_llama, tmp_path):
 def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path):
     """With a schema, llama.cpp artifacts are also decoded under its grammar: every such output is valid
     JSON of the schema; classification without likelihoods is scored by generation."""
-    from tinytitan.artifacts import Artifact
-    from tinytitan.evaluate import evaluate_task
+    from tinytitan.model.artifacts import Artifact
+    from tinytitan.evaluate.eval import evaluate_task
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
     data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(["cat", "dog", "red"]), "n": rng.randint(0, 3)})
@@ -240,10 +240,10 @@ def test_constrained_decoding_takes_copied_words_from_each_row(tiny, tmp_path):
     """A schema field marked `x-input-words` is decoded, row by row, from that row's own words."""
     import re
 
-    from tinytitan.artifacts import Artifact
-    from tinytitan.data import DataSpec, load_examples
-    from tinytitan.evaluate import _grammars, evaluate_task
-    from tinytitan.structured import input_words, schema_to_grammar
+    from tinytitan.model.artifacts import Artifact
+    from tinytitan.data.rows import DataSpec, load_examples
+    from tinytitan.evaluate.eval import _grammars, evaluate_task
+    from tinytitan.data.structured import input_words, schema_to_grammar
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
     data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(WORDS)})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinytitan.models import resolve
+from tinytitan.model.registry import resolve
 from tests.conftest import run_cli, tiny_lora_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -23,9 +23,9 @@ def tiny_run(tiny, tmp_path_factory):
 
 def test_round_trip_tiny_gguf_torch_f32_gguf(tiny, tmp_path):
     """tiny GGUF -> torch -> F32 GGUF -> llama.cpp: the same logits as the original file."""
-    from tinytitan.engines.llama import LlamaEngine
-    from tinytitan.gguf_export import write_merged_gguf
-    from tinytitan.torch_model import load_torch_model
+    from tinytitan.model.engines.llama import LlamaEngine
+    from tinytitan.export.gguf_writer import write_merged_gguf
+    from tinytitan.model.torch_model import load_torch_model
 
     ref = resolve(str(tiny[0]))
     copy = write_merged_gguf(tmp_path / "copy-f32.gguf", load_torch_model(ref), ref.gguf, "f32", {})
@@ -38,9 +38,9 @@ def test_round_trip_tiny_gguf_torch_f32_gguf(tiny, tmp_path):
 @pytest.mark.real_model
 def test_round_trip_real_model(tmp_path):
     """Gemma 3 270M Q4_K_M -> torch (dequantized) -> F32 GGUF -> llama.cpp agrees with torch."""
-    from tinytitan.engines.llama import LlamaEngine
-    from tinytitan.engines.torch import TorchEngine
-    from tinytitan.gguf_export import write_merged_gguf
+    from tinytitan.model.engines.llama import LlamaEngine
+    from tinytitan.model.engines.torch import TorchEngine
+    from tinytitan.export.gguf_writer import write_merged_gguf
 
     base = resolve("gemma-3-270m")
     torch_engine = TorchEngine(base)
@@ -82,8 +82,8 @@ def test_export_every_format_passes_and_reloads(tiny_run, tmp_path):
     from peft import PeftModel
     from transformers import Gemma3ForCausalLM
 
-    from tinytitan.runs import load_run_model
-    from tinytitan.torch_model import load_torch_model
+    from tinytitan.model.runs import load_run_model
+    from tinytitan.model.torch_model import load_torch_model
 
     base_ref, trained = load_run_model(tiny_run)
     ids = torch.tensor([[2, 300, 310, 320, 330, 340, 350]])
@@ -101,9 +101,10 @@ def test_export_every_format_passes_and_reloads(tiny_run, tmp_path):
 
 
 def test_gate_fails_on_a_corrupted_tensor_and_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    from tinytitan import export, gguf_export
+    from tinytitan.export import export
+    from tinytitan.export import gguf_writer as gguf_export
     from tinytitan.errors import TinyTitanError
-    from tinytitan.quantize import parse_quants
+    from tinytitan.export.quantize import parse_quants
 
     real_write = gguf_export.write_merged_gguf
 
@@ -114,7 +115,7 @@ def test_gate_fails_on_a_corrupted_tensor_and_leaves_nothing(tiny_run, tmp_path,
             model.model.layers[0].self_attn.q_proj.weight.mul_(-3.0)
         return real_write(path, model, base, dtype, metadata)
 
-    from tinytitan.runs import load_run_model
+    from tinytitan.model.runs import load_run_model
 
     real_model_state = load_run_model(tiny_run)[1].state_dict()
     monkeypatch.setattr(gguf_export, "write_merged_gguf", corrupting_write)
@@ -160,7 +161,7 @@ def test_importance_matrix_matches_the_matmul_inputs(tiny, tmp_path):
     """imatrix entries are the column sums of squared inputs of every matmul, the head's included."""
     import gguf
 
-    from tinytitan.gguf_export import compute_imatrix
+    from tinytitan.export.gguf_writer import compute_imatrix
 
     model = tiny[1].eval()
     sequences = [[2, 300, 301, 302, 310], [2, 320, 330, 340, 350, 360, 370]]
@@ -202,8 +203,8 @@ class _TextEngine:
 
 @pytest.mark.parametrize("free_text", [True, False])
 def test_greedy_agreement_is_gated_for_labels_and_reported_for_free_text(free_text):
-    from tinytitan.data import TokenizedExample
-    from tinytitan.gate import Candidate, run_gate
+    from tinytitan.data.rows import TokenizedExample
+    from tinytitan.export.gate import Candidate, run_gate
 
     words = ["tell", "me", "a", "story", "label", "yes", "no"] + [f"w{i}" for i in range(40)]
     rows = []

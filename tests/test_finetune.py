@@ -58,8 +58,8 @@ def test_run_folder_and_peft_adapter(tiny, dataset, tmp_path):
     # the adapter loads with PEFT on the base model
     from peft import PeftModel
 
-    from tinytitan.models import resolve
-    from tinytitan.torch_model import load_torch_model
+    from tinytitan.model.registry import resolve
+    from tinytitan.model.torch_model import load_torch_model
 
     model = PeftModel.from_pretrained(load_torch_model(resolve(str(tiny[0]))), str(run / "best"))
     assert any("lora_A" in name for name, _ in model.named_parameters())
@@ -189,7 +189,7 @@ def test_checkpoint_write_failure_keeps_the_previous(tmp_path, monkeypatch):
     import safetensors.torch
     import torch
 
-    from tinytitan import checkpoint
+    from tinytitan.train import checkpoint
     from tinytitan.errors import TinyTitanError
 
     folder = tmp_path / "checkpoints"
@@ -209,7 +209,7 @@ def test_checkpoint_write_failure_keeps_the_previous(tmp_path, monkeypatch):
 def test_incomplete_checkpoint_is_ignored(tmp_path):
     import torch
 
-    from tinytitan import checkpoint
+    from tinytitan.train import checkpoint
 
     folder = tmp_path / "checkpoints"
     checkpoint.save(folder, 1, {"w": torch.ones(2)}, {"step": 1}, keep=3)
@@ -219,8 +219,8 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
 
 
 def test_example_recipe_is_valid_for_finetune_and_run_alike(tmp_path):
-    from tinytitan.config import FinetuneConfig, read_recipe
-    from tinytitan.recipe import load_recipe
+    from tinytitan.train.config import FinetuneConfig, read_recipe
+    from tinytitan.pipeline.recipe import load_recipe
 
     recipe = ROOT / "examples" / "ingredients-lora.toml"
     assert recipe.read_text().splitlines()[0] == "# tinytitan finetune examples/ingredients-lora.toml"
@@ -260,7 +260,7 @@ def test_resume_refuses_changed_data(tiny, dataset, tmp_path):
 def test_weights_folder_is_replaced_whole_and_damaged_checkpoints_are_skipped(tmp_path, capsys):
     import torch
 
-    from tinytitan import checkpoint
+    from tinytitan.train import checkpoint
 
     target = tmp_path / "best"
     checkpoint.write_atomic_dir(target, lambda d: (d / "w.txt").write_text("one"))

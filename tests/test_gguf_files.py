@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from tinytitan.errors import ModelFileError
-from tinytitan.gguf_files import read_gguf
+from tinytitan.model.gguf import read_gguf
 from tests.conftest import run_cli
 
 
@@ -219,9 +219,9 @@ def test_ten_thousand_mutated_ggufs_each_load_or_fail_in_one_line(tiny, tmp_path
     import time
 
     from tinytitan.errors import TinyTitanError
-    from tinytitan.info import describe
-    from tinytitan.models import resolve
-    from tinytitan.vocabulary import Vocab
+    from tinytitan.model.info import describe
+    from tinytitan.model.registry import resolve
+    from tinytitan.shrink.vocabulary import Vocab
 
     good = tiny[0].read_bytes()
     header_end = min(t.offset for t in read_gguf(tiny[0]).tensors)

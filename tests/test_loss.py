@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinytitan.loss import chunked_head_loss, completion_positions
+from tinytitan.train.loss import chunked_head_loss, completion_positions
 
 VOCAB, HIDDEN = 1000, 32
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tinytitan import metrics
+from tinytitan.evaluate import metrics
 
 
 def test_extraction_exact_match_validity_and_field_scores():

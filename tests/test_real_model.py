@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tinytitan.engines import SamplingParams
-from tinytitan.models import resolve
-from tinytitan.parity import gate_failures, run_parity
-from tinytitan.perplexity import read_text
+from tinytitan.model.engines import SamplingParams
+from tinytitan.model.registry import resolve
+from tinytitan.evaluate.parity import gate_failures, run_parity
+from tinytitan.evaluate.perplexity import read_text
 from tests.conftest import run_cli, shared_file
 
 pytestmark = pytest.mark.real_model
@@ -68,9 +68,9 @@ def test_label_likelihood_classification_on_sms_spam(tmp_path):
     (The untuned base model is near chance on this task by likelihood: the floor, not a failure.)"""
     import csv
 
-    from tinytitan.data import DataSpec
-    from tinytitan.engines import load_engine
-    from tinytitan.evaluate import _encode, load_rows
+    from tinytitan.data.rows import DataSpec
+    from tinytitan.model.engines import load_engine
+    from tinytitan.evaluate.eval import _encode, load_rows
     from tests.conftest import run_cli, shared_file
 
     rows = list(csv.reader(shared_file("sms_spam", "sms.tsv").open(encoding="utf-8"), delimiter="\t"))

@@ -70,11 +70,11 @@ def test_an_output_folder_holding_other_files_is_refused_and_left_alone(recipe, 
 
 def test_a_reexport_whose_quantizer_fails_leaves_the_previous_export_and_fleet_serving(recipe, tmp_path,
                                                                                        monkeypatch):
-    from tinytitan import native_tools
+    from tinytitan.export import native_tools
     from tinytitan.errors import TinyTitanError
-    from tinytitan.recipe import load_recipe
-    from tinytitan.run import Pipeline
-    from tinytitan.server.fleet import load_fleet
+    from tinytitan.pipeline.recipe import load_recipe
+    from tinytitan.pipeline.run import Pipeline
+    from tinytitan.serve.fleet import load_fleet
 
     settings = load_recipe(recipe / "tiny.toml", ["vocab.trim=off"])
     settings.output = tmp_path / "run"
@@ -94,8 +94,8 @@ def test_a_reexport_whose_quantizer_fails_leaves_the_previous_export_and_fleet_s
 
     assert _files(export) == before and fleet.read_text() == fleet_before
     [task] = load_fleet(fleet)  # every file it names is still there, and serves
-    from tinytitan.chat_format import encode_chat
-    from tinytitan.engines import load_engine
+    from tinytitan.model.chat_format import encode_chat
+    from tinytitan.model.engines import load_engine
 
     engine = load_engine("llama", str(task.model), lora=str(task.adapter) if task.adapter else None, n_ctx=256)
     prompt = encode_chat(engine, [{"role": "user", "content": "cat dog 1"}])

@@ -56,7 +56,7 @@ def test_report_covers_every_artifact(exported_run):
     evaluation = json.loads((run / "report" / "eval.json").read_text())["result"]
     assert evaluation["rows"] == 12 and evaluation["left_out"] == 0
     assert summary["recommended"]["artifact"] in rows and summary["serve"] == f"tinytitan serve --fleet {run / 'report' / 'fleet.toml'}"
-    from tinytitan.server.fleet import load_fleet
+    from tinytitan.serve.fleet import load_fleet
 
     (task,) = load_fleet(run / "report" / "fleet.toml")  # the recommendation, servable as written
     assert task.name == "run" and task.defaults == {"temperature": 0.0, "max_tokens": 256}
@@ -106,7 +106,7 @@ def test_an_adapter_for_another_model_is_refused(exported_run):
 
 
 def test_a_free_text_report_compares_perplexity_with_the_base(tmp_path):
-    from tinytitan.report import write_report
+    from tinytitan.report.report import write_report
 
     def result(name, size, ppl, few_shot=0):
         return {"artifact": name, "size_mb": size, "headline": "chrf", "score": 0.3, "ci95": [0.29, 0.31],

@@ -120,7 +120,7 @@ def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
 
 
 def test_recommend_takes_the_smallest_within_tolerance_that_passed():
-    from tinytitan.run_summary import recommend
+    from tinytitan.report.summary import recommend
 
     rows = [{"artifact": "torch (run)", "size_mb": 1000, "score": 0.95},
             {"artifact": "x-f16", "size_mb": 500, "score": 0.90},
@@ -142,14 +142,14 @@ def test_recommend_takes_the_smallest_within_tolerance_that_passed():
 def test_fleet_file_is_valid_toml_with_any_text():
     import tomllib
 
-    from tinytitan.server.fleet import toml_string
+    from tinytitan.serve.fleet import toml_string
 
     text = 'Réponds en JSON 😀 "quoted" \\ back\nline'
     assert tomllib.loads(f"system = {toml_string(text)}")["system"] == text
 
 
 def test_a_run_in_the_task_vocabulary_trains_exports_and_scores_the_trimmed_model(recipe, tmp_path):
-    from tinytitan.gguf_files import read_gguf
+    from tinytitan.model.gguf import read_gguf
 
     out = tmp_path / "task-vocab"
     first, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", "vocab.trim=train",
@@ -191,10 +191,10 @@ def test_a_resume_that_cannot_save_keeps_every_checkpoint_and_resumes_later(reci
     with the error and every checkpoint remains; once there is room, the next run continues from the newest."""
     import errno
 
-    from tinytitan import checkpoint
+    from tinytitan.train import checkpoint
     from tinytitan.errors import TinyTitanError
-    from tinytitan.recipe import load_recipe
-    from tinytitan.run import Pipeline
+    from tinytitan.pipeline.recipe import load_recipe
+    from tinytitan.pipeline.run import Pipeline
 
     settings = load_recipe(recipe / "tiny.toml", ["finetune.save_every=2", "finetune.eval_every=2",
                                                    "finetune.keep_checkpoints=5", "vocab.trim=off"])

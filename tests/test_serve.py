@@ -40,7 +40,7 @@ def live_server(*flags: str, timeouts: tuple[float, float] | None = None):
     flags; yields (url, app), the backend as `app.state.backend`. `timeouts`: (request, write stall) s."""
     import uvicorn
 
-    from tinytitan.serve import add_arguments, build, uvicorn_config
+    from tinytitan.serve.serve import add_arguments, build, uvicorn_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -63,8 +63,8 @@ def live_server(*flags: str, timeouts: tuple[float, float] | None = None):
 
 def write_adapter(tiny_model, path: Path, seed: int) -> Path:
     """A random LoRA adapter for the tiny model (large, so it changes what the model says)."""
-    from tinytitan.gguf_export import write_lora_adapter
-    from tinytitan.gguf_files import read_gguf
+    from tinytitan.export.gguf_writer import write_lora_adapter
+    from tinytitan.model.gguf import read_gguf
 
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -181,9 +181,9 @@ def test_streaming_matches_non_streaming(client):
 
 
 def test_a_task_schema_with_input_words_is_made_for_each_request():
-    from tinytitan.server.app import GrammarCache, _grammar
-    from tinytitan.server.fleet import Task
-    from tinytitan.structured import schema_to_grammar
+    from tinytitan.serve.app import GrammarCache, _grammar
+    from tinytitan.serve.fleet import Task
+    from tinytitan.data.structured import schema_to_grammar
 
     copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": []}}, "required": ["w"]}
     task = Task("copy", None, schema=copied, grammar=schema_to_grammar(copied))
@@ -301,8 +301,8 @@ def test_bad_bodies(server):
 
 
 def test_special_tokens_in_user_text_stay_text(server, fleet):
-    from tinytitan.chat_format import encode_chat
-    from tinytitan.server.backend import LoadedModel
+    from tinytitan.model.chat_format import encode_chat
+    from tinytitan.serve.backend import LoadedModel
 
     model = LoadedModel(fleet / "base.gguf", 512)
     try:
@@ -337,7 +337,7 @@ def test_two_adapters_interleaved_never_mix(client):
 
 
 def test_fleet_file_errors(tmp_path, fleet):
-    from tinytitan.server.fleet import load_fleet, parse_task_flag
+    from tinytitan.serve.fleet import load_fleet, parse_task_flag
 
     bad = tmp_path / "fleet.toml"
     cases = [("[tasks.x]\nmodle = 'base'\n", "tasks.x: unknown key 'modle'"),
@@ -394,7 +394,7 @@ def test_queue_overflow_is_429_and_accepted_requests_complete(fleet):
 
 def test_a_bug_in_a_slot_is_a_500_envelope_logged_with_its_traceback_and_the_slot_serves_on(fleet, monkeypatch,
                                                                                              caplog):
-    from tinytitan.server import backend
+    from tinytitan.serve import backend
 
     def broken(*args):
         raise RuntimeError("a bug")
@@ -406,7 +406,7 @@ def test_a_bug_in_a_slot_is_a_500_envelope_logged_with_its_traceback_and_the_slo
         assert status == 500
         assert json.loads(body)["error"] == {"message": "internal error: RuntimeError: a bug", "type": "server_error",
                                              "param": None, "code": None}
-        logged = [r for r in caplog.records if r.name == "tinytitan.server"]
+        logged = [r for r in caplog.records if r.name == "tinytitan.serve"]
         assert logged and logged[-1].exc_info and "a bug" in str(logged[-1].exc_info[1])
         monkeypatch.undo()
         status, _, body = get(url + "/v1/chat/completions", key=None, method="POST",
@@ -464,7 +464,7 @@ def test_default_bind_is_loopback(fleet):
     import subprocess
     import sys
 
-    from tinytitan.serve import add_arguments
+    from tinytitan.serve.serve import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -49,7 +49,7 @@ def request(port: int, method: str, path: str, body: dict | None = None, timeout
 
 def never_ending(tiny_gguf) -> dict[str, int]:
     """A logit_bias that rules out the end tokens: every choice runs to its token limit."""
-    from tinytitan.gguf_files import read_gguf
+    from tinytitan.model.gguf import read_gguf
 
     tokens = read_gguf(tiny_gguf).get("tokenizer.ggml.tokens")
     return {str(tokens.index(t)): -100 for t in ("<eos>", "<end_of_turn>")}

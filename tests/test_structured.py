@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.schema_inference import infer_schema
-from tinytitan.structured import SchemaError, canonical_json, json_object_grammar, schema_to_grammar
+from tinytitan.data.schema import infer_schema
+from tinytitan.data.structured import SchemaError, canonical_json, json_object_grammar, schema_to_grammar
 
 RECORD = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 12},
@@ -38,7 +38,7 @@ SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny):
-    from tinytitan.server.backend import LoadedModel
+    from tinytitan.serve.backend import LoadedModel
 
     model = LoadedModel(tiny[0], n_ctx=512)
     yield model
@@ -49,7 +49,7 @@ def sample(model, grammar: str, seed: int, max_tokens: int = 200) -> tuple[str, 
     """One output of the tiny (random) model under the grammar: a random walk through it."""
     import llama_cpp
 
-    from tinytitan.server.backend import Job, Sampling, generate_choice
+    from tinytitan.serve.backend import Job, Sampling, generate_choice
 
     pieces: list[str] = []
     prompt = model.tokenize("hello", bos=True)
@@ -125,7 +125,7 @@ def test_bad_schemas_say_where():
 
 
 def test_grammars_llama_cpp_refuses_are_found_before_use(tiny_model):
-    from tinytitan.engines.sampling import grammar_error
+    from tinytitan.model.engines.sampling import grammar_error
 
     assert grammar_error(tiny_model, schema_to_grammar(RECORD)) is None
     looping = schema_to_grammar({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
@@ -134,7 +134,7 @@ def test_grammars_llama_cpp_refuses_are_found_before_use(tiny_model):
 
 
 def test_grammar_accepts_exactly_the_canonical_form(tiny_model):
-    from tinytitan.server.backend import grammar_accepts
+    from tinytitan.serve.backend import grammar_accepts
 
     grammar = schema_to_grammar(RECORD)
     good = {"name": "flour", "count": 2, "unit": "cup", "tags": ["a"]}
@@ -164,8 +164,8 @@ def test_infer_schema_from_targets():
 
 
 def test_inferred_grammar_accepts_every_training_target(tiny_model):
-    from tinytitan.data import canonical_completion
-    from tinytitan.server.backend import grammar_accepts
+    from tinytitan.data.rows import canonical_completion
+    from tinytitan.serve.backend import grammar_accepts
 
     rows = [{"name": "flour", "unit": "cup", "note": {"b": 1, "a": "x"}}, {"name": "salt", "unit": "", "note": {"a": "", "b": 2}}]
     targets = [canonical_completion(row, key_order=["name", "unit", "note"]) for row in rows]
@@ -179,8 +179,8 @@ COPIED = {"type": "object", "properties": {"name": {"type": "string", "x-input-w
 
 
 def test_input_words_hold_a_field_to_the_input(tiny_model):
-    from tinytitan.server.backend import grammar_accepts
-    from tinytitan.structured import input_words, uses_input
+    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.data.structured import input_words, uses_input
 
     text = '2 c "fresh" basil leaves, chopped (1-inch)'
     assert input_words(text) >= {"2", "c", "fresh", '"fresh"', "basil", "leaves", "leaves,", "chopped", "1-inch",
@@ -204,7 +204,7 @@ def test_input_words_hold_a_field_to_the_input(tiny_model):
 
 
 def test_infer_schema_marks_fields_copied_from_the_input(tiny_model):
-    from tinytitan.server.backend import grammar_accepts
+    from tinytitan.serve.backend import grammar_accepts
 
     herbs = ["basil", "mint", "sage", "thyme", "dill", "chive", "parsley", "tarragon", "oregano", "cilantro"]
     inputs, targets = [], []

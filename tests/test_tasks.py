@@ -9,7 +9,7 @@ import chess
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tinytitan.tasks import task_module
+from tinytitan.data.tasks import task_module
 
 DATA = ROOT / "recipes" / "data"
 
@@ -19,7 +19,7 @@ def rows(path):
 
 
 def test_ingredient_fractions_round_trip_and_prepare(tmp_path):
-    from tinytitan.tasks.ingredients import quantity_for_model, quantity_from_model
+    from tinytitan.data.tasks.ingredients import quantity_for_model, quantity_from_model
 
     assert quantity_for_model("#3$4") == "¾" and quantity_for_model("1#1$2 6 170") == "1½ 6 170"
     assert quantity_for_model("1#1$16") == "1+1/16" and quantity_for_model("#1$20") == "1/20"
@@ -73,8 +73,8 @@ def test_banking77_keeps_the_official_test_split(tmp_path):
 
 
 def test_a_test_split_is_scored_as_published_repeats_included(tmp_path, tiny):
-    from tinytitan.data import DataSpec, load_examples
-    from tinytitan.evaluate import load_rows
+    from tinytitan.data.rows import DataSpec, load_examples
+    from tinytitan.evaluate.eval import load_rows
 
     task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
                                       "test": DATA / "banking77" / "test.csv"}, tmp_path)
@@ -96,7 +96,7 @@ def test_a_test_split_is_scored_as_published_repeats_included(tmp_path, tiny):
 
 
 def test_stories_are_cut_and_prompted(tmp_path):
-    from tinytitan.tasks.stories import prompt_for, split_stories
+    from tinytitan.data.tasks.stories import prompt_for, split_stories
 
     text = (DATA / "tinystories" / "tinystories_val.txt").read_text()
     stories = split_stories(text)
@@ -109,8 +109,8 @@ def test_stories_are_cut_and_prompted(tmp_path):
 
 
 def test_chess_positions_are_mates_in_one(tmp_path):
-    from tinytitan.data import DataSpec, load_examples
-    from tinytitan.tasks.chess_mates import positions, score
+    from tinytitan.data.rows import DataSpec, load_examples
+    from tinytitan.data.tasks.chess_mates import positions, score
 
     found = positions(DATA / "chess" / "lichess_puzzles_sample.csv")
     assert len(found) == 304
@@ -177,7 +177,7 @@ def test_snips_without_its_encoding_is_one_line_naming_file_line_and_byte(tmp_pa
 
 
 def test_snips_mean_slot_f1_groups_slots_by_the_reference_intent():
-    from tinytitan.data import Example
+    from tinytitan.data.rows import Example
 
     references = [{"intent": "PlayMusic", "artist": "abba", "service": "spotify"},
                   {"intent": "PlayMusic", "artist": ["abba", "queen"]},

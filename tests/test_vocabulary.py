@@ -15,9 +15,9 @@ TEXTS = ["the cat sat on the mat", "salt and sugar, one cup", "hello world\n\nth
 
 
 def test_the_tracer_is_llama_cpp_s_tokenizer(tiny_llama):
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.tiny import WORDS
-    from tinytitan.vocabulary import MergeTracer, Vocab
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.tiny import WORDS
+    from tinytitan.shrink.vocabulary import MergeTracer, Vocab
 
     tracer = MergeTracer(Vocab.from_gguf(read_gguf(tiny_llama.ref.path)))
     for text in TEXTS + [" ".join(WORDS), "émoji 🍕 and 東京\n\n\n  spaces", "<start_of_turn>user"]:
@@ -25,9 +25,9 @@ def test_the_tracer_is_llama_cpp_s_tokenizer(tiny_llama):
 
 
 def test_trimmed_tiny_model_tokenizes_the_task_alike_and_round_trips_unseen_text(tiny, tmp_path):
-    from tinytitan.engines import load_engine
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.vocabulary import CONTROL, Vocab, keep_set, trim_gguf
+    from tinytitan.model.engines import load_engine
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.shrink.vocabulary import CONTROL, Vocab, keep_set, trim_gguf
 
     vocab = Vocab.from_gguf(read_gguf(tiny[0]))
     keep = keep_set(vocab, TEXTS, top=0)
@@ -77,8 +77,8 @@ def test_the_trim_verb_and_its_one_line_errors(tiny, tmp_path):
 
 
 def test_a_keep_set_no_smaller_than_the_vocabulary_is_refused(tiny, tmp_path):
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.vocabulary import Vocab, trim_gguf
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.shrink.vocabulary import Vocab, trim_gguf
 
     vocab = Vocab.from_gguf(read_gguf(tiny[0]))
     with pytest.raises(TinyTitanError, match="no smaller than the vocabulary"):
@@ -88,12 +88,12 @@ def test_a_keep_set_no_smaller_than_the_vocabulary_is_refused(tiny, tmp_path):
 
 @pytest.mark.real_model
 def test_trimmed_real_model_tokenizes_every_task_row_alike_and_runs_natively(tmp_path):
-    from tinytitan.data import load_examples
-    from tinytitan.engines import load_engine
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.models import resolve
-    from tinytitan.native_tools import find_tool
-    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+    from tinytitan.data.rows import load_examples
+    from tinytitan.model.engines import load_engine
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.registry import resolve
+    from tinytitan.export.native_tools import find_tool
+    from tinytitan.shrink.vocabulary import Vocab, keep_set, trim_gguf
 
     source = resolve(None).path
     rows = load_examples(shared_file("banking77", "train.csv"), duplicates="keep").examples[:2000]
@@ -130,12 +130,12 @@ def test_trim_takes_the_embedded_base_by_name(tmp_path):
 def test_both_engines_agree_on_a_trimmed_real_model(tmp_path):
     """The parity thresholds of the full model (mean KL <= 0.01, top-1 >= 95%, perplexities within 1%),
     on text the task vocabulary was made from: the torch engine derives its tokenizer from the trimmed file."""
-    from tinytitan.engines import load_engine
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.models import resolve
-    from tinytitan.parity import gate_failures, run_parity
-    from tinytitan.perplexity import read_text
-    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+    from tinytitan.model.engines import load_engine
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.registry import resolve
+    from tinytitan.evaluate.parity import gate_failures, run_parity
+    from tinytitan.evaluate.perplexity import read_text
+    from tinytitan.shrink.vocabulary import Vocab, keep_set, trim_gguf
 
     text = read_text(shared_file("wikitext2", "wiki.test.raw"))[:12000]
     source = resolve(None).path
@@ -186,11 +186,11 @@ def test_training_in_the_task_vocabulary_with_every_dropped_row_as_a_negative_is
     full-vocabulary loss; with none, it is smaller (the dropped tokens' probability is not counted)."""
     import torch
 
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.models import resolve
-    from tinytitan.torch_model import load_tokenizer, load_torch_model
-    from tinytitan.training import CompletionLoss
-    from tinytitan.vocabulary import Vocab, keep_set, trim_gguf
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.registry import resolve
+    from tinytitan.model.torch_model import load_tokenizer, load_torch_model
+    from tinytitan.train.training import CompletionLoss
+    from tinytitan.shrink.vocabulary import Vocab, keep_set, trim_gguf
 
     vocab = Vocab.from_gguf(read_gguf(tiny[0]))
     keep = keep_set(vocab, TEXTS, top=0)
@@ -211,11 +211,11 @@ def test_training_in_the_task_vocabulary_with_every_dropped_row_as_a_negative_is
 
 def test_head_negatives_are_dropped_rows_of_the_full_head_and_cover_more_of_the_dropped_probability_as_they_grow(
         tiny, tmp_path):
-    from tinytitan.config import FinetuneConfig
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.models import resolve
-    from tinytitan.torch_model import load_torch_model
-    from tinytitan.vocabulary import Vocab, head_negatives, keep_set
+    from tinytitan.train.config import FinetuneConfig
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.registry import resolve
+    from tinytitan.model.torch_model import load_torch_model
+    from tinytitan.shrink.vocabulary import Vocab, head_negatives, keep_set
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"prompt": t, "completion": {"w": t.split()[-1]}}) + "\n" for t in TEXTS * 3))
@@ -253,9 +253,9 @@ def test_a_head_negatives_file_that_is_not_a_matrix_of_the_model_s_width_is_one_
 
 
 def test_the_general_english_ranking_is_traced_once_per_vocabulary_and_read_back(tiny, tmp_path, monkeypatch):
-    from tinytitan import vocabulary
-    from tinytitan.gguf_files import read_gguf
-    from tinytitan.vocabulary import MergeTracer, Vocab, general_english, general_ranking
+    from tinytitan.shrink import vocabulary
+    from tinytitan.model.gguf import read_gguf
+    from tinytitan.shrink.vocabulary import MergeTracer, Vocab, general_english, general_ranking
 
     corpus = tmp_path / "english.txt"
     corpus.write_text("the cat sat on the mat\nthe dog and the cat\nred blue\n")

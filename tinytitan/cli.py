@@ -15,20 +15,20 @@ from tinytitan import __version__
 
 # verb -> (module, one-line summary shown by `tinytitan --help`)
 VERBS = {
-    "info": ("tinytitan.info", "Describe a model file: architecture, size, per-tensor quant types."),
-    "generate": ("tinytitan.generate", "Continue a prompt (streaming), with the torch or llama engine."),
-    "chat": ("tinytitan.chat", "Interactive chat in the Gemma turn format (reads piped stdin too)."),
-    "perplexity": ("tinytitan.perplexity", "Perplexity of a text file, llama.cpp's convention."),
-    "parity": ("tinytitan.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
-    "data": ("tinytitan.data_check", "Check a dataset before training: bad rows, lengths, labels."),
-    "trim": ("tinytitan.trim", "Prune a GGUF's vocabulary to a task's tokens: smaller, faster, same tokens on the task."),
-    "finetune": ("tinytitan.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
-    "export": ("tinytitan.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
-    "eval": ("tinytitan.evaluate", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),
-    "bench": ("tinytitan.bench", "Speed, memory, context scaling and energy per conversation of GGUF artifacts."),
-    "report": ("tinytitan.report", "One Markdown + HTML report of a run: every artifact's quality, speed, energy."),
-    "run": ("tinytitan.run", "The whole job from a recipe: data check, fine-tune, export, evaluate, report, serve line."),
-    "serve": ("tinytitan.serve", "OpenAI-compatible local server: a task fleet, JSON schemas, limits, API key."),
+    "info": ("tinytitan.model.info", "Describe a model file: architecture, size, per-tensor quant types."),
+    "generate": ("tinytitan.serve.generate", "Continue a prompt (streaming), with the torch or llama engine."),
+    "chat": ("tinytitan.serve.chat", "Interactive chat in the Gemma turn format (reads piped stdin too)."),
+    "perplexity": ("tinytitan.evaluate.perplexity", "Perplexity of a text file, llama.cpp's convention."),
+    "parity": ("tinytitan.evaluate.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
+    "data": ("tinytitan.data.check", "Check a dataset before training: bad rows, lengths, labels."),
+    "trim": ("tinytitan.shrink.trim", "Prune a GGUF's vocabulary to a task's tokens: smaller, faster, same tokens on the task."),
+    "finetune": ("tinytitan.train.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
+    "export": ("tinytitan.export.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
+    "eval": ("tinytitan.evaluate.eval", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),
+    "bench": ("tinytitan.evaluate.bench", "Speed, memory, context scaling and energy per conversation of GGUF artifacts."),
+    "report": ("tinytitan.report.report", "One Markdown + HTML report of a run: every artifact's quality, speed, energy."),
+    "run": ("tinytitan.pipeline.run", "The whole job from a recipe: data check, fine-tune, export, evaluate, report, serve line."),
+    "serve": ("tinytitan.serve.serve", "OpenAI-compatible local server: a task fleet, JSON schemas, limits, API key."),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinytitan.models import DEFAULT_MODEL
+from tinytitan.model.registry import DEFAULT_MODEL
 
 
 def add_model(parser: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -37,7 +37,7 @@ def add_sampling(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None
 
 
 def sampling_from(args):
-    from tinytitan.engines import SamplingParams
+    from tinytitan.model.engines import SamplingParams
 
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
@@ -58,7 +58,7 @@ def add_data_spec(parser: argparse.ArgumentParser) -> None:
 
 
 def data_spec_from(args):
-    from tinytitan.data import DataSpec
+    from tinytitan.data.rows import DataSpec
 
     return DataSpec(format=args.format, input_column=args.input_column or None,
                     output_columns=tuple(c for c in args.output_columns.split(",") if c),

@@ -60,8 +60,8 @@ if ! "$PY" -c 'import tinytitan, pytest' 2>/dev/null || [ pyproject.toml -nt "$V
   "${PIP[@]}" install -e ".[dev]"
   touch "$VENV/.tinytitan-installed"
 fi
-if ! "$PY" -c 'from tinytitan.native_tools import tools_dir, TOOLS; import sys; sys.exit(not all((tools_dir() / "bin" / t).exists() for t in TOOLS))'; then
+if ! "$PY" -c 'from tinytitan.export.native_tools import tools_dir, TOOLS; import sys; sys.exit(not all((tools_dir() / "bin" / t).exists() for t in TOOLS))'; then
   say "building llama.cpp's native tools (llama-quantize, llama-imatrix, llama-bench, llama-perplexity; about 5 minutes, once per machine)"
-  "$PY" -m tinytitan.native_tools >/dev/null
+  "$PY" -m tinytitan.export.native_tools >/dev/null
 fi
 say "ready: $VENV ($("$PY" -c 'import torch, llama_cpp, transformers; print(f"torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, transformers {transformers.__version__}")'))"

@@ -1,0 +1,1 @@
+"""Export: GGUF writers, quantization with the native tools, the parity gate."""

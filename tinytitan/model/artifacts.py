@@ -1,0 +1,107 @@
+"""What `eval`, `bench` and `report` can run: an artifact named on the command line, as an engine.
+
+- `base` (or `gemma-3-270m`): the embedded base model (llama.cpp);
+- `FILE.gguf`: any model GGUF (llama.cpp); a LoRA adapter GGUF on its own runs on the base model;
+- `BASE.gguf+ADAPTER.gguf` or `base+ADAPTER.gguf`: an adapter on a chosen base;
+- `RUN` (a fine-tuning run folder): the trained PyTorch model (best weights merged), the reference;
+- `RUN:last`: the run's last weights instead of its best.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinytitan.errors import TinyTitanError
+from tinytitan.model.registry import DEFAULT_MODEL
+
+BASE_NAMES = ("base", DEFAULT_MODEL)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    spec: str  # as the user wrote it
+    label: str  # short name for tables
+    kind: str  # "gguf" | "adapter" | "run"
+    path: Path | None  # model GGUF (None: the embedded base) or run folder
+    adapter: Path | None = None
+    weights: str = "best"
+    is_base: bool = False  # an untuned base model: evaluated with a few-shot prompt
+
+    def size_bytes(self) -> int:
+        """On-disk size of what must ship: the GGUF, the adapter (plus base), or the run's weights."""
+        from tinytitan.model.registry import resolve
+
+        if self.kind == "run":  # the trained model as it runs: every weight in fp32
+            model = json.loads((self.path / "config.json").read_text())["model"]
+            return 4 * sum(t.n_elements for t in resolve(model).gguf.tensors)
+        size = resolve(str(self.path) if self.path else None).path.stat().st_size
+        return size + (self.adapter.stat().st_size if self.adapter else 0)
+
+    def open(self, *, threads: int | None = None, n_ctx: int = 4096, swa_full: bool = True):
+        from tinytitan.model.engines import load_engine
+
+        if self.kind == "run":
+            from tinytitan.model.engines.torch import TorchEngine
+            from tinytitan.model.runs import load_run_model
+            from tinytitan.model.torch_model import load_tokenizer
+
+            ref, model = load_run_model(self.path, self.weights)
+            return TorchEngine(ref, model=model, tokenizer=load_tokenizer(ref), threads=threads)
+        return load_engine("llama", str(self.path) if self.path else None, threads=threads, n_ctx=n_ctx,
+                           lora=str(self.adapter) if self.adapter else None, swa_full=swa_full)
+
+
+def parse_artifacts(specs) -> list[Artifact]:
+    """The artifacts of a command line, each with its own label: two that would share one (two runs'
+    adapters on bases of the same name) are labelled as written, so tables and example files stay apart."""
+    from collections import Counter
+    from dataclasses import replace
+
+    artifacts = [parse_artifact(spec) for spec in specs]
+    shared = {label for label, n in Counter(a.label for a in artifacts).items() if n > 1}
+    artifacts = [replace(a, label=a.spec.strip()) if a.label in shared else a for a in artifacts]
+    seen: Counter = Counter()
+    for index, artifact in enumerate(artifacts):  # the same one twice
+        seen[artifact.label] += 1
+        if seen[artifact.label] > 1:
+            artifacts[index] = replace(artifact, label=f"{artifact.label} ({seen[artifact.label]})")
+    return artifacts
+
+
+def parse_artifact(spec: str) -> Artifact:
+    text = spec.strip()
+    if not text:
+        raise TinyTitanError("an artifact name is empty (expected base, a .gguf file, BASE+ADAPTER.gguf or a run folder)")
+    if "+" in text and not Path(text).exists():
+        base_text, adapter_text = text.split("+", 1)
+        base = None if base_text in BASE_NAMES else _gguf(base_text, spec)
+        adapter = _gguf(adapter_text, spec)
+        return Artifact(spec, f"{'base' if base is None else base.stem}+{adapter.stem}", "adapter", base, adapter)
+    if text in BASE_NAMES:
+        return Artifact(spec, "base", "gguf", None, is_base=True)
+    run_text, _, weights = text.partition(":") if not Path(text).exists() else (text, "", "")
+    path = Path(run_text)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise TinyTitanError(f"{path}: a folder, but not a fine-tuning run (no config.json)")
+        if weights not in ("", "best", "last"):
+            raise TinyTitanError(f"{spec}: the weights after ':' must be best or last, not {weights!r}")
+        weights = weights or "best"
+        return Artifact(spec, f"torch ({path.name}{'' if weights == 'best' else ':' + weights})", "run", path,
+                        weights=weights)
+    path = _gguf(text, spec)
+    from tinytitan.model.gguf import read_gguf
+
+    if read_gguf(path).get("general.type") == "adapter":
+        return Artifact(spec, f"base+{path.stem}", "adapter", None, path)
+    return Artifact(spec, path.stem, "gguf", path)
+
+
+def _gguf(text: str, spec: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise TinyTitanError(f"{spec}: {text} is not a file (expected base, a .gguf file, BASE+ADAPTER.gguf "
+                             f"or a fine-tuning run folder)")
+    return path

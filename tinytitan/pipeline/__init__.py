@@ -1,0 +1,1 @@
+"""The pipeline: a recipe and `tinytitan run`, which takes it through every stage."""

@@ -1,0 +1,640 @@
+"""`tinytitan run RECIPE`: the whole job, from a dataset to a checked, shrunk, servable specialist.
+
+    prepare -> check -> schema -> vocab -> finetune -> export -> eval -> bench -> report
+
+(`vocab` only where [vocab] trim = "train": the task vocabulary the model is fine-tuned in.)
+
+Each stage records in RUN/stages.json what it was computed from (a content hash of its settings,
+the files it read and the outputs of the stages before it) and the sha256 of what it wrote. A stage
+whose record still matches, with its outputs unchanged on disk, is skipped; so a re-run of a
+finished recipe does nothing, a changed quant list redoes export, eval, bench and report only, and
+a run killed during fine-tuning resumes from its last checkpoint. Progress shows the stage and an
+estimate of the time left (rates measured on this machine by earlier runs, else defaults).
+
+At the end: the comparison table, the HTML report, and the `tinytitan serve` line for the
+recommended artifact: the smallest servable one whose score is within the recipe's tolerance of
+the best servable score. For JSON tasks the schema is inferred from the training targets, saved
+as RUN/schema.json, and applied when serving (RUN/fleet.toml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tinytitan import options
+from tinytitan.errors import TinyTitanError
+from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, replace_dir, write_json
+from tinytitan.report.summary import print_summary
+
+PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
+
+FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
+DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
+    "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
+    "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
+}
+RATE_KEYS = {"eval": "eval_tokens"}  # a stage whose unit changed keeps its rate under a new name
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="a recipe file (.toml/.yaml); see recipes/ and docs/recipes.md")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe key, e.g. --set finetune.epochs=1 --set export.quant=q8_0")
+    parser.add_argument("--output", default=None, help="the run folder (default: the recipe's output)")
+    parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
+    parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the recipe, the data and the schema (in a scratch folder) and print the plan: "
+                             "which stages would run and about how long they would take; nothing is trained")
+    options.add_json(parser)
+
+
+def run(args) -> None:
+    from tinytitan.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    if args.output:
+        recipe.output = Path(args.output)
+    pipeline = Pipeline(recipe, threads=args.threads, fresh=args.fresh, quiet=args.json)
+    if args.dry_run:
+        plan = pipeline.plan()
+        print(json.dumps(plan) if args.json else format_plan(plan))
+        return
+    summary = pipeline.run()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+
+
+@dataclass
+class Stage:
+    name: str
+    inputs: Callable[[], dict]  # what the stage is computed from (hashed into its key)
+    outputs: Callable[[], list[Path]]  # what it writes (hashed after it runs)
+    work: Callable[[], None]
+    units: Callable[[], float | None]  # work units for the time estimate (rows, tokens...); None: not known yet
+    applies: Callable[[], bool] = lambda: True
+
+
+class Pipeline:
+    def __init__(self, recipe, threads: int | None = None, fresh: bool = False, quiet: bool = False):
+        self.recipe = recipe
+        self.threads = threads
+        self.fresh = fresh
+        self.quiet = quiet
+        self.root = recipe.output
+        self.data = self.root / "data"
+        self.train_dir = self.root / "train"
+        self.export_dir = self.train_dir / "export"
+        self.vocab_model = self.root / "vocab" / "base-task.gguf"  # [vocab] trim = "train": the base it fine-tunes
+        self.negatives = self.root / "vocab" / "negatives.npy"  # ... and the dropped rows its softmax keeps
+        self.report_dir = self.root / "report"
+        self.state_path = self.root / "stages.json"
+        self.state = read_json(self.state_path) or {}  # missing or cut short: every stage is checked again
+
+    # --- the stages ------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        r = self.recipe
+        return [
+            Stage("prepare", lambda: {"kind": r.kind, "options": r.options, "format": FORMAT, "code": self._task_code(),
+                                      "sources": {k: _sha(p) for k, p in sorted(r.sources.items())},
+                                      "reading": self._reading_key()},
+                  lambda: [self.data / f"{s}.jsonl" for s in ("train", "val", "test")] + [self.data / "prepared.json"],
+                  self._prepare, lambda: 1),
+            Stage("check", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
+                                    "settings": {k: v for k, v in self._config().as_dict().items()
+                                                 if k in ("system", "max_length", "skip_bad", "max_bad_fraction",
+                                                          "max_rows", "seed")}},
+                  lambda: [self.data / "check.json"], self._check, lambda: 1),
+            Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT,
+                                     "inference": _sha(PACKAGE / "data" / "schema.py")},
+                  lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
+            Stage("vocab", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
+                                    "keep_top": r.vocab.keep_top, "negatives": r.vocab.negatives,
+                                    "system": self._config().system,
+                                    "max_length": self._config().max_length,
+                                    "code": _sha(PACKAGE / "shrink" / "vocabulary.py")},
+                  lambda: [self.vocab_model, self.vocab_model.with_suffix(".json")]
+                  + ([self.negatives] if r.vocab.negatives else []), self._vocab, lambda: 1,
+                  applies=lambda: r.vocab.trim == "train"),
+            Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
+                                       "model": self._model_sha(trained=True), "vocab": self._hashes("vocab")},
+                  lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
+            Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
+                                     "gate": _sha(PACKAGE / "export" / "gate.py"),  # new gate rules re-gate
+                                     **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
+                  lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
+                  lambda: 1 + 0.5 * len(r.export.quant) * (1.5 if r.vocab.trim == "export" else 1)),
+            Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
+                                   "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
+                                   "shots": _sha(self.data / "train.jsonl"),
+                                   "schema": self._hashes("schema")},
+                  lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
+                  self._eval, self._eval_units),
+            Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),
+                                    "test": _sha(self.data / "test.jsonl")},
+                  lambda: [self.report_dir / "bench.json"], self._bench, self._bench_units,
+                  applies=lambda: r.report.bench),
+            Stage("report", lambda: {"eval": self._hashes("eval"), "bench": self._hashes("bench"),
+                                     "tolerance": r.eval.tolerance, "format": FORMAT, "name": r.name,
+                                     "recommend": _sha(PACKAGE / "report" / "summary.py"),
+                                     "serving": [r.eval.max_tokens, r.eval.constrained, self._config().system],
+                                     "schema": self._hashes("schema")},
+                  lambda: [self.report_dir / "report.md", self.report_dir / "report.html", self.root / "fleet.toml",
+                           self.root / "summary.json"],
+                  self._report, lambda: 1),
+        ]
+
+    def _task_code(self) -> list[str | None] | None:
+        """The sha256s of the task's preparation code (its module and the shared helpers): a fix there redoes
+        `prepare`, and what depends on its output if the output changed."""
+        if self.recipe.kind == "files":
+            return None
+        import tinytitan.data.tasks
+        from tinytitan.data.tasks import task_module
+
+        return [_sha(Path(m.__file__)) for m in (tinytitan.data.tasks, task_module(self.recipe.kind))]
+
+    def _config(self, trained: bool = False):
+        """The fine-tuning settings; `trained`: as the finetune stage uses them (in the task vocabulary's base
+        where [vocab] trim = "train"; the stages before it read the data with the model the recipe names)."""
+        config = self.recipe.finetune_config(self.data, self.threads or 0)
+        if trained and self.recipe.vocab.trim == "train":
+            config.model = str(self.vocab_model)
+            config.head_negatives = str(self.negatives) if self.recipe.vocab.negatives else ""
+        return config
+
+    def _finetune_key(self) -> dict:
+        from tinytitan.train.finetune import RESUMABLE_CHANGES
+
+        # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
+        return {k: v for k, v in self._config(trained=True).as_dict().items()
+                if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
+
+    def _reading_key(self) -> dict:
+        """What `files` rows depend on besides the files: how they are read and split."""
+        if self.recipe.kind != "files":
+            return {}
+        config = self.recipe.finetune_config(self.data, sources=True).as_dict()
+        return {k: config[k] for k in ("format", "input_column", "output_columns", "input_template", "columns",
+                                       "system", "split", "seed", "skip_bad", "max_bad_fraction", "encoding")}
+
+    def _model_sha(self, trained: bool = False) -> str:
+        from tinytitan.model.registry import resolve
+
+        model = self._config(trained).model
+        if trained and not Path(model).exists():
+            return ""  # the vocab stage has not written it yet (a dry run)
+        return resolve(model).sha256
+
+    def _hashes(self, stage: str) -> dict:
+        return self.state.get(stage, {}).get("outputs", {})
+
+    def _is_json_task(self) -> bool:
+        """Every training completion a JSON object: the task gets a schema."""
+        from tinytitan.data.rows import DataSpec, load_examples
+        from tinytitan.evaluate.metrics import json_answers
+
+        train = self.data / "train.jsonl"
+        if not train.exists():
+            return False
+        answers = json_answers([e.completion for e in load_examples(train, DataSpec()).examples])
+        return bool(answers) and all(isinstance(answer, dict) for answer in answers)
+
+    def _prepare(self) -> None:
+        if self.data.exists():
+            shutil.rmtree(self.data)
+        self.data.mkdir(parents=True)
+        if self.recipe.kind == "files":
+            counts = _prepare_files(self.recipe, self.data)
+        else:
+            from tinytitan.data.tasks import task_module
+
+            counts = task_module(self.recipe.kind).prepare(self.recipe.sources, self.data, **self.recipe.options)
+        write_json(self.data / "prepared.json", {"kind": self.recipe.kind, **counts})
+        self._say(f"      rows: {', '.join(f'{k} {v}' for k, v in counts.items())}")
+        empty = [name for name in ("train", "val", "test") if not counts.get(name)]
+        if empty:
+            raise TinyTitanError(f"the {empty[0]} split is empty (rows: {', '.join(f'{k} {v}' for k, v in counts.items())}"
+                                 f"): give more rows, a {empty[0]} file of its own, or other [finetune] split shares")
+
+    def _check(self) -> None:
+        from tinytitan.data.check import enforce, prepare_data
+        from tinytitan.model.registry import resolve
+        from tinytitan.model.torch_model import load_tokenizer
+
+        config = self._config()
+        prepared = prepare_data(config, load_tokenizer(resolve(config.model)), strict_errors=False)
+        stats = {**prepared.stats, "errors": [str(r) for r in prepared.rejected][:50]}
+        write_json(self.data / "check.json", stats)  # written first: the error points to it
+        enforce(prepared, config.skip_bad, config.max_bad_fraction,
+                hint=f"see {self.data / 'check.json'}; fix the data or set finetune.skip_bad = true")
+        tokens = stats["prompt_tokens"], stats["completion_tokens"]
+        self._say(f"      {stats['usable']} usable rows, {stats['rejected']} rejected; prompt tokens p95 "
+                  f"{tokens[0]['p95']}, completion p95 {tokens[1]['p95']}, {stats['truncated']} cut by max_length")
+
+    def _schema(self) -> None:
+        from tinytitan.data.rows import DataSpec, load_examples
+        from tinytitan.data.schema import infer_schema
+        from tinytitan.data.structured import schema_to_grammar, uses_input
+
+        examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
+        schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
+        schema_to_grammar(schema)  # it must be enforceable
+        write_json(self.root / "schema.json", schema, ensure_ascii=False)
+        fields = schema.get("properties", {})
+        enums = [k for k, v in fields.items() if "enum" in v]
+        copied = [k for k, v in fields.items() if uses_input(v)]
+        self._say(f"      {len(fields)} fields" + (f"; enums: {', '.join(enums)}" if enums else "")
+                  + (f"; words from the input: {', '.join(copied)}" if copied else ""))
+
+    def _vocab(self) -> None:
+        from tinytitan.model.registry import resolve
+        import numpy as np
+
+        from tinytitan.files import atomic_file
+        from tinytitan.shrink.vocabulary import Vocab, describe, head_negatives, run_keep_set, trim_gguf
+
+        config, top = self._config(), self.recipe.vocab.keep_top
+        source = resolve(config.model)
+        vocab = Vocab.from_gguf(source.gguf)
+        keep = run_keep_set(config, vocab, top)
+        self.vocab_model.parent.mkdir(parents=True, exist_ok=True)
+        result = {**trim_gguf(source.path, keep, self.vocab_model), **describe(keep, vocab), "keep_top": top,
+                  "source": str(source.path)}
+        if self.recipe.vocab.negatives:
+            rows, summary = head_negatives(config, keep, self.recipe.vocab.negatives)
+            def save(path: Path) -> None:
+                with open(path, "wb") as file:  # np.save to a name would add ".npy" to the temporary one
+                    np.save(file, rows.numpy(), allow_pickle=False)
+
+            atomic_file(self.negatives, save)
+            result.update(summary)
+            self._say(f"      the untrained model gives the kept tokens {summary['kept_probability']:.0%} of its "
+                      f"next-token probability; {summary['negatives']:,} dropped tokens holding "
+                      f"{summary['negatives_share_of_dropped']:.0%} of the rest stay in the training softmax")
+        write_json(self.vocab_model.with_suffix(".json"), result)
+        self._say(f"      {result['kept']:,} of {result['of']:,} tokens kept; {result['bytes_before'] / 2**20:.1f} -> "
+                  f"{result['bytes_after'] / 2**20:.1f} MiB base")
+
+    def _finetune(self) -> None:
+        from tinytitan.train.finetune import CannotResume, train
+
+        config = self._config(trained=True)
+        if self.fresh and self.train_dir.exists():  # --fresh trains anew; what was trained before is kept aside
+            self._set_aside(self.train_dir)
+        if (self.train_dir / "config.json").exists():
+            try:
+                train(config, resume=True)
+                return
+            except CannotResume as error:  # changed settings or data: this run cannot continue; any other error
+                self._say(f"      starting over: {error}")  # (a full disk...) leaves it to resume once fixed
+                self._set_aside(self.train_dir)
+        train(config)
+
+    def _set_aside(self, folder: Path) -> None:
+        """A training folder that cannot continue: moved aside when it holds trained weights or checkpoints
+        (hours of work), deleted when it holds none."""
+        if any((folder / "checkpoints").glob("step-*")) or any((folder / "best").glob("*")):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = next(a for n in range(1000) if not (a := folder.with_name(
+                f"{folder.name}.replaced-{stamp}" + (f"-{n}" if n else ""))).exists())
+            folder.rename(aside)
+            self._say(f"      the earlier training is kept in {aside}")
+        else:
+            shutil.rmtree(folder)
+
+    def _export(self) -> None:
+        from tinytitan.export.export import export
+        from tinytitan.export.quantize import parse_quants
+
+        settings = self.recipe.export
+        building = self.export_dir.with_name("export.new")  # the previous export and the fleet serving it stay
+        if building.exists():  # whole until this one is complete
+            shutil.rmtree(building)
+        report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
+                        building, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
+                        name=self.recipe.name, trim=self.recipe.vocab.trim == "export",
+                        keep_top=self.recipe.vocab.keep_top)
+        replace_dir(building, self.export_dir)
+        for item in report["artifacts"]:
+            parity = item["parity"]
+            self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
+                      f"{'passed' if parity['passed'] else 'FAILED: ' + '; '.join(parity['failures'])}")
+
+    def _eval(self) -> None:
+        from tinytitan.model.artifacts import parse_artifact
+        from tinytitan.evaluate.eval import evaluate_task
+        from tinytitan.report.report import run_artifacts
+
+        settings = self.recipe.eval
+        schema_path = self.root / "schema.json"
+        schema = json.loads(schema_path.read_text()) if settings.constrained and schema_path.exists() else None
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        examples = self.report_dir / "examples"
+        if examples.exists():
+            shutil.rmtree(examples)
+        result = evaluate_task(run_artifacts(self.train_dir), str(self.data / "test.jsonl"), task=settings.task,
+                               limit=settings.rows or None, base_shots=settings.base_shots,
+                               shots_data=str(self.data / "train.jsonl"),  # every test row is scored
+                               kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
+                               threads=self.threads, out=examples, schema=schema,
+                               likelihood=settings.likelihood, constrained=settings.constrained)
+        write_json(self.report_dir / "eval.json", {"result": result, "settings": asdict(settings)})
+
+    def _bench(self) -> None:
+        from tinytitan.evaluate.bench import bench_for_report
+        from tinytitan.report.report import run_artifacts
+
+        ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
+        bench = bench_for_report(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"),
+                                 self.recipe.report.bench_reps)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.report_dir / "bench.json", {"result": bench})
+
+    def _report(self) -> None:
+        from tinytitan.report.report import finish_report
+
+        evaluation = json.loads((self.report_dir / "eval.json").read_text())["result"]
+        bench_path = self.report_dir / "bench.json"
+        bench = json.loads(bench_path.read_text())["result"] if bench_path.exists() and self.recipe.report.bench else None
+        schema = self.root / "schema.json"
+        summary = finish_report(self.train_dir, self.report_dir, evaluation, bench, name=self.recipe.name,
+                                tolerance=self.recipe.eval.tolerance, fleet=self.root / "fleet.toml",
+                                schema=schema if schema.exists() and self.recipe.eval.constrained else None,
+                                system=self._config().system, max_tokens=self.recipe.eval.max_tokens,
+                                source=str(self.recipe.path))
+        summary = {"recipe": str(self.recipe.path), "run": str(self.root), **summary}
+        write_json(self.root / "summary.json", summary)
+
+    def _finetune_units(self) -> float | None:
+        check = self.data / "check.json"
+        if not check.exists():
+            return None  # unknown until the data check has counted the tokens
+        stats = json.loads(check.read_text())
+        config = self._config(trained=True)
+        train_share = stats["splits"]["train"] / max(stats["usable"], 1)
+        return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
+
+    def _eval_units(self) -> float | None:
+        """Decoded tokens, roughly: every artifact decodes every row (twice when constrained), up to twice the
+        reference's length + 8 tokens (at about 4 characters a token), capped by max_tokens; + 8 for the prompt."""
+        settings = self.recipe.eval
+        test = self.data / "test.jsonl"
+        if not test.exists():
+            return None
+        references = [_completion(json.loads(line)) for line in test.read_text().splitlines() if line.strip()]
+        references = references[:settings.rows] if settings.rows else references
+        per_row = sum(min(settings.max_tokens, len(text) / 2 + 8) + 8 for text in references)
+        return (2 + self._ggufs()) * per_row * (2 if settings.constrained else 1)
+
+    def _bench_units(self) -> float:
+        return self._ggufs()
+
+    def _ggufs(self) -> float:
+        """The GGUF artifacts the run exports (trimmed copies count half: they run about twice as fast), + the base."""
+        exported = len(self.recipe.export.quant) * ("gguf" in self.recipe.export.to) + ("adapter" in self.recipe.export.to)
+        return 1 + exported * (1.5 if self.recipe.vocab.trim == "export" else 1)
+
+    # --- planning --------------------------------------------------------------------------------
+    def plan(self) -> dict:
+        """A dry run: prepare, check and infer the schema in a scratch folder (so bad data, a bad recipe or
+        a schema the decoder cannot enforce fail here, as they would in the run), then say which stages of
+        the real run folder are up to date and which would run, with this machine's time estimate."""
+        import dataclasses
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            probe = Pipeline(dataclasses.replace(self.recipe, output=Path(scratch)), self.threads, quiet=True)
+            probe_stages = probe.stages()
+            for stage in probe_stages[:3]:  # prepare, check, schema
+                if stage.applies():
+                    with contextlib.redirect_stdout(sys.stderr):
+                        stage.work()
+            check = json.loads((probe.data / "check.json").read_text())
+            schema_path = probe.root / "schema.json"
+            schema = json.loads(schema_path.read_text()) if schema_path.exists() else None
+            rates, steps, changed = _load_rates(), [], self.fresh
+            for stage, probed in zip(self.stages(), probe_stages):
+                if not probed.applies():
+                    steps.append({"stage": stage.name, "status": "not needed"})
+                    continue
+                record = self.state.get(stage.name)
+                if not changed and record and record["key"] == _digest(stage.inputs()) and _unchanged(record["outputs"]):
+                    steps.append({"stage": stage.name, "status": "up to date"})
+                    continue
+                changed = True  # what follows reads what this stage writes: it runs unless that comes out the same
+                units = probed.units() or 0
+                steps.append({"stage": stage.name, "status": "would run",
+                              "seconds": round(rates.get(_rate_key(stage), DEFAULT_RATES[_rate_key(stage)]) * units)})
+        return {"recipe": str(self.recipe.path), "run": str(self.root), "rows": check["splits"],
+                "rejected": check["rejected"], "truncated": check["truncated"], "tokens": check["tokens"],
+                "fields": len(schema["properties"]) if schema and "properties" in schema else None,
+                "stages": steps, "seconds": sum(s.get("seconds", 0) for s in steps)}
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        claim_run_folder(self.root, self.recipe.path)
+        with FolderLock(self.root, "run"):  # one writer per run folder
+            self.state = read_json(self.state_path) or {}  # as the last holder left it
+            recover_dir(self.export_dir)  # an export killed while it put the new folder in place
+            return self._run_stages()
+
+    def _run_stages(self) -> dict:
+        stages = self.stages()
+        self._say(f"tinytitan run {self.recipe.path} -> {self.root}")
+        rates = _load_rates()
+        done = []
+        started = time.perf_counter()
+        for number, stage in enumerate(stages, start=1):
+            tag = f"[{number}/{len(stages)}] {stage.name}"
+            if not stage.applies():
+                self.state.pop(stage.name, None)
+                for output in stage.outputs():  # a stale output (a schema of an earlier JSON task) must not linger
+                    if output.is_file():
+                        output.unlink()
+                done.append({"stage": stage.name, "status": "not needed"})
+                self._say(f"{tag}: not needed")
+                continue
+            key = _digest(stage.inputs())
+            record = self.state.get(stage.name)
+            if not self.fresh and record and record["key"] == key and _unchanged(record["outputs"]):
+                done.append({"stage": stage.name, "status": "up to date"})
+                self._say(f"{tag}: up to date")
+                continue
+            pending = [(s, s.units()) for s in stages[number - 1:] if s.applies()]
+            if any(n is None for _, n in pending):  # a guess without the data's size would jump by minutes once it is known: none yet
+                self._say(f"{tag}: running (the time left is estimated once the data is checked)")
+            else:
+                left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * n for s, n in pending)
+                self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
+            self.state.pop(stage.name, None)
+            self._save()
+            began = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result only (--json)
+                stage.work()
+            seconds = time.perf_counter() - began
+            outputs = {str(p): _sha(p) for p in stage.outputs()}
+            missing = [p for p in stage.outputs() if not p.exists()]
+            if missing:
+                raise TinyTitanError(f"stage {stage.name} did not write {missing[0]}")
+            self.state[stage.name] = {"key": key, "outputs": outputs, "seconds": round(seconds, 1),
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            self._save()
+            units = stage.units()
+            if units and seconds > 1:
+                rates[_rate_key(stage)] = seconds / units
+            done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
+            self._say(f"{tag}: done in {_duration(seconds)}")
+        _save_rates(rates)
+        ran = [d for d in done if d["status"] == "ran"]
+        summary = json.loads((self.root / "summary.json").read_text())
+        summary.update(stages=done, seconds=round(time.perf_counter() - started, 1),
+                       nothing_to_do=not ran)
+        return summary
+
+    def _save(self) -> None:
+        write_json(self.state_path, self.state)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+MARKER = ".tinytitan-run"  # a folder that holds it is a tinytitan run: stages may replace what is in it
+
+
+def claim_run_folder(root: Path, recipe) -> None:
+    """Make `root` a run folder, or refuse one that holds anything else: a run deletes and replaces its own
+    data/, train/ and report/, and must never do that to a folder of the user's (`--output .`)."""
+    marker = root / MARKER
+    if marker.is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise TinyTitanError(f"--output {root}: a file, not a folder")
+    legacy = (root / "stages.json").is_file()  # a run folder from before the marker
+    others = [] if legacy or not root.is_dir() else sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
+    if others:
+        raise TinyTitanError(f"{root}: not empty and not a tinytitan run folder (it holds {others[0]!r}"
+                             f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give a new or empty "
+                             f"folder as --output (or the recipe's output)")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"recipe": str(recipe), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def format_plan(plan: dict) -> str:
+    rows = plan["rows"]
+    lines = [f"dry run of {plan['recipe']} -> {plan['run']}: the recipe, the data and the schema check out",
+             f"  rows: train {rows['train']}, val {rows['val']}, test {rows['test']} ({plan['rejected']} rejected, "
+             f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
+             + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
+    for number, step in enumerate(plan["stages"], start=1):
+        estimate = f", about {_duration(step['seconds'])}" if "seconds" in step else ""
+        lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")
+    lines.append(f"about {_duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
+                 f"defaults for a 2-core CPU); nothing was trained")
+    return "\n".join(lines)
+
+
+def _prepare_files(recipe, out: Path) -> dict:
+    """A `files` task: the user's rows (any format `finetune` reads), split if need be, as JSONL."""
+    from tinytitan.data.rows import load_examples, split_examples
+    from tinytitan.data.check import spec_from
+    from tinytitan.data.tasks import write_jsonl
+
+    config = recipe.finetune_config(out, sources=True)
+    spec = spec_from(config)
+    loaded = {"train": load_examples(recipe.sources["train"], spec)}
+    order = loaded["train"].json_keys  # every split's targets spelled in the training file's key order
+    for name in ("val", "test"):
+        if name in recipe.sources:
+            loaded[name] = load_examples(recipe.sources[name], spec, duplicates="keep" if name == "test" else "reject",
+                                         key_order=order)
+    bad = [r for report in loaded.values() for r in report.rejected]
+    if bad and not config.skip_bad:
+        raise TinyTitanError(f"{len(bad)} bad rows (first: {bad[0]}); fix them or set finetune.skip_bad = true")
+    # the training file gives the splits that have no file of their own (a published test set: train and val)
+    shares = [share if name == "train" or name not in loaded else 0.0
+              for name, share in zip(("train", "val", "test"), config.split)]
+    splits = split_examples(loaded["train"].examples, [share / sum(shares) for share in shares], config.seed)
+    for name in ("val", "test"):
+        if name in loaded:
+            splits[name] = loaded[name].examples
+    return {name: write_jsonl(out / f"{name}.jsonl", (_row(e) for e in examples)) for name, examples in splits.items()}
+
+
+def _row(example) -> dict:
+    """One example as JSONL: prompt/completion (a JSON completion as the object it is), or messages."""
+    messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    roles = [m["role"] for m in messages]
+    if roles in (["user"], ["system", "user"]):
+        completion = _json(example.completion)
+        row = {"prompt": messages[-1]["content"],
+               "completion": completion if isinstance(completion, (dict, list)) else example.completion}
+        return {**row, "system": messages[0]["content"]} if roles[0] == "system" else row
+    return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _sha(path: Path) -> str | None:
+    """A file's sha256; a folder's (a task source such as the Snips benchmark) over its files' names and sha256s."""
+    from tinytitan.model.registry import file_sha256
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _digest([[str(p.relative_to(path)), file_sha256(p)] for p in files])
+    return file_sha256(path) if path.is_file() else None
+
+
+def _unchanged(outputs: dict) -> bool:
+    return all(Path(p).is_file() and _sha(Path(p)) == digest for p, digest in outputs.items())
+
+
+def _digest(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _rate_key(stage: Stage) -> str:
+    return RATE_KEYS.get(stage.name, stage.name)
+
+
+def _completion(row: dict) -> str:
+    """A prepared row's reference completion as text (a JSON completion as its JSON)."""
+    completion = row.get("completion", (row.get("messages") or [{}])[-1].get("content", ""))
+    return completion if isinstance(completion, str) else json.dumps(completion, ensure_ascii=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _load_rates() -> dict:
+    from tinytitan.model.registry import home
+
+    try:
+        return json.loads((home() / "rates.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_rates(rates: dict) -> None:
+    from tinytitan.model.registry import home
+
+    write_json(home() / "rates.json", rates)

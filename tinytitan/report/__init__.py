@@ -1,0 +1,1 @@
+"""The report: the run summary and recommendation, plots, Markdown and HTML."""

@@ -1,0 +1,1 @@
+"""Using a specialist: the OpenAI-compatible server and its fleet, chat, generate."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: the settings, batching, the chunked completion loss, the training loop, checkpoints."""
