@@ -169,6 +169,13 @@ class _Reader:
     def fail(self, problem: str):
         raise ModelFileError(f"{self.path}: {problem}")
 
+    def member(self, kind, number: int, problem: str):
+        """`kind(number)` for an enum of the `gguf` package, or `fail(problem)` when it has no such member."""
+        try:
+            return kind(number)
+        except ValueError:
+            self.fail(problem)
+
     def need(self, n_bytes: int, what: str) -> None:
         if n_bytes < 0 or self.pos + n_bytes > self.size:
             self.fail(f"truncated or corrupt GGUF: {what} at byte {self.pos} runs past the end "
@@ -198,20 +205,16 @@ class _Reader:
             self.pos += length
 
     def value(self, value_type: int, key: str):
-        try:
-            value_type = GGUFValueType(value_type)
-        except ValueError:
-            self.fail(f"corrupt GGUF: metadata {key!r} has unknown value type {value_type}")
+        value_type = self.member(GGUFValueType, value_type,
+                                 f"corrupt GGUF: metadata {key!r} has unknown value type {value_type}")
         if value_type in _SCALAR_FORMATS:
             return self.scalar(_SCALAR_FORMATS[value_type], f"metadata {key!r}")
         if value_type == GGUFValueType.STRING:
             return self.string(f"metadata {key!r}")
         element_type = self.scalar("<I", f"array type of {key!r}")
         count = self.scalar("<Q", f"array length of {key!r}")
-        try:
-            element_type = GGUFValueType(element_type)
-        except ValueError:
-            self.fail(f"corrupt GGUF: metadata array {key!r} has unknown element type {element_type}")
+        element_type = self.member(GGUFValueType, element_type, f"corrupt GGUF: metadata array {key!r} "
+                                                                f"has unknown element type {element_type}")
         if element_type == GGUFValueType.ARRAY:
             self.fail(f"unsupported GGUF: metadata {key!r} is an array of arrays")
         if count <= _EAGER_ARRAY_LIMIT:
@@ -277,10 +280,8 @@ def _parse(buf, path: Path) -> GGUFFile:
         shape = tuple(reader.scalar("<Q", f"shape of {name!r}") for _ in range(n_dims))
         raw_type = reader.scalar("<I", f"type of {name!r}")
         offset = reader.scalar("<Q", f"data offset of {name!r}")
-        try:
-            ggml_type = GGMLQuantizationType(raw_type)
-        except ValueError:
-            reader.fail(f"unsupported GGUF: tensor {name!r} has unknown ggml type {raw_type}")
+        ggml_type = reader.member(GGMLQuantizationType, raw_type,
+                                  f"unsupported GGUF: tensor {name!r} has unknown ggml type {raw_type}")
         entries.append((name, shape, ggml_type, offset))
 
     data_start = (reader.pos + alignment - 1) // alignment * alignment
