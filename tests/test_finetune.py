@@ -219,12 +219,12 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
 
 
 def test_example_recipe_is_valid_for_finetune_and_run_alike(tmp_path):
-    from tinytitan.train.config import FinetuneConfig, read_recipe
+    from tinytitan.train.config import FinetuneConfig, finetune_settings
     from tinytitan.pipeline.recipe import load_recipe
 
     recipe = ROOT / "examples" / "ingredients-lora.toml"
     assert recipe.read_text().splitlines()[0] == "# tinytitan finetune examples/ingredients-lora.toml"
-    config = FinetuneConfig(**read_recipe(recipe))
+    config = FinetuneConfig(**finetune_settings(recipe))
     assert config.method == "lora" and config.max_rows == 2000 and config.input_column == "input"
     assert Path(config.train).resolve() == ROOT / "recipes" / "data" / "ingredients" / "tastecooking-ingredients-2024.csv"
     assert config.output == "runs/ingredients-lora/train"  # where `tinytitan run` trains it too

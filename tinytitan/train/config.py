@@ -158,7 +158,7 @@ def read_table(path: str | Path, what: str = "recipe") -> dict:
     return raw
 
 
-def read_recipe(path: str | Path) -> dict:
+def finetune_settings(path: str | Path) -> dict:
     """The fine-tuning settings of a recipe (the one format `tinytitan run` reads, docs/recipes.md): its
     [finetune] keys, the data files of its `files` task ([task] train, val, test) and its training folder
     (OUTPUT/train, where `run` trains too). A built-in task's rows are made by `run`'s prepare stage."""
@@ -224,7 +224,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(recipe: str | None, args: argparse.Namespace) -> FinetuneConfig:
-    values = read_recipe(recipe) if recipe else {}
+    values = finetune_settings(recipe) if recipe else {}
     for name in FIELDS:
         given = getattr(args, f"cfg_{name}", None)
         if given is not None:
