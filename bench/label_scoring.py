@@ -39,7 +39,7 @@ def main() -> None:
     from tinytitan.model.chat_format import END_OF_TURN, encode_chat
     from tinytitan.model.engines import load_engine
     from tinytitan.data.rows import DataSpec
-    from tinytitan.evaluate.eval import load_rows
+    from tinytitan.evaluate.scoring import load_rows
 
     data = args.data or _banking77_test()
     examples = load_rows(str(data), DataSpec())
@@ -77,7 +77,7 @@ def compare_artifacts(args) -> None:
     from tinytitan.model.artifacts import parse_artifact
     from tinytitan.model.chat_format import END_OF_TURN, encode_chat
     from tinytitan.data.rows import DataSpec
-    from tinytitan.evaluate.eval import load_rows
+    from tinytitan.evaluate.scoring import load_rows
 
     data = args.data or _banking77_test()
     examples = load_rows(str(data), DataSpec())

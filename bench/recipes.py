@@ -41,8 +41,8 @@ def main() -> None:
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         stages = json.loads((ROOT / summary["run"] / "stages.json").read_text())
         rows = summary["table"]
-        adapter = next((r for r in rows if r["artifact"].startswith("base+")), None)
-        floor = next((r for r in rows if "few-shot" in r["artifact"]), None)
+        adapter = next((r for r in rows if r["kind"] == "adapter" and not r["vocabulary"]), None)  # on the Q4 base
+        floor = next((r for r in rows if r["few_shot"]), None)
         found = {
             "recipe": name, "task": summary["task"], "rows": summary["rows"], "metric": rows[0]["metric"],
             "artifacts": [{k: r[k] for k in ("artifact", "size_mb", "score", "ci95", "constrained", "kl", "tg_tps")}

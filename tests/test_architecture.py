@@ -92,6 +92,6 @@ def test_private_uses_catches_each_form():
     ]
     # a module's own private names, and relative imports from within a package's __init__, are its own
     assert private_uses("from tinytitan.evaluate.kl import _x\nfrom . import _y", "tinytitan.evaluate.kl") == [
-        (2, "from tinytitan import _y")]
+        (2, "from tinytitan.evaluate import _y")]
     assert private_uses("from .llama import _z", "tinytitan.model.engines", is_package=True) == [
         (1, "from tinytitan.model.engines.llama import _z")]

@@ -99,7 +99,7 @@ def test_eval_cli_every_task_kind(tiny, tmp_path, task, completion):
     if task == "classification":
         # the likelihood pick is the label with the largest sum log P(label, <end_of_turn> | prompt)
         from tinytitan.model.engines import load_engine
-        from tinytitan.evaluate.eval import _encode, load_rows
+        from tinytitan.evaluate.scoring import _encode, load_rows
         from tinytitan.data.rows import DataSpec
 
         engine = load_engine("llama", model, n_ctx=256, swa_full=True)
@@ -118,7 +118,7 @@ def test_eval_cli_every_task_kind(tiny, tmp_path, task, completion):
 def test_eval_base_few_shot_rows_are_left_out(tiny, tmp_path):
     """Examples given to the base model are drawn from the data and scored for nobody."""
     from tinytitan.model.artifacts import Artifact
-    from tinytitan.evaluate.eval import evaluate_task
+    from tinytitan.evaluate.scoring import evaluate_task
 
     data = _rows(tmp_path / "rows.jsonl", lambda rng: rng.choice(["cat", "dog"]), n=20)
     floor = Artifact("base", "base", "gguf", tiny[0], is_base=True)
@@ -197,7 +197,7 @@ def test_constrained_decoding_and_generation_only_classification(tiny, tmp_path)
     """With a schema, llama.cpp artifacts are also decoded under its grammar: every such output is valid
     JSON of the schema; classification without likelihoods is scored by generation."""
     from tinytitan.model.artifacts import Artifact
-    from tinytitan.evaluate.eval import evaluate_task
+    from tinytitan.evaluate.scoring import evaluate_task
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
     data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(["cat", "dog", "red"]), "n": rng.randint(0, 3)})
@@ -242,7 +242,7 @@ def test_constrained_decoding_takes_copied_words_from_each_row(tiny, tmp_path):
 
     from tinytitan.model.artifacts import Artifact
     from tinytitan.data.rows import DataSpec, load_examples
-    from tinytitan.evaluate.eval import _grammars, evaluate_task
+    from tinytitan.evaluate.scoring import _grammars, evaluate_task
     from tinytitan.data.structured import input_words, schema_to_grammar
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])

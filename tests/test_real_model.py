@@ -70,7 +70,7 @@ def test_label_likelihood_classification_on_sms_spam(tmp_path):
 
     from tinytitan.data.rows import DataSpec
     from tinytitan.model.engines import load_engine
-    from tinytitan.evaluate.eval import _encode, load_rows
+    from tinytitan.evaluate.scoring import _encode, load_rows
     from tests.conftest import run_cli, shared_file
 
     rows = list(csv.reader(shared_file("sms_spam", "sms.tsv").open(encoding="utf-8"), delimiter="\t"))

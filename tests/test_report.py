@@ -108,14 +108,15 @@ def test_an_adapter_for_another_model_is_refused(exported_run):
 def test_a_free_text_report_compares_perplexity_with_the_base(tmp_path):
     from tinytitan.report.report import write_report
 
-    def result(name, size, ppl, few_shot=0):
+    def result(name, kind, size, ppl, few_shot=0):
         return {"artifact": name, "size_mb": size, "headline": "chrf", "score": 0.3, "ci95": [0.29, 0.31],
                 "kl": {"kl_mean": 0.002}, "reference_perplexity": ppl, "chrf": 30.0, "rouge_l": 0.2,
-                "few_shot": few_shot}
+                "few_shot": few_shot, "kind": kind, "vocabulary": None, "reference": kind == "run",
+                "servable": kind != "run" and not few_shot}
 
     evaluation = {"task": "generation", "rows": 2, "data": "test.jsonl",
-                  "results": [result("torch (run)", 1000, 5.5), result("run-q8_0", 278, 5.53),
-                              result("base (few-shot)", 241, 7.5, few_shot=2)]}
+                  "results": [result("torch (run)", "run", 1000, 5.5), result("run-q8_0", "gguf", 278, 5.53),
+                              result("base (few-shot)", "gguf", 241, 7.5, few_shot=2)]}
     examples = tmp_path / "examples"
     examples.mkdir()
     (examples / "run-q8_0.jsonl").write_text("".join(json.dumps(

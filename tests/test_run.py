@@ -120,21 +120,29 @@ def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
 
 
 def test_recommend_takes_the_smallest_within_tolerance_that_passed():
+    from pathlib import Path
+
+    from tinytitan.model.artifacts import Artifact
     from tinytitan.report.summary import recommend
 
-    rows = [{"artifact": "torch (run)", "size_mb": 1000, "score": 0.95},
-            {"artifact": "x-f16", "size_mb": 500, "score": 0.90},
-            {"artifact": "x-q8_0", "size_mb": 280, "score": 0.895},
-            {"artifact": "x-q4_k_m (gate failed)", "size_mb": 240, "score": 0.90},
-            {"artifact": "base+x-adapter-f16", "size_mb": 250, "score": 0.87},
-            {"artifact": "base (few-shot)", "size_mb": 240, "score": 0.1}]
+    def row(label, kind, size, score, **fields):  # an eval row: what the Artifact says about itself, and scores
+        artifact = Artifact(label, label, kind, Path(label), **fields)
+        return {"artifact": label, **artifact.describe(), "size_mb": size, "score": score}
+
+    rows = [row("torch (run)", "run", 1000, 0.95),
+            row("x-f16", "gguf", 500, 0.90, gate="passed"),
+            row("x-q8_0", "gguf", 280, 0.895, gate="passed"),
+            row("x-q4_k_m (gate failed)", "gguf", 240, 0.90, gate="failed"),
+            row("base+x-adapter-f16", "adapter", 250, 0.87, gate="passed"),
+            row("base (few-shot)", "gguf", 240, 0.1, is_base=True)]
+    assert [r["servable"] for r in rows] == [False, True, True, False, True, False]
     assert recommend(rows, 0.01)["artifact"] == "x-q8_0"  # within 1 point of the best servable (0.90)
     assert recommend(rows, 0.05)["artifact"] == "base+x-adapter-f16"
     assert recommend(rows, 0.0)["artifact"] == "x-f16"
-    assert recommend(rows[:1] + rows[-1:], 0.5) is None  # nothing servable passed
+    assert recommend(rows[:1] + rows[3:4] + rows[-1:], 0.5) is None  # nothing servable passed
     # served with the schema: judged by the constrained score (a trimmed copy level with the rest once constrained)
     served = [{**r, "constrained": r["score"]} for r in rows] + \
-        [{"artifact": "x-base-task+x-adapter-f16", "size_mb": 100, "score": 0.85, "constrained": 0.895}]
+        [{**row("x-base-task+x-adapter-f16", "adapter", 100, 0.85, gate="passed", vocabulary=6000), "constrained": 0.895}]
     assert recommend(served, 0.01)["artifact"] == "x-q8_0"  # by the free score it is 5 points behind
     assert recommend(served, 0.01, constrained=True)["artifact"] == "x-base-task+x-adapter-f16"
 

@@ -74,7 +74,7 @@ def test_banking77_keeps_the_official_test_split(tmp_path):
 
 def test_a_test_split_is_scored_as_published_repeats_included(tmp_path, tiny):
     from tinytitan.data.rows import DataSpec, load_examples
-    from tinytitan.evaluate.eval import load_rows
+    from tinytitan.evaluate.scoring import load_rows
 
     task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
                                       "test": DATA / "banking77" / "test.csv"}, tmp_path)

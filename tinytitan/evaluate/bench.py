@@ -87,7 +87,7 @@ def _task_prompt(data: str | None) -> list[dict]:
     if not data:
         return [{"role": "user", "content": "1 1/2 cups all-purpose flour, sifted"}]
     from tinytitan.data.rows import DataSpec
-    from tinytitan.evaluate.eval import load_rows
+    from tinytitan.evaluate.scoring import load_rows
 
     return [{"role": m.role, "content": m.content} for m in load_rows(data, DataSpec())[0].messages]
 

@@ -17,7 +17,6 @@ function is unit-tested against hand-computed cases (tests/test_metrics.py).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence

@@ -5,6 +5,11 @@
 - `BASE.gguf+ADAPTER.gguf` or `base+ADAPTER.gguf`: an adapter on a chosen base;
 - `RUN` (a fine-tuning run folder): the trained PyTorch model (best weights merged), the reference;
 - `RUN:last`: the run's last weights instead of its best.
+
+An `Artifact` is the one description of a model that can be run: what it is (kind, files, base and
+adapter), and, for what `export` wrote, its quant type, its parity-gate verdict and whether it is in
+the task vocabulary (read from the export's manifest by `run_artifacts`). Whether it can be served is
+decided here (`servable`), and eval rows, the recommendation, the report and the fleet file read it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,19 @@ class Artifact:
     adapter: Path | None = None
     weights: str = "best"
     is_base: bool = False  # an untuned base model: evaluated with a few-shot prompt
+    quant: str | None = None  # an exported artifact's quant type (f16, q8_0, ...)
+    gate: str | None = None  # an exported artifact's parity gate: "passed" or "failed" (kept by --force)
+    vocabulary: int | None = None  # a copy in the task vocabulary: the tokens it keeps
+
+    @property
+    def servable(self) -> bool:
+        """What a fleet may serve: a llama.cpp artifact, not the untuned floor, not one that failed its gate."""
+        return self.kind != "run" and not self.is_base and self.gate != "failed"
+
+    def describe(self) -> dict:
+        """What eval rows carry about the artifact, so tables and the recommendation never parse labels."""
+        return {"spec": self.spec, "kind": self.kind, "quant": self.quant, "gate": self.gate,
+                "vocabulary": self.vocabulary, "servable": self.servable, "reference": self.kind == "run"}
 
     def size_bytes(self) -> int:
         """On-disk size of what must ship: the GGUF, the adapter (plus base), or the run's weights."""
@@ -105,3 +123,48 @@ def _gguf(text: str, spec: str) -> Path:
         raise TinyTitanError(f"{spec}: {text} is not a file (expected base, a .gguf file, BASE+ADAPTER.gguf "
                              f"or a fine-tuning run folder)")
     return path
+
+
+def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list[Artifact]:
+    """What a fine-tuning run folder holds, as artifacts: the trained model (the reference), every GGUF its
+    export wrote, largest first (an adapter on the base it was trained from; a base in the task vocabulary
+    with the adapter it runs), each with its manifest's quant, gate and vocabulary (those kept by
+    `export --force` despite failing the gate are marked in their label too), and the base as the
+    few-shot floor. `only`: exported GGUFs whose name ends in one of these."""
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    base_spec = "base" if model == DEFAULT_MODEL else model  # the model the run was trained from
+    found = [parse_artifact(str(run_dir))]
+    export = run_dir / "export"
+    ggufs = sorted(export.glob("*.gguf"), key=lambda f: -f.stat().st_size) if export.is_dir() else []
+    for gguf in ggufs:  # the largest first: F16 down to the smallest quant, then the adapter
+        if gguf.name == "imatrix.gguf" or (only and not any(gguf.stem.endswith("-" + o) for o in only)):
+            continue
+        artifact = _exported(gguf, base_spec)
+        if artifact:
+            found.append(artifact)
+    if len(found) == 1:
+        wanted = f" matching --only {','.join(only)}" if only else ""
+        raise TinyTitanError(f"{export}: no exported GGUF files{wanted} (run `tinytitan export {run_dir}` first)")
+    found.append(Artifact(base_spec, "base (few-shot)", "gguf", None if base_spec == "base" else Path(model),
+                          is_base=True))
+    return found
+
+
+def _exported(gguf: Path, base_spec: str) -> Artifact | None:
+    """An exported GGUF with what its manifest says (None: a trimmed base whose adapter is gone)."""
+    from dataclasses import replace
+
+    manifest_path = gguf.with_name(gguf.name + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if manifest.get("kind") == "adapter-task":  # a base with the task vocabulary: it runs the run's adapter
+        adapter = gguf.with_name(manifest["adapter"])
+        if not adapter.exists():
+            return None
+        artifact = replace(parse_artifact(f"{gguf}+{adapter}"), label=f"{gguf.stem}+{adapter.stem}")
+    else:
+        artifact = parse_artifact(str(gguf))
+        if artifact.kind == "adapter":  # on the base the run was trained from
+            artifact = replace(parse_artifact(f"{base_spec}+{gguf}"), label=f"base+{gguf.stem}")
+    gate = manifest.get("status")
+    return replace(artifact, label=artifact.label + (" (gate failed)" if gate == "failed" else ""),
+                   quant=manifest.get("quant"), gate=gate, vocabulary=manifest.get("vocabulary"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, replace_dir, write_json
+from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, write_json
+from tinytitan.pipeline import stages
 from tinytitan.report.summary import print_summary
 
 PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
@@ -108,49 +108,49 @@ class Pipeline:
                                       "sources": {k: _sha(p) for k, p in sorted(r.sources.items())},
                                       "reading": self._reading_key()},
                   lambda: [self.data / f"{s}.jsonl" for s in ("train", "val", "test")] + [self.data / "prepared.json"],
-                  self._prepare, lambda: 1),
+                  lambda: stages.prepare(self), lambda: 1),
             Stage("check", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
-                                    "settings": {k: v for k, v in self._config().as_dict().items()
+                                    "settings": {k: v for k, v in self.finetune_config().as_dict().items()
                                                  if k in ("system", "max_length", "skip_bad", "max_bad_fraction",
                                                           "max_rows", "seed")}},
-                  lambda: [self.data / "check.json"], self._check, lambda: 1),
+                  lambda: [self.data / "check.json"], lambda: stages.check(self), lambda: 1),
             Stage("schema", lambda: {"train": _sha(self.data / "train.jsonl"), "format": FORMAT,
                                      "inference": _sha(PACKAGE / "data" / "schema.py")},
-                  lambda: [self.root / "schema.json"], self._schema, lambda: 1, applies=self._is_json_task),
+                  lambda: [self.root / "schema.json"], lambda: stages.schema(self), lambda: 1, applies=self._is_json_task),
             Stage("vocab", lambda: {"data": self._hashes("prepare"), "model": self._model_sha(),
                                     "keep_top": r.vocab.keep_top, "negatives": r.vocab.negatives,
-                                    "system": self._config().system,
-                                    "max_length": self._config().max_length,
+                                    "system": self.finetune_config().system,
+                                    "max_length": self.finetune_config().max_length,
                                     "code": _sha(PACKAGE / "shrink" / "vocabulary.py")},
                   lambda: [self.vocab_model, self.vocab_model.with_suffix(".json")]
-                  + ([self.negatives] if r.vocab.negatives else []), self._vocab, lambda: 1,
+                  + ([self.negatives] if r.vocab.negatives else []), lambda: stages.vocab(self), lambda: 1,
                   applies=lambda: r.vocab.trim == "train"),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
                                        "model": self._model_sha(trained=True), "vocab": self._hashes("vocab")},
-                  lambda: sorted((self.train_dir / "best").glob("*")), self._finetune, self._finetune_units),
+                  lambda: sorted((self.train_dir / "best").glob("*")), lambda: stages.finetune(self), lambda: stages.finetune_units(self)),
             Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
                                      "gate": _sha(PACKAGE / "export" / "gate.py"),  # new gate rules re-gate
                                      **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
-                  lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), self._export,
+                  lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), lambda: stages.export(self),
                   lambda: 1 + 0.5 * len(r.export.quant) * (1.5 if r.vocab.trim == "export" else 1)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
                                    "shots": _sha(self.data / "train.jsonl"),
                                    "schema": self._hashes("schema")},
                   lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
-                  self._eval, self._eval_units),
+                  lambda: stages.evaluate(self), lambda: stages.eval_units(self)),
             Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),
                                     "test": _sha(self.data / "test.jsonl")},
-                  lambda: [self.report_dir / "bench.json"], self._bench, self._bench_units,
+                  lambda: [self.report_dir / "bench.json"], lambda: stages.bench(self), lambda: stages.bench_units(self),
                   applies=lambda: r.report.bench),
             Stage("report", lambda: {"eval": self._hashes("eval"), "bench": self._hashes("bench"),
                                      "tolerance": r.eval.tolerance, "format": FORMAT, "name": r.name,
                                      "recommend": _sha(PACKAGE / "report" / "summary.py"),
-                                     "serving": [r.eval.max_tokens, r.eval.constrained, self._config().system],
+                                     "serving": [r.eval.max_tokens, r.eval.constrained, self.finetune_config().system],
                                      "schema": self._hashes("schema")},
                   lambda: [self.report_dir / "report.md", self.report_dir / "report.html", self.root / "fleet.toml",
                            self.root / "summary.json"],
-                  self._report, lambda: 1),
+                  lambda: stages.report(self), lambda: 1),
         ]
 
     def _task_code(self) -> list[str | None] | None:
@@ -163,7 +163,7 @@ class Pipeline:
 
         return [_sha(Path(m.__file__)) for m in (tinytitan.data.tasks, task_module(self.recipe.kind))]
 
-    def _config(self, trained: bool = False):
+    def finetune_config(self, trained: bool = False):
         """The fine-tuning settings; `trained`: as the finetune stage uses them (in the task vocabulary's base
         where [vocab] trim = "train"; the stages before it read the data with the model the recipe names)."""
         config = self.recipe.finetune_config(self.data, self.threads or 0)
@@ -176,7 +176,7 @@ class Pipeline:
         from tinytitan.train.finetune import RESUMABLE_CHANGES
 
         # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
-        return {k: v for k, v in self._config(trained=True).as_dict().items()
+        return {k: v for k, v in self.finetune_config(trained=True).as_dict().items()
                 if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
 
     def _reading_key(self) -> dict:
@@ -190,7 +190,7 @@ class Pipeline:
     def _model_sha(self, trained: bool = False) -> str:
         from tinytitan.model.registry import resolve
 
-        model = self._config(trained).model
+        model = self.finetune_config(trained).model
         if trained and not Path(model).exists():
             return ""  # the vocab stage has not written it yet (a dry run)
         return resolve(model).sha256
@@ -208,201 +208,6 @@ class Pipeline:
             return False
         answers = json_answers([e.completion for e in load_examples(train, DataSpec()).examples])
         return bool(answers) and all(isinstance(answer, dict) for answer in answers)
-
-    def _prepare(self) -> None:
-        if self.data.exists():
-            shutil.rmtree(self.data)
-        self.data.mkdir(parents=True)
-        if self.recipe.kind == "files":
-            counts = _prepare_files(self.recipe, self.data)
-        else:
-            from tinytitan.data.tasks import task_module
-
-            counts = task_module(self.recipe.kind).prepare(self.recipe.sources, self.data, **self.recipe.options)
-        write_json(self.data / "prepared.json", {"kind": self.recipe.kind, **counts})
-        self._say(f"      rows: {', '.join(f'{k} {v}' for k, v in counts.items())}")
-        empty = [name for name in ("train", "val", "test") if not counts.get(name)]
-        if empty:
-            raise TinyTitanError(f"the {empty[0]} split is empty (rows: {', '.join(f'{k} {v}' for k, v in counts.items())}"
-                                 f"): give more rows, a {empty[0]} file of its own, or other [finetune] split shares")
-
-    def _check(self) -> None:
-        from tinytitan.data.check import enforce, prepare_data
-        from tinytitan.model.registry import resolve
-        from tinytitan.model.torch_model import load_tokenizer
-
-        config = self._config()
-        prepared = prepare_data(config, load_tokenizer(resolve(config.model)), strict_errors=False)
-        stats = {**prepared.stats, "errors": [str(r) for r in prepared.rejected][:50]}
-        write_json(self.data / "check.json", stats)  # written first: the error points to it
-        enforce(prepared, config.skip_bad, config.max_bad_fraction,
-                hint=f"see {self.data / 'check.json'}; fix the data or set finetune.skip_bad = true")
-        tokens = stats["prompt_tokens"], stats["completion_tokens"]
-        self._say(f"      {stats['usable']} usable rows, {stats['rejected']} rejected; prompt tokens p95 "
-                  f"{tokens[0]['p95']}, completion p95 {tokens[1]['p95']}, {stats['truncated']} cut by max_length")
-
-    def _schema(self) -> None:
-        from tinytitan.data.rows import DataSpec, load_examples
-        from tinytitan.data.schema import infer_schema
-        from tinytitan.data.structured import schema_to_grammar, uses_input
-
-        examples = load_examples(self.data / "train.jsonl", DataSpec()).examples
-        schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
-        schema_to_grammar(schema)  # it must be enforceable
-        write_json(self.root / "schema.json", schema, ensure_ascii=False)
-        fields = schema.get("properties", {})
-        enums = [k for k, v in fields.items() if "enum" in v]
-        copied = [k for k, v in fields.items() if uses_input(v)]
-        self._say(f"      {len(fields)} fields" + (f"; enums: {', '.join(enums)}" if enums else "")
-                  + (f"; words from the input: {', '.join(copied)}" if copied else ""))
-
-    def _vocab(self) -> None:
-        from tinytitan.model.registry import resolve
-        import numpy as np
-
-        from tinytitan.files import atomic_file
-        from tinytitan.shrink.vocabulary import Vocab, describe, head_negatives, run_keep_set, trim_gguf
-
-        config, top = self._config(), self.recipe.vocab.keep_top
-        source = resolve(config.model)
-        vocab = Vocab.from_gguf(source.gguf)
-        keep = run_keep_set(config, vocab, top)
-        self.vocab_model.parent.mkdir(parents=True, exist_ok=True)
-        result = {**trim_gguf(source.path, keep, self.vocab_model), **describe(keep, vocab), "keep_top": top,
-                  "source": str(source.path)}
-        if self.recipe.vocab.negatives:
-            rows, summary = head_negatives(config, keep, self.recipe.vocab.negatives)
-            def save(path: Path) -> None:
-                with open(path, "wb") as file:  # np.save to a name would add ".npy" to the temporary one
-                    np.save(file, rows.numpy(), allow_pickle=False)
-
-            atomic_file(self.negatives, save)
-            result.update(summary)
-            self._say(f"      the untrained model gives the kept tokens {summary['kept_probability']:.0%} of its "
-                      f"next-token probability; {summary['negatives']:,} dropped tokens holding "
-                      f"{summary['negatives_share_of_dropped']:.0%} of the rest stay in the training softmax")
-        write_json(self.vocab_model.with_suffix(".json"), result)
-        self._say(f"      {result['kept']:,} of {result['of']:,} tokens kept; {result['bytes_before'] / 2**20:.1f} -> "
-                  f"{result['bytes_after'] / 2**20:.1f} MiB base")
-
-    def _finetune(self) -> None:
-        from tinytitan.train.finetune import CannotResume, train
-
-        config = self._config(trained=True)
-        if self.fresh and self.train_dir.exists():  # --fresh trains anew; what was trained before is kept aside
-            self._set_aside(self.train_dir)
-        if (self.train_dir / "config.json").exists():
-            try:
-                train(config, resume=True)
-                return
-            except CannotResume as error:  # changed settings or data: this run cannot continue; any other error
-                self._say(f"      starting over: {error}")  # (a full disk...) leaves it to resume once fixed
-                self._set_aside(self.train_dir)
-        train(config)
-
-    def _set_aside(self, folder: Path) -> None:
-        """A training folder that cannot continue: moved aside when it holds trained weights or checkpoints
-        (hours of work), deleted when it holds none."""
-        if any((folder / "checkpoints").glob("step-*")) or any((folder / "best").glob("*")):
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            aside = next(a for n in range(1000) if not (a := folder.with_name(
-                f"{folder.name}.replaced-{stamp}" + (f"-{n}" if n else ""))).exists())
-            folder.rename(aside)
-            self._say(f"      the earlier training is kept in {aside}")
-        else:
-            shutil.rmtree(folder)
-
-    def _export(self) -> None:
-        from tinytitan.export.export import export
-        from tinytitan.export.quantize import parse_quants
-
-        settings = self.recipe.export
-        building = self.export_dir.with_name("export.new")  # the previous export and the fleet serving it stay
-        if building.exists():  # whole until this one is complete
-            shutil.rmtree(building)
-        report = export(self.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
-                        building, gate_rows=settings.gate_rows, force=settings.force, threads=self.threads,
-                        name=self.recipe.name, trim=self.recipe.vocab.trim == "export",
-                        keep_top=self.recipe.vocab.keep_top)
-        replace_dir(building, self.export_dir)
-        for item in report["artifacts"]:
-            parity = item["parity"]
-            self._say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
-                      f"{'passed' if parity['passed'] else 'FAILED: ' + '; '.join(parity['failures'])}")
-
-    def _eval(self) -> None:
-        from tinytitan.model.artifacts import parse_artifact
-        from tinytitan.evaluate.eval import evaluate_task
-        from tinytitan.report.report import run_artifacts
-
-        settings = self.recipe.eval
-        schema_path = self.root / "schema.json"
-        schema = json.loads(schema_path.read_text()) if settings.constrained and schema_path.exists() else None
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-        examples = self.report_dir / "examples"
-        if examples.exists():
-            shutil.rmtree(examples)
-        result = evaluate_task(run_artifacts(self.train_dir), str(self.data / "test.jsonl"), task=settings.task,
-                               limit=settings.rows or None, base_shots=settings.base_shots,
-                               shots_data=str(self.data / "train.jsonl"),  # every test row is scored
-                               kl_reference=parse_artifact(str(self.train_dir)), max_tokens=settings.max_tokens,
-                               threads=self.threads, out=examples, schema=schema,
-                               likelihood=settings.likelihood, constrained=settings.constrained)
-        write_json(self.report_dir / "eval.json", {"result": result, "settings": asdict(settings)})
-
-    def _bench(self) -> None:
-        from tinytitan.evaluate.bench import bench_for_report
-        from tinytitan.report.report import run_artifacts
-
-        ggufs = [a for a in run_artifacts(self.train_dir) if a.kind != "run"]
-        bench = bench_for_report(ggufs, self.recipe.report.context, str(self.data / "test.jsonl"),
-                                 self.recipe.report.bench_reps)
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.report_dir / "bench.json", {"result": bench})
-
-    def _report(self) -> None:
-        from tinytitan.report.report import finish_report
-
-        evaluation = json.loads((self.report_dir / "eval.json").read_text())["result"]
-        bench_path = self.report_dir / "bench.json"
-        bench = json.loads(bench_path.read_text())["result"] if bench_path.exists() and self.recipe.report.bench else None
-        schema = self.root / "schema.json"
-        summary = finish_report(self.train_dir, self.report_dir, evaluation, bench, name=self.recipe.name,
-                                tolerance=self.recipe.eval.tolerance, fleet=self.root / "fleet.toml",
-                                schema=schema if schema.exists() and self.recipe.eval.constrained else None,
-                                system=self._config().system, max_tokens=self.recipe.eval.max_tokens,
-                                source=str(self.recipe.path))
-        summary = {"recipe": str(self.recipe.path), "run": str(self.root), **summary}
-        write_json(self.root / "summary.json", summary)
-
-    def _finetune_units(self) -> float | None:
-        check = self.data / "check.json"
-        if not check.exists():
-            return None  # unknown until the data check has counted the tokens
-        stats = json.loads(check.read_text())
-        config = self._config(trained=True)
-        train_share = stats["splits"]["train"] / max(stats["usable"], 1)
-        return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
-
-    def _eval_units(self) -> float | None:
-        """Decoded tokens, roughly: every artifact decodes every row (twice when constrained), up to twice the
-        reference's length + 8 tokens (at about 4 characters a token), capped by max_tokens; + 8 for the prompt."""
-        settings = self.recipe.eval
-        test = self.data / "test.jsonl"
-        if not test.exists():
-            return None
-        references = [_completion(json.loads(line)) for line in test.read_text().splitlines() if line.strip()]
-        references = references[:settings.rows] if settings.rows else references
-        per_row = sum(min(settings.max_tokens, len(text) / 2 + 8) + 8 for text in references)
-        return (2 + self._ggufs()) * per_row * (2 if settings.constrained else 1)
-
-    def _bench_units(self) -> float:
-        return self._ggufs()
-
-    def _ggufs(self) -> float:
-        """The GGUF artifacts the run exports (trimmed copies count half: they run about twice as fast), + the base."""
-        exported = len(self.recipe.export.quant) * ("gguf" in self.recipe.export.to) + ("adapter" in self.recipe.export.to)
-        return 1 + exported * (1.5 if self.recipe.vocab.trim == "export" else 1)
 
     # --- planning --------------------------------------------------------------------------------
     def plan(self) -> dict:
@@ -450,7 +255,7 @@ class Pipeline:
 
     def _run_stages(self) -> dict:
         stages = self.stages()
-        self._say(f"tinytitan run {self.recipe.path} -> {self.root}")
+        self.say(f"tinytitan run {self.recipe.path} -> {self.root}")
         rates = _load_rates()
         done = []
         started = time.perf_counter()
@@ -462,20 +267,20 @@ class Pipeline:
                     if output.is_file():
                         output.unlink()
                 done.append({"stage": stage.name, "status": "not needed"})
-                self._say(f"{tag}: not needed")
+                self.say(f"{tag}: not needed")
                 continue
             key = _digest(stage.inputs())
             record = self.state.get(stage.name)
             if not self.fresh and record and record["key"] == key and _unchanged(record["outputs"]):
                 done.append({"stage": stage.name, "status": "up to date"})
-                self._say(f"{tag}: up to date")
+                self.say(f"{tag}: up to date")
                 continue
             pending = [(s, s.units()) for s in stages[number - 1:] if s.applies()]
             if any(n is None for _, n in pending):  # a guess without the data's size would jump by minutes once it is known: none yet
-                self._say(f"{tag}: running (the time left is estimated once the data is checked)")
+                self.say(f"{tag}: running (the time left is estimated once the data is checked)")
             else:
                 left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * n for s, n in pending)
-                self._say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
+                self.say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
             self.state.pop(stage.name, None)
             self._save()
             began = time.perf_counter()
@@ -493,7 +298,7 @@ class Pipeline:
             if units and seconds > 1:
                 rates[_rate_key(stage)] = seconds / units
             done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
-            self._say(f"{tag}: done in {_duration(seconds)}")
+            self.say(f"{tag}: done in {_duration(seconds)}")
         _save_rates(rates)
         ran = [d for d in done if d["status"] == "ran"]
         summary = json.loads((self.root / "summary.json").read_text())
@@ -504,7 +309,7 @@ class Pipeline:
     def _save(self) -> None:
         write_json(self.state_path, self.state)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
@@ -544,52 +349,6 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def _prepare_files(recipe, out: Path) -> dict:
-    """A `files` task: the user's rows (any format `finetune` reads), split if need be, as JSONL."""
-    from tinytitan.data.rows import load_examples, split_examples
-    from tinytitan.data.check import spec_from
-    from tinytitan.data.tasks import write_jsonl
-
-    config = recipe.finetune_config(out, sources=True)
-    spec = spec_from(config)
-    loaded = {"train": load_examples(recipe.sources["train"], spec)}
-    order = loaded["train"].json_keys  # every split's targets spelled in the training file's key order
-    for name in ("val", "test"):
-        if name in recipe.sources:
-            loaded[name] = load_examples(recipe.sources[name], spec, duplicates="keep" if name == "test" else "reject",
-                                         key_order=order)
-    bad = [r for report in loaded.values() for r in report.rejected]
-    if bad and not config.skip_bad:
-        raise TinyTitanError(f"{len(bad)} bad rows (first: {bad[0]}); fix them or set finetune.skip_bad = true")
-    # the training file gives the splits that have no file of their own (a published test set: train and val)
-    shares = [share if name == "train" or name not in loaded else 0.0
-              for name, share in zip(("train", "val", "test"), config.split)]
-    splits = split_examples(loaded["train"].examples, [share / sum(shares) for share in shares], config.seed)
-    for name in ("val", "test"):
-        if name in loaded:
-            splits[name] = loaded[name].examples
-    return {name: write_jsonl(out / f"{name}.jsonl", (_row(e) for e in examples)) for name, examples in splits.items()}
-
-
-def _row(example) -> dict:
-    """One example as JSONL: prompt/completion (a JSON completion as the object it is), or messages."""
-    messages = [{"role": m.role, "content": m.content} for m in example.messages]
-    roles = [m["role"] for m in messages]
-    if roles in (["user"], ["system", "user"]):
-        completion = _json(example.completion)
-        row = {"prompt": messages[-1]["content"],
-               "completion": completion if isinstance(completion, (dict, list)) else example.completion}
-        return {**row, "system": messages[0]["content"]} if roles[0] == "system" else row
-    return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
 def _sha(path: Path) -> str | None:
     """A file's sha256; a folder's (a task source such as the Snips benchmark) over its files' names and sha256s."""
     from tinytitan.model.registry import file_sha256
@@ -613,12 +372,6 @@ def _digest(value) -> str:
 
 def _rate_key(stage: Stage) -> str:
     return RATE_KEYS.get(stage.name, stage.name)
-
-
-def _completion(row: dict) -> str:
-    """A prepared row's reference completion as text (a JSON completion as its JSON)."""
-    completion = row.get("completion", (row.get("messages") or [{}])[-1].get("content", ""))
-    return completion if isinstance(completion, str) else json.dumps(completion, ensure_ascii=False)
 
 
 def _duration(seconds: float) -> str:

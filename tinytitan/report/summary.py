@@ -1,6 +1,9 @@
-"""The end of `tinytitan run`: the recommended artifact and the comparison table it prints."""
+"""The end of a report, for `tinytitan report` and the run's report stage alike: the recommended artifact,
+the fleet file that serves it, the summary and the comparison table printed to the terminal."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from tinytitan.tables import fixed_row, format_cell
 
@@ -8,8 +11,7 @@ from tinytitan.tables import fixed_row, format_cell
 def recommend(rows: list[dict], tolerance: float, constrained: bool = False) -> dict | None:
     """The smallest servable artifact within `tolerance` of the best servable score (gate passed), scored as
     it will be served: with `constrained` (the fleet serves the schema), by its constrained score."""
-    servable = [r for r in rows if not r["artifact"].startswith("torch") and "few-shot" not in r["artifact"]
-                and "gate failed" not in r["artifact"]]
+    servable = [r for r in rows if r["servable"]]  # decided by the Artifact (model/artifacts.py)
     if not servable:
         return None
     best = max(served_score(r, constrained) for r in servable)
@@ -50,3 +52,25 @@ def print_summary(summary: dict) -> None:
         print(f"serve the recommended artifact: {summary['serve']}")
     else:
         print("no servable artifact passed its parity gate: see the report")
+
+
+def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, *, name: str, tolerance: float,
+                  fleet: Path, schema: Path | None, system: str, max_tokens: int, source: str) -> dict:
+    """What a report ends with, for `tinytitan report` and the run's report stage alike: the recommended
+    artifact (the smallest that passed its gate within `tolerance` of the best), the report, a fleet
+    file serving it (with the schema, greedy) and the summary; returns the summary."""
+    from tinytitan.report.render import table_rows, write_report
+    from tinytitan.serve.fleet import write_fleet
+
+    rows = table_rows(evaluation, bench)
+    pick = recommend(rows, tolerance, constrained=schema is not None)  # the fleet serves the schema
+    paths = write_report(run_dir, out, evaluation, bench, recommended=pick, title=name)
+    spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"]) if pick else None
+    about = f"the report of {source}"
+    if pick:
+        constrained = schema is not None and pick.get("constrained") is not None
+        about = (f"the recommended artifact of {source}: {pick['artifact']} ({pick['metric']} "
+                 f"{100 * served_score(pick, constrained):.1f}%{', constrained' if constrained else ''})")
+    serve = write_fleet(fleet, name, spec, about=about, schema=schema, system=system, max_tokens=max_tokens)
+    return {"task": evaluation["task"], "rows": evaluation["rows"], "table": rows, "recommended": pick,
+            "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}
