@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from tinytitan.model.chat_format import encode_chat
-    from tinytitan.data.rows import DataSpec, load_examples, split_examples
+    from tinytitan.data.rows import DataSpec, load_examples
+    from tinytitan.data.splits import split_examples
     from tinytitan.model.engines.torch import TorchEngine
     from tinytitan.model.runs import load_run_model
 

@@ -9,8 +9,11 @@ import pytest
 
 from tinytitan.model.chat_format import Message
 from tinytitan.train.config import FinetuneConfig
-from tinytitan.data.rows import (DataSpec, Example, canonical_completion, leakage, load_examples, split_examples,
-                            tokenize_example)
+from tinytitan.data.rows import DataSpec, load_examples
+from tinytitan.data.examples import Example
+from tinytitan.data.json_values import canonical_completion
+from tinytitan.data.splits import leakage, split_examples
+from tinytitan.data.tokens import tokenize_example
 from tinytitan.data.check import prepare_data
 from tinytitan.errors import TinyTitanError
 from tests.conftest import run_cli, shared_file
@@ -227,7 +230,7 @@ def test_a_file_in_another_encoding_is_named_by_line_and_byte_and_read_when_told
 
 
 def test_cesu_8_joins_surrogate_pairs_and_names_a_lone_one(tmp_path):
-    from tinytitan.data.rows import decode
+    from tinytitan.data.encodings import decode
 
     pizza = "🍕".encode("utf-16-le").decode("utf-16-le")
     cesu = "".join(chr(u) for u in (0xD83C, 0xDF55)).encode("utf-8", "surrogatepass")

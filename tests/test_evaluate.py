@@ -243,7 +243,8 @@ def test_constrained_decoding_takes_copied_words_from_each_row(tiny, tmp_path):
     from tinytitan.model.artifacts import Artifact
     from tinytitan.data.rows import DataSpec, load_examples
     from tinytitan.evaluate.scoring import _grammars, evaluate_task
-    from tinytitan.data.structured import input_words, schema_to_grammar
+    from tinytitan.data.structured import input_words
+    from tinytitan.data.grammar import schema_to_grammar
 
     gguf = Artifact(str(tiny[0]), "tiny", "gguf", tiny[0])
     data = _rows(tmp_path / "rows.jsonl", lambda rng: {"w": rng.choice(WORDS)})

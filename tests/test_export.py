@@ -203,7 +203,7 @@ class _TextEngine:
 
 @pytest.mark.parametrize("free_text", [True, False])
 def test_greedy_agreement_is_gated_for_labels_and_reported_for_free_text(free_text):
-    from tinytitan.data.rows import TokenizedExample
+    from tinytitan.data.tokens import TokenizedExample
     from tinytitan.export.gate import Candidate, run_gate
 
     words = ["tell", "me", "a", "story", "label", "yes", "no"] + [f"w{i}" for i in range(40)]

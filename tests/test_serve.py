@@ -183,7 +183,7 @@ def test_streaming_matches_non_streaming(client):
 def test_a_task_schema_with_input_words_is_made_for_each_request():
     from tinytitan.serve.app import GrammarCache, _grammar
     from tinytitan.serve.fleet import Task
-    from tinytitan.data.structured import schema_to_grammar
+    from tinytitan.data.grammar import schema_to_grammar
 
     copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": []}}, "required": ["w"]}
     task = Task("copy", None, schema=copied, grammar=schema_to_grammar(copied))

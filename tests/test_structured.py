@@ -9,7 +9,9 @@ import pytest
 
 from tinytitan.errors import TinyTitanError
 from tinytitan.data.schema import infer_schema
-from tinytitan.data.structured import SchemaError, canonical_json, json_object_grammar, schema_to_grammar
+from tinytitan.data.structured import SchemaError
+from tinytitan.data.grammar import json_object_grammar, schema_to_grammar
+from tinytitan.data.json_values import canonical_json
 
 RECORD = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 12},
@@ -164,7 +166,7 @@ def test_infer_schema_from_targets():
 
 
 def test_inferred_grammar_accepts_every_training_target(tiny_model):
-    from tinytitan.data.rows import canonical_completion
+    from tinytitan.data.json_values import canonical_completion
     from tinytitan.serve.backend import grammar_accepts
 
     rows = [{"name": "flour", "unit": "cup", "note": {"b": 1, "a": "x"}}, {"name": "salt", "unit": "", "note": {"a": "", "b": 2}}]

@@ -177,7 +177,7 @@ def test_snips_without_its_encoding_is_one_line_naming_file_line_and_byte(tmp_pa
 
 
 def test_snips_mean_slot_f1_groups_slots_by_the_reference_intent():
-    from tinytitan.data.rows import Example
+    from tinytitan.data.examples import Example
 
     references = [{"intent": "PlayMusic", "artist": "abba", "service": "spotify"},
                   {"intent": "PlayMusic", "artist": ["abba", "queen"]},

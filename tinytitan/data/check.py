@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinytitan import options
-from tinytitan.data.rows import (DataSpec, LoadReport, Rejected, TokenizedExample, leakage, load_examples,
-                            split_examples, tokenize_examples)
+from tinytitan.data.rows import DataSpec, load_examples
+from tinytitan.data.examples import LoadReport, Rejected
+from tinytitan.data.splits import leakage, split_examples
+from tinytitan.data.tokens import TokenizedExample, tokenize_examples
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import sha256_of
 from tinytitan.evaluate.metrics import detect_task, json_answers
@@ -227,7 +229,7 @@ def write_schema(args) -> None:
     """`tinytitan data schema FILE`: the schema `tinytitan run` would infer from these training rows (fields,
     types, optional fields, enums, `x-input-words`), for `eval --schema`, `report --schema` and serving."""
     from tinytitan.data.schema import infer_schema
-    from tinytitan.data.structured import schema_to_grammar
+    from tinytitan.data.grammar import schema_to_grammar
 
     report = load_examples(args.file, options.data_spec_from(args), duplicates="keep")  # a repeat changes nothing here
     if report.rejected:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.data.structured import INPUT_WORDS, json_type, input_words
+from tinytitan.data.structured import INPUT_WORDS, input_words
+from tinytitan.data.json_values import json_type
 
 def infer_schema(values: Sequence, *, max_enum: int = 12, min_rows_per_value: int = 5,
                  inputs: Sequence[str] | None = None, min_copied: float = 0.99, min_copied_rows: int = 20) -> dict:

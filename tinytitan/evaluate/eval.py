@@ -100,7 +100,7 @@ def read_schema(path: str) -> dict:
         raise TinyTitanError(f"--schema {path}: not a readable JSON file ({error})") from None
     if not isinstance(schema, dict):
         raise TinyTitanError(f"--schema {path}: expected a JSON schema object")
-    from tinytitan.data.structured import schema_to_grammar
+    from tinytitan.data.grammar import schema_to_grammar
 
     schema_to_grammar(schema)  # refuse what the decoder cannot enforce, before any scoring
     return schema

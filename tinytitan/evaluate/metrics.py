@@ -64,7 +64,7 @@ def parse_record(text: str) -> dict | None:
 
 def parse_answer(text: str) -> dict | list | None:
     """The JSON object or array in a model's output, or None (bad JSON, a repeated key, NaN...)."""
-    from tinytitan.data.rows import parse_json
+    from tinytitan.data.json_values import parse_json
 
     try:
         value = parse_json(text)

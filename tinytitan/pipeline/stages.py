@@ -51,7 +51,8 @@ def check(p: "Pipeline") -> None:
 def schema(p: "Pipeline") -> None:
     from tinytitan.data.rows import DataSpec, load_examples
     from tinytitan.data.schema import infer_schema
-    from tinytitan.data.structured import schema_to_grammar, uses_input
+    from tinytitan.data.structured import uses_input
+    from tinytitan.data.grammar import schema_to_grammar
 
     examples = load_examples(p.data / "train.jsonl", DataSpec()).examples
     schema = infer_schema([json.loads(e.completion) for e in examples], inputs=[e.input_text for e in examples])
@@ -205,7 +206,8 @@ def gguf_units(p: "Pipeline") -> float:
 
 def _prepare_files(recipe, out: Path) -> dict:
     """A `files` task: the user's rows (any format `finetune` reads), split if need be, as JSONL."""
-    from tinytitan.data.rows import load_examples, split_examples
+    from tinytitan.data.rows import load_examples
+    from tinytitan.data.splits import split_examples
     from tinytitan.data.check import spec_from
     from tinytitan.data.tasks import write_jsonl
 

@@ -286,7 +286,7 @@ def _chat_prompt(model, task: Task, body: api.ChatCompletionRequest) -> list[int
 
 def _check_text(body) -> None:
     """A lone surrogate ("\\ud83d" is valid JSON) is not text a model can read: 400, naming where."""
-    from tinytitan.data.structured import check_text
+    from tinytitan.data.json_values import check_text
 
     try:
         check_text(body.model_dump(by_alias=True, exclude_none=True))
@@ -320,7 +320,8 @@ def _grammar(model, task: Task, response_format, cache: GrammarCache, input_text
     schema that takes words from the input (`x-input-words`) gets its grammar made with `input_text`:
     the last user message, or a completion request's prompts (at most MAX_INPUT_WORDS_BYTES of it)."""
     from tinytitan.model.engines.sampling import grammar_error
-    from tinytitan.data.structured import SchemaError, json_object_grammar, schema_extent, schema_to_grammar, uses_input
+    from tinytitan.data.structured import SchemaError, schema_extent, uses_input
+    from tinytitan.data.grammar import json_object_grammar, schema_to_grammar
 
     if response_format is None:
         if task.schema is not None and uses_input(task.schema):  # checked at start-up: only the words differ

@@ -118,7 +118,7 @@ def _task(name, model, adapter, scale, system, defaults, schema, where) -> Task:
             raise TinyTitanError(f"{where}.{key}: {defaults.get(key)!r} is not valid ({first['msg']})") from None
     grammar = None
     if schema is not None:
-        from tinytitan.data.structured import schema_to_grammar
+        from tinytitan.data.grammar import schema_to_grammar
 
         try:
             grammar = schema_to_grammar(schema)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tinytitan.data.rows import TokenizedExample
+from tinytitan.data.tokens import TokenizedExample
 
 
 def bucket_lengths(max_length: int) -> list[int]:

@@ -106,7 +106,7 @@ class FinetuneConfig:
                 bad(key, "a number in [0, 1]")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.lora_alpha <= 0:
             raise TinyTitanError("weight_decay and max_grad_norm must be >= 0, lora_alpha > 0")
-        from tinytitan.data.rows import check_encoding
+        from tinytitan.data.encodings import check_encoding
 
         check_encoding(self.encoding)
         if len(self.split) != 3 or any(x < 0 for x in self.split) or abs(sum(self.split) - 1) > 1e-6:

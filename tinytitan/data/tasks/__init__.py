@@ -14,7 +14,7 @@ import importlib
 import json
 from pathlib import Path
 
-from tinytitan.data.rows import hash_split
+from tinytitan.data.splits import hash_split
 from tinytitan.errors import TinyTitanError
 
 TASKS = {

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.data.rows import stable_hash
+from tinytitan.data.splits import stable_hash
 from tinytitan.data.tasks import drop_repeats, need_file, split_name, write_jsonl
 
 SOURCES = ("csv", "extra_csv")

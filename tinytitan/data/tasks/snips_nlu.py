@@ -35,7 +35,7 @@ PER_EXAMPLE = ()  # per-row lists `score` returns besides `per_example` (the row
 
 def read_queries(path: Path, intent: str, encoding: str) -> list[dict]:
     """The queries of one benchmark file as prompt/completion rows."""
-    from tinytitan.data.rows import decode
+    from tinytitan.data.encodings import decode
 
     try:
         raw = path.read_bytes()
