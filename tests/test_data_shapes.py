@@ -121,7 +121,7 @@ def test_every_training_target_is_accepted_by_its_grammar_and_is_the_record_it_c
                                                                                           crlf):
     from tinytitan.data.rows import DataSpec, load_examples
     from tinytitan.evaluate.metrics import same_json
-    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.model.engines.sampling import grammar_accepts
     from tinytitan.data.grammar import schema_to_grammar
 
     try:

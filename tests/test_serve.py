@@ -181,16 +181,16 @@ def test_streaming_matches_non_streaming(client):
 
 
 def test_a_task_schema_with_input_words_is_made_for_each_request():
-    from tinytitan.serve.app import GrammarCache, _grammar
+    from tinytitan.serve.grammars import GrammarCache, request_grammar
     from tinytitan.serve.fleet import Task
     from tinytitan.data.grammar import schema_to_grammar
 
     copied = {"type": "object", "properties": {"w": {"type": "string", "x-input-words": []}}, "required": ["w"]}
     task = Task("copy", None, schema=copied, grammar=schema_to_grammar(copied))
-    assert _grammar(None, task, None, GrammarCache(), "red fish", "messages") == schema_to_grammar(copied, "red fish")
-    assert '"red"' in _grammar(None, task, None, GrammarCache(), "red fish", "messages") != task.grammar
+    assert request_grammar(None, task, None, GrammarCache(), "red fish", "messages") == schema_to_grammar(copied, "red fish")
+    assert '"red"' in request_grammar(None, task, None, GrammarCache(), "red fish", "messages") != task.grammar
     plain = Task("plain", None, schema=SCHEMA, grammar=schema_to_grammar(SCHEMA))
-    assert _grammar(None, plain, None, GrammarCache(), "red fish", "messages") is plain.grammar
+    assert request_grammar(None, plain, None, GrammarCache(), "red fish", "messages") is plain.grammar
 
 
 def test_json_schema_output_validates(client):

@@ -49,19 +49,18 @@ def tiny_model(tiny):
 
 def sample(model, grammar: str, seed: int, max_tokens: int = 200) -> tuple[str, str]:
     """One output of the tiny (random) model under the grammar: a random walk through it."""
-    import llama_cpp
-
-    from tinytitan.serve.backend import Job, Sampling, generate_choice
+    from tinytitan.model.engines.sampling import SamplingParams
+    from tinytitan.serve.backend import Job, generate_choice
 
     pieces: list[str] = []
     prompt = model.tokenize("hello", bos=True)
-    job = Job(model, None, 1.0, [prompt], Sampling(max_tokens=max_tokens, temperature=1.0, seed=seed), grammar,
+    job = Job(model, None, 1.0, [prompt], SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed), grammar,
               emit=lambda event: pieces.append(event[2]) if event[0] == "delta" else None)
     context = model.new_context(threads=1)
     try:
         finish, _ = generate_choice(context, model, job, 0, prompt)
     finally:
-        llama_cpp.llama_free(context)
+        context.free()
     return "".join(pieces), finish
 
 
@@ -136,7 +135,7 @@ def test_grammars_llama_cpp_refuses_are_found_before_use(tiny_model):
 
 
 def test_grammar_accepts_exactly_the_canonical_form(tiny_model):
-    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.model.engines.sampling import grammar_accepts
 
     grammar = schema_to_grammar(RECORD)
     good = {"name": "flour", "count": 2, "unit": "cup", "tags": ["a"]}
@@ -167,7 +166,7 @@ def test_infer_schema_from_targets():
 
 def test_inferred_grammar_accepts_every_training_target(tiny_model):
     from tinytitan.data.json_values import canonical_completion
-    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.model.engines.sampling import grammar_accepts
 
     rows = [{"name": "flour", "unit": "cup", "note": {"b": 1, "a": "x"}}, {"name": "salt", "unit": "", "note": {"a": "", "b": 2}}]
     targets = [canonical_completion(row, key_order=["name", "unit", "note"]) for row in rows]
@@ -181,7 +180,7 @@ COPIED = {"type": "object", "properties": {"name": {"type": "string", "x-input-w
 
 
 def test_input_words_hold_a_field_to_the_input(tiny_model):
-    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.model.engines.sampling import grammar_accepts
     from tinytitan.data.structured import input_words, uses_input
 
     text = '2 c "fresh" basil leaves, chopped (1-inch)'
@@ -206,7 +205,7 @@ def test_input_words_hold_a_field_to_the_input(tiny_model):
 
 
 def test_infer_schema_marks_fields_copied_from_the_input(tiny_model):
-    from tinytitan.serve.backend import grammar_accepts
+    from tinytitan.model.engines.sampling import grammar_accepts
 
     herbs = ["basil", "mint", "sage", "thyme", "dill", "chive", "parsley", "tarragon", "oregano", "cilantro"]
     inputs, targets = [], []

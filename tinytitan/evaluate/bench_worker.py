@@ -18,33 +18,6 @@ import time
 import numpy as np
 
 
-def _decode(engine, tokens, start: int, logits_last: bool = True) -> None:
-    import llama_cpp
-
-    batch = llama_cpp.llama_batch_init(engine.n_batch, 0, 1)
-    try:
-        for offset in range(0, len(tokens), engine.n_batch):
-            part = tokens[offset:offset + engine.n_batch]
-            for i, token in enumerate(part):
-                batch.token[i] = int(token)
-                batch.pos[i] = start + offset + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = logits_last and offset + i == len(tokens) - 1
-            batch.n_tokens = len(part)
-            if llama_cpp.llama_decode(engine.llm.ctx, batch) != 0:
-                raise RuntimeError(f"llama_decode failed at position {start + offset}")
-    finally:
-        llama_cpp.llama_batch_free(batch)
-
-
-def _clear(engine) -> None:
-    import llama_cpp
-
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(engine.llm.ctx), True)
-    engine.llm.n_tokens = 0
-
-
 def _random_tokens(engine, n: int, seed: int) -> list[int]:
     # ordinary pieces, away from the control tokens at the start of the vocabulary
     return np.random.default_rng(seed).integers(min(1000, engine.vocab_size // 2), engine.vocab_size - 1,
@@ -56,21 +29,22 @@ def speed(engine, job: dict) -> dict:
 
     pp, tg, reps = job["pp"], job["tg"], job["repetitions"]
     tokens = _random_tokens(engine, pp + tg, seed=0)
-    _clear(engine)
-    _decode(engine, tokens[:16], 0)  # warm-up: first-call allocations are not speed
+    context = engine.context  # the engine's llama.cpp context (engines.runtime.Context)
+    context.clear()
+    context.prefill(tokens[:16])  # warm-up: first-call allocations are not speed
     pp_times, tg_times, pp_energy, tg_energy = [], [], [], []
     for _ in range(reps):
-        _clear(engine)
+        context.clear()
         with energy.measure() as m:
             started = time.perf_counter()
-            _decode(engine, tokens[:pp], 0)
+            context.prefill(tokens[:pp])
             pp_times.append(time.perf_counter() - started)
         pp_energy.append(m)
-        _clear(engine)
+        context.clear()
         with energy.measure() as m:
             started = time.perf_counter()
             for i in range(tg):
-                _decode(engine, [tokens[pp + i]], i)
+                context.decode([tokens[pp + i]], i)
             tg_times.append(time.perf_counter() - started)
         tg_energy.append(m)
     ttft = []
@@ -81,11 +55,11 @@ def speed(engine, job: dict) -> dict:
 
         prompt = encode_chat(engine, job["messages"])
         for _ in range(reps):
-            _clear(engine)
+            context.clear()
             started = time.perf_counter()
             next(iter(engine.stream(prompt, SamplingParams(max_tokens=1))))
             ttft.append(time.perf_counter() - started)
-    _clear(engine)
+    context.clear()
 
     def cpu_per_token(ms, n):
         return statistics.median(m.cpu_seconds for m in ms) / n
@@ -104,19 +78,18 @@ def speed(engine, job: dict) -> dict:
 
 
 def depth(engine, job: dict) -> dict:
-    import llama_cpp
-
     n, tg = job["depth"], job["tg"]
     tokens = _random_tokens(engine, n + tg, seed=1)
-    _clear(engine)
+    context = engine.context
+    context.clear()
     started = time.perf_counter()
-    _decode(engine, tokens[:n], 0)
+    context.prefill(tokens[:n])
     prefill = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(tg):
-        _decode(engine, [tokens[n + i]], n + i)
+        context.decode([tokens[n + i]], n + i)
     decode = time.perf_counter() - started
-    kv = llama_cpp.llama_state_seq_get_size(engine.llm.ctx, 0)
+    kv = context.sequence_bytes()
     return {"depth": n, "prefill_s": prefill, "prefill_tps": n / prefill, "decode_tps": tg / decode,
             "kv_mb": kv / 2**20}
 

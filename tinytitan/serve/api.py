@@ -52,7 +52,10 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class Sampling(Strict):
+class SamplingFields(Strict):
+    """The fields a chat or completion request shares: the model, how to sample, how to answer. Fields left
+    out take the task's defaults, then OpenAI's (`serve.jobs.sampling_params`, the one conversion)."""
+
     model: str = Field(min_length=1)
     max_tokens: Whole(ge=1) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -110,13 +113,13 @@ ResponseFormat = Annotated[Union[ResponseFormatText, ResponseFormatJSONObject, R
                            Field(discriminator="type")]
 
 
-class ChatCompletionRequest(Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Whole(ge=1) | None = None
     response_format: ResponseFormat | None = None
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(SamplingFields):
     prompt: Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_N)]]
     echo: bool | None = False
     response_format: ResponseFormat | None = Field(None, description="tinytitan extension, as for chat")
@@ -144,13 +147,20 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
+class Answer(BaseModel):
+    """What every completion answer carries; each kind names its `object` and its choices."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
-    choices: list[ChatChoice]
+    choices: list
     usage: Usage
+
+
+class ChatCompletion(Answer):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionChoice(BaseModel):
@@ -160,13 +170,9 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(Answer):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
 
 
 class ModelCard(BaseModel):

@@ -10,25 +10,25 @@
   (`QueueFull`, HTTP 429) and nothing already accepted is ever dropped.
 - A job is cancelled (client gone) between prefill chunks and between tokens, so its slot is free
   again within one decode step.
-- Sampling, structured output included, is `engines.sampling.Sampler`.
+- llama.cpp itself (models, contexts, adapters, decoding) is `engines.runtime`; sampling,
+  structured output included, is `engines.sampling.Sampler`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tinytitan.errors import TinyTitanError
 from tinytitan.model.engines import StopAwareText
-from tinytitan.model.engines.llama import END_PIECES, check_adapter, quiet_native_stderr
-from tinytitan.model.engines.sampling import Sampler, Sampling
-from tinytitan.errors import ModelFileError, TinyTitanError
+from tinytitan.model.engines.runtime import Context, LoadedModel, quiet_llama_log
+from tinytitan.model.engines.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("tinytitan.serve")
 PREFILL_CHUNK = 128  # tokens per prefill decode: a cancelled job stops within one chunk (~0.2 s)
@@ -45,11 +45,11 @@ class Job:
     `emit(event)` is called from the slot's thread: ("delta", choice, text), ("done", choice,
     finish_reason, prompt_tokens, completion_tokens), ("error", message) and finally ("end",)."""
 
-    model: "LoadedModel"
+    model: LoadedModel
     adapter: Path | None
     adapter_scale: float
     prompts: list[list[int]]
-    sampling: Sampling
+    sampling: SamplingParams
     grammar: str | None
     emit: Callable[[tuple], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -65,139 +65,18 @@ class Job:
         self.progress_at = time.monotonic()
 
 
-_SILENT_LOG = None
-
-
-def _quiet_llama_log() -> None:
-    """llama.cpp logs every adapter switch, context and grammar problem from the slots' threads; the
-    server answers for them itself, so its log is dropped (TINYTITAN_DEBUG=1 keeps it). A log callback,
-    not a redirected stderr: redirecting fd 2 from several threads at once would lose it for good."""
-    global _SILENT_LOG
-    if os.environ.get("TINYTITAN_DEBUG") or _SILENT_LOG is not None:
-        return
-    import llama_cpp
-
-    _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, data: None)  # kept alive: C holds it
-    llama_cpp.llama_log_set(_SILENT_LOG, ctypes.c_void_p(0))
-
-
-class LoadedModel:
-    """One GGUF in memory: weights, vocabulary, and the adapters loaded against it."""
-
-    def __init__(self, path: Path, n_ctx: int):
-        import llama_cpp
-
-        _quiet_llama_log()
-
-        from tinytitan.model.registry import resolve
-
-        self.ref = resolve(str(path))  # validated before llama.cpp sees it
-        self.path = self.ref.path
-        params = llama_cpp.llama_model_default_params()
-        with quiet_native_stderr():
-            self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
-        if not self.model:
-            raise ModelFileError(f"{self.path}: llama.cpp cannot load this model")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
-        trained = llama_cpp.llama_model_n_ctx_train(self.model)
-        self.n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
-        self.end_ids = frozenset(i for i in (self.token_id(p) for p in END_PIECES) if i is not None)
-        self._pieces: dict[int, bytes] = {}
-        self._adapters: dict[Path, int] = {}
-        self._lock = threading.Lock()
-
-    # tokenizer (the `Tokenizes` protocol of chat_format)
-    def tokenize(self, text: str, *, bos: bool = False, special: bool = False) -> list[int]:
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        buffer = (llama_cpp.llama_token * (len(data) + 2))()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), False, special)
-        if n < 0:
-            raise TinyTitanError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
-        ids = list(buffer[:n])
-        return [self.bos_id, *ids] if bos else ids
-
-    def token_id(self, piece: str) -> int | None:
-        import llama_cpp
-
-        ids = self.tokenize(piece, special=True)
-        if len(ids) == 1:
-            text = llama_cpp.llama_vocab_get_text(self.vocab, ids[0])
-            if text is not None and text.decode("utf-8", errors="replace") == piece:
-                return ids[0]
-        return None
-
-    def piece(self, token: int) -> bytes:
-        """The bytes a generated token adds to the text (control tokens add none)."""
-        cached = self._pieces.get(token)
-        if cached is None:
-            import llama_cpp
-
-            buffer = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
-            if n < 0:
-                buffer = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
-            cached = self._pieces[token] = buffer.raw[:n]
-        return cached
-
-    def adapter(self, path: Path) -> int:
-        """A LoRA adapter for this model, loaded (and validated) once."""
-        import llama_cpp
-
-        with self._lock:
-            if path not in self._adapters:
-                checked = check_adapter(str(path), self.ref)
-                with quiet_native_stderr():
-                    pointer = llama_cpp.llama_adapter_lora_init(self.model, str(checked).encode())
-                if not pointer:
-                    raise ModelFileError(f"{path}: llama.cpp cannot load this adapter for {self.path}")
-                self._adapters[path] = pointer
-            return self._adapters[path]
-
-    def new_context(self, threads: int, n_batch: int = 512):
-        import llama_cpp
-
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        params.swa_full = False  # window-sized cache for the sliding-window layers
-        params.no_perf = True
-        with quiet_native_stderr():
-            ctx = llama_cpp.llama_init_from_model(self.model, params)
-        if not ctx:
-            raise TinyTitanError(f"{self.path}: llama.cpp could not create a context of {self.n_ctx} tokens")
-        return ctx
-
-    def close(self) -> None:
-        import llama_cpp
-
-        for pointer in self._adapters.values():
-            llama_cpp.llama_adapter_lora_free(pointer)
-        self._adapters.clear()
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
-
-
 class Slot:
     """A worker thread with one llama.cpp context per model it has served."""
 
     def __init__(self, index: int, threads: int, backend: "Backend"):
         self.index, self.threads, self.backend = index, threads, backend
-        self.contexts: dict[Path, object] = {}
+        self.contexts: dict[Path, Context] = {}
         self.job: Job | None = None
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
     def _loop(self) -> None:
         while True:
-            job = self.backend._queue.get()
+            job = self.backend.next_job()
             if job is None:
                 break
             if self.backend.closing:
@@ -205,7 +84,7 @@ class Slot:
             self.job = job
             job.started_at = time.perf_counter()
             job.beat()
-            self.backend._started(job)
+            self.backend.started(job)
             try:
                 if not job.cancelled.is_set():
                     self._run(job)
@@ -217,67 +96,51 @@ class Slot:
                 job.emit(("error", f"internal error: {type(error).__name__}: {error}"))
             finally:
                 self.job = None
-                self.backend._finished(job)
+                self.backend.finished(job)
                 job.emit(("end",))
         self._free()
 
-    def _context(self, model: LoadedModel):
+    def context(self, model: LoadedModel) -> Context:
+        """This slot's context for `model`, made on first use."""
         if model.path not in self.contexts:
             self.contexts[model.path] = model.new_context(self.threads)
         return self.contexts[model.path]
 
     def _run(self, job: Job) -> None:
-        import llama_cpp
-
-        model = job.model
-        ctx = self._context(model)
-        if job.adapter is not None:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(model.adapter(job.adapter))
-            scales = (ctypes.c_float * 1)(job.adapter_scale)
-            status = llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales)
-        else:
-            status = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
-        if status != 0:
-            raise TinyTitanError(f"llama.cpp could not set the adapter {job.adapter}")
+        context = self.context(job.model)
+        context.set_adapter(job.adapter, job.adapter_scale)
         for choice, prompt in enumerate(job.prompts):
             if job.cancelled.is_set():
                 return
-            finish, produced = generate_choice(ctx, model, job, choice, prompt)
+            finish, produced = generate_choice(context, job.model, job, choice, prompt)
             job.emit(("done", choice, finish, len(prompt), produced))
 
     def _free(self) -> None:
-        import llama_cpp
-
-        for ctx in self.contexts.values():
-            llama_cpp.llama_free(ctx)
+        for context in self.contexts.values():
+            context.free()
         self.contexts.clear()
 
 
-def generate_choice(ctx, model: LoadedModel, job: Job, choice: int, prompt: list[int]) -> tuple[str, int]:
+def generate_choice(context: Context, model: LoadedModel, job: Job, choice: int,
+                    prompt: list[int]) -> tuple[str, int]:
     """Decode `prompt` from an empty cache and sample one choice, emitting its text as it comes;
     returns (finish reason, tokens generated)."""
-    import llama_cpp
-
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    context.clear()
     sampling = job.sampling
     if sampling.seed is not None and choice:
         sampling = replace(sampling, seed=(sampling.seed + choice) % 2**32)
     sampler = Sampler(model, sampling, job.grammar)
-    batch = llama_cpp.llama_batch_init(PREFILL_CHUNK, 0, 1)
     try:
         for start in range(0, len(prompt), PREFILL_CHUNK):
             job.beat()
             if job.cancelled.is_set():
                 return "cancelled", 0
-            part = prompt[start:start + PREFILL_CHUNK]
-            _fill_batch(batch, part, start, logits_last=start + len(part) == len(prompt))
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise TinyTitanError(f"llama.cpp failed to decode the prompt ({len(prompt)} tokens)")
+            context.decode(prompt[start:start + PREFILL_CHUNK], start, logits_from=len(prompt) - 1)
         text = StopAwareText(job.sampling.stop)
         produced, raw = 0, b""
         position = len(prompt)
         while True:
-            token = sampler.sample(ctx)
+            token = sampler.sample(context)
             if token in model.end_ids:
                 piece, _ = text.feed(raw.decode("utf-8", errors="replace"), final=True)
                 if piece:
@@ -297,23 +160,10 @@ def generate_choice(ctx, model: LoadedModel, job: Job, choice: int, prompt: list
             job.beat()
             if job.cancelled.is_set():
                 return "cancelled", produced
-            _fill_batch(batch, [token], position, logits_last=True)
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise TinyTitanError("llama.cpp failed to decode a token")
+            context.decode([token], position)
             position += 1
     finally:
         sampler.close()
-        llama_cpp.llama_batch_free(batch)
-
-
-def _fill_batch(batch, tokens: Sequence[int], start: int, logits_last: bool) -> None:
-    for i, token in enumerate(tokens):
-        batch.token[i] = token
-        batch.pos[i] = start + i
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = 0
-        batch.logits[i] = logits_last and i == len(tokens) - 1
-    batch.n_tokens = len(tokens)
 
 
 class Backend:
@@ -343,10 +193,11 @@ class Backend:
         that cannot run fails at start-up and no context is created while requests run."""
         key = Path(path).resolve()
         if key not in self.models:
+            quiet_llama_log()
             model = LoadedModel(key, self.n_ctx)
             try:
                 for slot in self.slots:
-                    slot._context(model)
+                    slot.context(model)
             except BaseException:
                 model.close()
                 raise
@@ -375,12 +226,16 @@ class Backend:
         self._queue.put(job)
         self.on_change()
 
-    def _started(self, job: Job) -> None:
+    def next_job(self) -> Job | None:
+        """The next admitted job, waiting for one (None: the slot should end)."""
+        return self._queue.get()
+
+    def started(self, job: Job) -> None:
         with self._lock:
             self.running += 1
         self.on_change()
 
-    def _finished(self, job: Job) -> None:
+    def finished(self, job: Job) -> None:
         with self._lock:
             self.running -= 1
             self.admitted -= 1
@@ -407,17 +262,3 @@ class Backend:
             model.close()
         self.models.clear()
 
-
-def grammar_accepts(model: LoadedModel, grammar: str, text: str) -> bool:
-    """Does the grammar accept exactly `text` (then the end of the turn)? Token by token, as decoding goes."""
-    import llama_cpp
-
-    sampler = Sampler(model, Sampling(max_tokens=1, temperature=0), grammar)
-    try:
-        for token in model.tokenize(text):
-            if not sampler._grammar_allows(token):
-                return False
-            llama_cpp.llama_sampler_accept(sampler.grammar, token)
-        return all(sampler._grammar_allows(end) for end in model.end_ids)
-    finally:
-        sampler.close()

@@ -42,6 +42,7 @@ def is_base_model(gguf) -> bool:
 def run(args) -> None:
     from tinytitan.model.chat_format import Message
     from tinytitan.model.engines import load_engine
+    from tinytitan.serve.generate import stream_to_stdout
 
     params = options.sampling_from(args)
     interactive = sys.stdin.isatty()
@@ -65,13 +66,7 @@ def run(args) -> None:
                 continue
             history.append(Message("user", line))
             history, ids = fit_context(engine, history, params.max_tokens)
-            reply, last = "", None
-            for chunk in engine.stream(ids, params):
-                reply += chunk.text
-                last = chunk
-                if not args.json:
-                    sys.stdout.write(chunk.text)
-                    sys.stdout.flush()
+            reply, last = stream_to_stdout(engine, ids, params, show=not args.json)
             history.append(Message("assistant", reply))
             if args.json:
                 print(json.dumps({"user": line, "reply": reply, "finish_reason": last.finish_reason,

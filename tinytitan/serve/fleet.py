@@ -108,10 +108,10 @@ def _task(name, model, adapter, scale, system, defaults, schema, where) -> Task:
     if defaults:  # the same rules as a request's parameters
         from pydantic import ValidationError
 
-        from tinytitan.serve.api import Sampling
+        from tinytitan.serve.api import SamplingFields
 
         try:
-            Sampling(model=name, **defaults)
+            SamplingFields(model=name, **defaults)
         except ValidationError as error:
             first = error.errors()[0]
             key = next((str(p) for p in first["loc"] if isinstance(p, str) and p in SAMPLING_KEYS), "?")

@@ -43,20 +43,25 @@ def prompt_ids(engine, args, text: str) -> list[int]:
     return engine.tokenize(text, bos=True)
 
 
+def stream_to_stdout(engine, ids: list[int], params, *, show: bool):
+    """Generate, writing the text to stdout as it comes when `show`; returns (the text, the last chunk)."""
+    text, last = "", None
+    for chunk in engine.stream(ids, params):
+        text += chunk.text
+        last = chunk
+        if show:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    return text, last
+
+
 def run(args) -> None:
     from tinytitan.model.engines import load_engine
 
     params = options.sampling_from(args)
     text = read_prompt(args)
     with load_engine(args.engine, args.model, threads=args.threads, n_ctx=args.ctx, lora=args.lora) as engine:
-        ids = prompt_ids(engine, args, text)
-        output, last = "", None
-        for chunk in engine.stream(ids, params):
-            output += chunk.text
-            last = chunk
-            if not args.json:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+        output, last = stream_to_stdout(engine, prompt_ids(engine, args, text), params, show=not args.json)
     stats = {
         "engine": args.engine,
         "prompt_tokens": last.prompt_tokens,

@@ -5,8 +5,8 @@ token sequences (logits at chosen positions, for perplexity, KL divergence and l
 Streams yield `GenerationChunk`s carrying prompt and generation speed and peak memory, so
 benchmarks read their numbers from the normal API.
 
-Sampling is the same in both engines, in llama.cpp's order: top-k, then top-p on the model's
-distribution, then temperature; a temperature below MIN_TEMPERATURE (0 included) is greedy.
+Sampling is the same in both engines, as `sampling.SamplingParams` describes it (the one sampling
+type, re-exported here).
 """
 
 from __future__ import annotations
@@ -19,35 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.model.engines.sampling import MIN_TEMPERATURE, SamplingParams  # noqa: F401 (the one sampling type)
 
 ENGINES = ("llama", "torch")
-# below this, logits / temperature overflow float32 (or leave one token with all the probability):
-# such a temperature samples as greedy (schemathesis sent 1.2e-38; llama.cpp's softmax then gave NaN)
-MIN_TEMPERATURE = 1e-6
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise TinyTitanError(f"max_tokens must be a whole number >= 1, not {self.max_tokens!r}")
-        if not 0.0 <= self.temperature <= 100.0:
-            raise TinyTitanError(f"temperature must be between 0 and 100, not {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise TinyTitanError(f"top_k must be a whole number >= 0 (0 = off), not {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise TinyTitanError(f"top_p must be in (0, 1], not {self.top_p!r}")
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
-            raise TinyTitanError(f"seed must be a whole number in [0, 2^32), not {self.seed!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise TinyTitanError(f"stop strings must be non-empty text, not {list(self.stop)!r}")
+END_PIECES = ("<eos>", "<end_of_turn>")  # the pieces that end a generation
 
 
 @dataclass

@@ -13,12 +13,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from tinytitan.model.engines import MIN_TEMPERATURE, Engine, SamplingParams
+from tinytitan.model.engines import END_PIECES, MIN_TEMPERATURE, Engine, SamplingParams
 from tinytitan.errors import TinyTitanError
 from tinytitan.model.registry import ModelRef
 from tinytitan.model.torch_model import load_tokenizer, load_torch_model
-
-END_PIECES = ("<eos>", "<end_of_turn>")
 
 
 class TorchEngine(Engine):
