@@ -166,3 +166,41 @@ def test_batched_greedy_matches_one_at_a_time(tiny, tmp_path):
         with pytest.raises(ValueError, match="2 grammars for 7 prompts"):
             engine.generate_greedy_batch(prompts, max_tokens=4, grammars=grammars[:2])
         engine.close()
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"presence_penalty": 2.5}, "presence_penalty"), ({"frequency_penalty": -3.0}, "frequency_penalty"),
+    ({"logit_bias": ((-1, 1.0),)}, "logit_bias"), ({"logit_bias": ((5, float("nan")),)}, "logit_bias"),
+])
+def test_bad_penalties_and_biases_name_the_param(kwargs, param):
+    with pytest.raises(TinyTitanError, match=param):
+        SamplingParams(**kwargs)
+
+
+def test_the_runtime_keeps_the_shared_prefix_and_gives_the_same_logits(tiny):
+    """runtime.Context: a prompt that extends what the cache holds decodes only its new tokens, and its
+    logits are those of a fresh decode; detokenize drops the space after <bos>, as llama.cpp does."""
+    from tinytitan.model.engines.runtime import LoadedModel
+
+    model = LoadedModel(tiny[0], n_ctx=256)
+    context = model.new_context(threads=1, swa_full=True)
+    try:
+        ids = model.tokenize("the cat sat on the mat and the dog", bos=True)
+        context.prefill(ids)
+        fresh = context.logits().copy()
+        assert context.tokens == ids
+        longer = ids + model.tokenize(" sat")
+        assert context.keep_prefix(longer, len(longer) - 1) == len(ids)
+        context.prefill(longer[len(ids):], len(ids))
+        extended = context.logits().copy()
+        assert context.keep_prefix(ids, len(ids) - 1) == len(ids) - 1  # the last token is decoded again
+        context.prefill(ids[-1:], len(ids) - 1)
+        np.testing.assert_allclose(context.logits(), fresh, atol=1e-4)
+        context.clear()
+        context.prefill(longer)
+        np.testing.assert_allclose(context.logits(), extended, atol=1e-4)
+        assert context.keep_prefix([ids[0] + 1] + ids[1:], len(ids)) == 0 and context.tokens == []
+        assert model.detokenize(model.tokenize(" hello", bos=True)) == "hello"
+    finally:
+        context.free()
+        model.close()

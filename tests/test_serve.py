@@ -564,3 +564,27 @@ def test_schemathesis_all_checks(server, tmp_path):
     for code, status, text, message, request in failures:
         assert code == "ST202" and status == 400, (code, status, message, request)
         assert json.loads(text or "null")["error"]["code"] in SEMANTIC, (text[:500], request)
+
+
+def test_a_request_becomes_sampling_params_with_the_task_defaults_then_openais():
+    """serve.jobs.sampling_params: a field the request leaves out takes the task's default, then OpenAI's
+    (temperature 1, top_p 1, top_k off, no penalties); max_tokens is capped by the room left in the context."""
+    from tinytitan.model.engines import SamplingParams
+    from tinytitan.serve.api import ChatCompletionRequest
+    from tinytitan.serve.jobs import sampling_params
+    from tinytitan.serve.limits import ApiError
+
+    def request(**fields):
+        return ChatCompletionRequest(model="t", messages=[{"role": "user", "content": "x"}], **fields)
+
+    assert sampling_params(request(), {}, room=100, n_vocab=50) == SamplingParams(max_tokens=100, temperature=1.0)
+    defaults = {"temperature": 0.0, "top_k": 5, "stop": "END", "max_tokens": 20}
+    assert sampling_params(request(top_p=0.5), defaults, room=100, n_vocab=50) == SamplingParams(
+        max_tokens=20, temperature=0.0, top_k=5, top_p=0.5, stop=("END",))
+    got = sampling_params(request(temperature=0.7, stop=["a", "b"], max_tokens=500, seed=3, logit_bias={"7": -100},
+                                  presence_penalty=0.5), defaults, room=100, n_vocab=50)
+    assert got == SamplingParams(max_tokens=100, temperature=0.7, top_k=5, stop=("a", "b"), seed=3,
+                                 logit_bias=((7, -100.0),), presence_penalty=0.5)
+    assert sampling_params(request(), {}, room=100, n_vocab=50, max_completion=3).max_tokens == 3
+    with pytest.raises(ApiError, match="token id 50 is outside the vocabulary"):
+        sampling_params(request(logit_bias={"50": 1}), {}, room=100, n_vocab=50)
