@@ -106,7 +106,7 @@ def test_an_adapter_for_another_model_is_refused(exported_run):
 
 
 def test_a_free_text_report_compares_perplexity_with_the_base(tmp_path):
-    from tinytitan.report.report import write_report
+    from tinytitan.report.render import write_report
 
     def result(name, kind, size, ppl, few_shot=0):
         return {"artifact": name, "size_mb": size, "headline": "chrf", "score": 0.3, "ci95": [0.29, 0.31],
