@@ -1,7 +1,7 @@
 """Decode speed: `tinytitan generate --engine llama` vs native `llama-bench` tg128, same file and threads.
 
 Native llama-bench is built from the llama.cpp source that llama-cpp-python vendors
-(tinytitan/native_tools.py). Rounds alternate native and ours, so machine noise hits both; the report
+(tinytitan/export/native_tools.py). Rounds alternate native and ours, so machine noise hits both; the report
 gives the median of each and their ratio (target >= 0.9). Our figure is the `generation_tps`
 that `tinytitan generate --json` reports: decode steps per second after the first token, with
 sampling, detokenization and stop handling included. The last line is one JSON document.

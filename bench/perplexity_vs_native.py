@@ -2,7 +2,7 @@
 
 Both score the first N chunks (default 100) of 512 tokens of WikiText-2 test with the same GGUF
 and threads; the native tool is built from the llama.cpp source that llama-cpp-python vendors
-(tinytitan/native_tools.py). Prints both perplexities, their relative difference, both wall times and
+(tinytitan/export/native_tools.py). Prints both perplexities, their relative difference, both wall times and
 their ratio. The last line is one JSON document.
 
     python bench/perplexity_vs_native.py [--chunks 100] [--threads 2] [--model PATH] [--file PATH]

@@ -95,3 +95,20 @@ def test_private_uses_catches_each_form():
         (2, "from tinytitan.evaluate import _y")]
     assert private_uses("from .llama import _z", "tinytitan.model.engines", is_package=True) == [
         (1, "from tinytitan.model.engines.llama import _z")]
+
+
+def test_the_package_map_names_every_module():
+    """docs/architecture.md's package map is how a newcomer finds a module: it must name each one, in its package."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = text[text.index("## The package map"):]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py" and path.parent != PACKAGE:
+            name = path.parent.name + "/"  # a package
+        elif path.name in ("__init__.py", "__main__.py"):
+            continue
+        else:
+            name = path.name
+        if name not in tree:
+            missing.append(str(path.relative_to(PACKAGE.parent)))
+    assert not missing, f"docs/architecture.md's package map does not name: {', '.join(missing)}"

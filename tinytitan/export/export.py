@@ -9,8 +9,8 @@ Targets (`--to`, comma-separated):
 - `peft`: the PEFT adapter folder (LoRA runs);
 - `ollama`: a Modelfile beside the smallest GGUF that passed (and one for base + adapter).
 Every artifact is built in a staging folder, reloaded through the engine that will run it and
-compared with the trained model (`gate.py`). Only artifacts that pass reach the output folder,
-each with `<name>.manifest.json` (sha256, size, source run, type, parity figures). A failure exits
+compared with the trained model (`gate.py`). Only artifacts that pass reach the output folder
+(`publish.py`), each with `<name>.manifest.json` (sha256, size, source run, type, parity figures). A failure exits
 1 and leaves nothing at the final path; `--force` keeps it, marked failed in its manifest.
 """
 
@@ -20,12 +20,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import write_json, write_text
+from tinytitan.export.publish import publish, write_modelfiles
 from tinytitan.tables import format_cell
 
 TARGETS = ("gguf", "adapter", "hf", "peft", "ollama")
@@ -43,7 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true", help="keep artifacts that fail the gate (marked failed)")
     parser.add_argument("--trim", action="store_true",
                         help="also export each GGUF, and the base for the adapter, with a task vocabulary: only the "
-                             "tokens the run's training and validation rows need (tinytitan/vocabulary.py)")
+                             "tokens the run's training and validation rows need (tinytitan/shrink/vocabulary.py)")
     parser.add_argument("--keep-top", type=options.non_negative_int, default=None,
                         help="with --trim: also keep the N most frequent tokens of general English (default: 4000)")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None)
@@ -112,10 +111,10 @@ def export(run: Path, targets, quants, out: Path, *, weights="best", gate_rows=6
             run_gate(reference, candidates, held_out, max_tokens, lambda done, total: progress.update(task, completed=done))
         for candidate in candidates:
             candidate.engine.close()
-        artifacts = _publish(built, candidates, out, run, ref, weights, force)
+        artifacts = publish(built, candidates, out, run, ref, weights, force)
         cross = _adapter_vs_merged(candidates)
         if "ollama" in targets:
-            artifacts += _modelfiles(artifacts, out, ref, config)
+            artifacts += write_modelfiles(artifacts, out, ref, config)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"run": str(run), "out": str(out), "gate_rows": len(held_out), "artifacts": artifacts, **cross}
@@ -309,85 +308,6 @@ def _load_folder(item, ref):
     from tinytitan.model.torch_model import load_torch_model
 
     return PeftModel.from_pretrained(load_torch_model(ref), str(item["path"])).eval()
-
-
-def _publish(built, candidates, out: Path, run: Path, ref, weights, force) -> list[dict]:
-    by_label = {c.label: c.report() for c in candidates}
-    published = []
-    for item in built:
-        if item["kind"] is None:
-            continue
-        parity = by_label[item["label"]]
-        final = out / item["path"].name
-        if not parity["passed"] and not force:
-            _remove(final)  # an artifact of that name from an earlier export is not this model
-            _remove(out / f"{final.name}.manifest.json")
-            published.append({"artifact": final.name, "path": None, "kind": item["label"], "quant": item["quant"],
-                              "bytes": _digest(item["path"])["bytes"], "status": "failed", "parity": parity})
-            continue
-        manifest = {"artifact": final.name, "kind": item["label"], "quant": item["quant"], "imatrix": item["imatrix"],
-                    **_digest(item["path"]), "source_run": str(run.resolve()), "weights": weights,
-                    "base_model": str(ref.path), "base_sha256": ref.sha256, "parity": parity,
-                    "status": "passed" if parity["passed"] else "failed", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if "keep" in item:  # a task vocabulary: how many tokens, and (for the trimmed base) the adapter it serves
-            manifest["vocabulary"] = len(item["keep"])
-            if "adapter" in item:
-                manifest["adapter"] = item["adapter"].name
-        _move_into_place(item["path"], final)
-        write_json(out / f"{final.name}.manifest.json", manifest, indent=2)
-        published.append({**manifest, "path": str(final)})
-    return published
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def _digest(path: Path) -> dict:
-    from tinytitan.files import sha256_of
-
-    if path.is_file():
-        return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(path.iterdir())
-             if p.is_file()}
-    return {"bytes": sum(f["bytes"] for f in files.values()), "files": files}
-
-
-def _move_into_place(source: Path, final: Path) -> None:
-    """Rename within the output folder's file system: the final path is never half-written."""
-    from tinytitan.files import replace_dir
-
-    if source.is_dir():
-        replace_dir(source, final)
-    else:
-        os.replace(source, final)
-
-
-def _modelfiles(artifacts, out: Path, ref, config) -> list[dict]:
-    from tinytitan.model.chat_format import OLLAMA_TEMPLATE
-    from tinytitan.export.quantize import QUANT_TYPES
-
-    ggufs = [a for a in artifacts if a.get("path") and a["kind"] not in ("adapter", "hf", "peft")
-             and a["status"] == "passed"]
-    written = []
-    system = f'SYSTEM """{config["system"]}"""\n' if config.get("system") else ""
-    common = f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n{system}PARAMETER stop "<end_of_turn>"\nPARAMETER temperature 0\n'
-    if ggufs:
-        smallest = min(ggufs, key=lambda a: (QUANT_TYPES[a["quant"]], a["bytes"]))
-        write_text(out / "Modelfile", f"# ollama create my-task -f Modelfile\nFROM ./{smallest['artifact']}\n{common}")
-        written.append({"artifact": "Modelfile", "path": str(out / "Modelfile"), "kind": "ollama",
-                        "for": smallest["artifact"], "parity": smallest["parity"]})
-    adapters = [a for a in artifacts if a.get("path") and a["kind"] == "adapter" and a["status"] == "passed"]
-    if adapters:
-        text = (f"# ollama create my-task -f Modelfile.adapter   (base + hot-swappable adapter)\n"
-                f"FROM {ref.path}\nADAPTER ./{adapters[0]['artifact']}\n{common}")
-        write_text(out / "Modelfile.adapter", text)
-        written.append({"artifact": "Modelfile.adapter", "path": str(out / "Modelfile.adapter"), "kind": "ollama",
-                        "for": adapters[0]["artifact"], "parity": adapters[0]["parity"]})
-    return written
 
 
 def print_table(report: dict) -> None:

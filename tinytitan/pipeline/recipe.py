@@ -5,7 +5,7 @@
     output = "runs/ingredients"
 
     [task]                      # where the rows come from
-    kind = "ingredients"        # a built-in task (tinytitan/tasks) or "files"
+    kind = "ingredients"        # a built-in task (tinytitan/data/tasks) or "files"
     csv = "data/ingredients/tastecooking-ingredients-2024.csv"   # its sources, relative to this file
 
     [finetune]                  # any `tinytitan finetune` key
@@ -66,7 +66,7 @@ class ReportSettings:
 
 @dataclass
 class VocabSettings:
-    """The task vocabulary (tinytitan/vocabulary.py): `train` fine-tunes in it from the start (a trimmed base,
+    """The task vocabulary (tinytitan/shrink/vocabulary.py): `train` fine-tunes in it from the start (a trimmed base,
     and every artifact after it trimmed alike); `export` fine-tunes in the full vocabulary and adds trimmed
     copies of the exported artifacts beside the untrimmed; `off` keeps the full 262,144 tokens."""
 

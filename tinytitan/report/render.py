@@ -36,13 +36,11 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
 
 def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, recommended: dict | None = None,
                  title: str | None = None) -> dict:
-    from tinytitan.report import figures as report_plots
+    from tinytitan.report import plots as report_plots
 
     plots = {}
     if (run_dir / "metrics.jsonl").exists():
-        from tinytitan.report.plots import loss_curve
-
-        loss_curve(run_dir / "metrics.jsonl", out / "loss.png")
+        report_plots.loss_curve(run_dir / "metrics.jsonl", out / "loss.png")
         plots["Training and validation loss"] = out / "loss.png"
     plots["Task metric vs file size"] = report_plots.metric_vs_size(table_rows(evaluation, bench), out / "metric_vs_size.png")
     scaling = next((b for b in bench or [] if b["context"]), None)

@@ -4,7 +4,7 @@ The trimmed GGUF holds the tokens the data needs (with every piece the tokenizer
 reach them), the control, user-defined and byte tokens, and the `--keep-top` most frequent tokens of
 general English text; `token_embd` rows are copied bit for bit, every other tensor byte for byte.
 Stock llama.cpp runs it; on the data's own text it tokenizes exactly as the full model does.
-See `tinytitan/vocabulary.py` for what is kept and why.
+See `tinytitan/shrink/vocabulary.py` for what is kept and why.
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def trim_gguf(source: Path, keep: list[int], target: Path) -> dict:
                     raise TinyTitanError(f"the keep set drops the {key[15:-9]} token (id {value})")
                 value = new_id[int(value)]
             add_metadata(writer, key, value)
-        writer.add_uint32("tinytitan.trim.source_vocab", len(vocab))  # a task vocabulary: tinytitan/vocabulary.py
+        writer.add_uint32("tinytitan.trim.source_vocab", len(vocab))  # a task vocabulary: tinytitan/shrink/vocabulary.py
         writer.add_string("tinytitan.trim.source", str(Path(source).resolve()))
         for tensor in reader.tensors:
             data = tensor.data
