@@ -112,3 +112,4 @@ def test_the_package_map_names_every_module():
         if name not in tree:
             missing.append(str(path.relative_to(PACKAGE.parent)))
     assert not missing, f"docs/architecture.md's package map does not name: {', '.join(missing)}"
+

@@ -69,6 +69,27 @@ def atomic_file(final: Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+    """`write(staging)` fills a fresh folder beside `final`; it is flushed to disk and put at `final` in one
+    step (`replace_dir`), so `final` is the previous folder or the complete new one, never a mix. On any
+    error the staging folder goes (a `.NAME.tmp-*` left by a kill is the caller's to sweep)."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; the result should be an ordinary folder
+    try:
+        write(staging)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                fsync(path)
+        replace_dir(staging, final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text(path: Path, text: str) -> Path:
     return atomic_file(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

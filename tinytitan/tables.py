@@ -12,6 +12,12 @@ def format_cell(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def interval(bounds: Sequence[float]) -> str:
+    """A 95% interval of fractions as a cell, spelled one way everywhere: "37.0-51.7%"."""
+    low, high = bounds
+    return f"{100 * low:.1f}-{100 * high:.1f}%"
+
+
 def fixed_row(cells: Sequence[str], widths: Sequence[int]) -> str:
     """One line of a fixed-width table, one space between columns: a cell is right-aligned in its width,
     or, where the width is negative, left-aligned and cut to fit (the artifact names)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import write_json
-from tinytitan.tables import fixed_row
+from tinytitan.tables import fixed_row, interval
 
 TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one", "snips-nlu")
 
@@ -148,7 +148,7 @@ def print_result(result: dict) -> None:
             kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
             constrained = f"{100 * r['constrained'][headline]:.1f}%" if headline in r.get("constrained", {}) else "-"
             print(fixed_row([r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%",
-                             f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:>5.1f}%", constrained,
+                             interval(r["ci95"]), constrained,
                              f"{r['reference_perplexity']:.3f}", kl, f"{r['seconds']:.1f}"], widths))
     for b in result.get("benchmarks", []):
         print(f"{b['artifact']:<24} {b['benchmark']:<14} {b['shots']:>2}-shot {b['items']:>5} items  "

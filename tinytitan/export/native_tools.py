@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[2]  # tools/cpu_flags.py lives beside the package
 TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
@@ -76,13 +77,13 @@ def build() -> Path:
                         "-DLLAMA_BUILD_SERVER=OFF", *cmake_args.split()], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(os.cpu_count() or 2),
                         "--target", *TOOLS], check=True, stdout=subprocess.DEVNULL)
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "bin").mkdir(parents=True)
-        for tool in TOOLS:
-            shutil.copy2(build_dir / "bin" / tool, staging / "bin" / tool)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+
+        def install(staging: Path) -> None:
+            (staging / "bin").mkdir()
+            for tool in TOOLS:
+                shutil.copy2(build_dir / "bin" / tool, staging / "bin" / tool)
+
+        atomic_dir(target, install)
     return target
 
 

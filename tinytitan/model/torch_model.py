@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import shutil
-import tempfile
 from pathlib import Path
 
 from tinytitan.model import convert
+from tinytitan.files import atomic_dir
 from tinytitan.model.registry import ModelRef, home
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
@@ -103,9 +102,8 @@ def convert_to_hf(ref: ModelRef, folder: Path) -> None:
     config = convert.gemma3_config(g)
     names = _hf_weight_names(config)
     total = sum(t.n_bytes for t in g.tensors)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def write(staging: Path) -> None:
         with progress_bar(f"converting {ref.path.name} for torch (once)", bytes_=True) as progress:
             task = progress.add_task("dequantizing", total=total, note="")
             state = convert.gemma3_state_dict(g, names, lambda n: progress.advance(task, n))
@@ -117,12 +115,8 @@ def convert_to_hf(ref: ModelRef, folder: Path) -> None:
             build_tokenizer(ref.path).save_pretrained(staging)
         manifest = {"format_version": FORMAT_VERSION, "source": str(ref.path), "source_sha256": ref.sha256}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        _fsync_dir(staging)
-        if folder.exists():  # an incomplete leftover
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    atomic_dir(folder, write)  # an incomplete leftover at `folder` is replaced whole
 
 
 def build_tokenizer(gguf_path: Path):
@@ -142,11 +136,3 @@ def _hf_weight_names(config) -> list[str]:
     if config.tie_word_embeddings:
         names.remove("lm_head.weight")
     return names
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Every file of the folder flushed to disk."""
-    from tinytitan.files import fsync
-
-    for path in folder.iterdir():
-        fsync(path)

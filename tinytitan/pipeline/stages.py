@@ -199,7 +199,12 @@ def bench_units(p: "Pipeline") -> float:
     return gguf_units(p)
 
 def gguf_units(p: "Pipeline") -> float:
-    """The GGUF artifacts the run exports (trimmed copies count half: they run about twice as fast), + the base."""
+    """The llama.cpp artifacts eval and bench run, the base included (copies in the task vocabulary count half:
+    they run about twice as fast): those the export wrote, or before it has, those the recipe asks for."""
+    from tinytitan.model.artifacts import run_artifacts
+
+    if any(p.export_dir.glob("*.gguf")):
+        return sum(0.5 if a.vocabulary else 1.0 for a in run_artifacts(p.train_dir) if a.kind != "run")
     exported = len(p.recipe.export.quant) * ("gguf" in p.recipe.export.to) + ("adapter" in p.recipe.export.to)
     return 1 + exported * (1.5 if p.recipe.vocab.trim == "export" else 1)
 

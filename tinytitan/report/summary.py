@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinytitan.tables import fixed_row, format_cell
+from tinytitan.tables import fixed_row, format_cell, interval
 
 
 def recommend(rows: list[dict], tolerance: float, constrained: bool = False) -> dict | None:
@@ -41,8 +41,7 @@ def print_summary(summary: dict) -> None:
     print(fixed_row([name for name, _ in columns], widths))
     recommended = (summary["recommended"] or {}).get("artifact")
     for r in rows:
-        cells = [r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%",
-                 f"{100 * r['ci95'][0]:>6.1f}-{100 * r['ci95'][1]:<5.1f}%"]
+        cells = [r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%", interval(r["ci95"])]
         cells += [format_cell(r["constrained"], "{:.1%}")] if constrained else []
         cells += [format_cell(r.get("perplexity"), "{:.2f}")] if free_text else []
         cells += [format_cell(r["kl"], "{:.4f}"), format_cell(r.get("tg_tps"), "{:.1f}")]

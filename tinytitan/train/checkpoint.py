@@ -13,38 +13,31 @@ a `TinyTitanError` that says so.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import fsync, replace_dir, sha256_of, umask
+from tinytitan.files import atomic_dir, fsync, sha256_of
 
 FORMAT = "tinytitan-checkpoint-1"
 
 
 def write_atomic_dir(final: Path, write) -> Path:
-    """Create `final` atomically: `write(tmp_dir)` fills a temp folder, then manifest, fsync, rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; the result should be an ordinary folder
-    try:
+    """Create `final` atomically (`files.atomic_dir`): `write(tmp_dir)` fills it, then the manifest of its files."""
+
+    def fill(staging: Path) -> None:
         write(staging)
-        files = {}
-        for path in sorted(staging.iterdir()):
-            fsync(path)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-        manifest = staging / "manifest.json"
-        manifest.write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
-        fsync(manifest)
-        replace_dir(staging, final)
+        files = {path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+                 for path in sorted(staging.iterdir())}
+        (staging / "manifest.json").write_text(json.dumps({"format": FORMAT, "files": files}, indent=2))
+
+    try:
+        atomic_dir(final, fill)
         fsync(final.parent)
         return final
     except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         previous = latest(final.parent)
         kept = f"; the previous checkpoint {previous.name} is intact" if previous else ""
         raise TinyTitanError(f"cannot write {final}: {error.strerror or error}{kept}") from None
