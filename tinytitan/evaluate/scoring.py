@@ -231,7 +231,7 @@ def _figures(raw: dict, task: str, examples, labels, likelihood: bool) -> tuple[
 
 
 # what a cached evaluation depends on besides its inputs: bump when decoding changes what it writes
-DECODING = 1
+DECODING = 2  # 2: decoded by model/engines/runtime.py
 
 
 def _cache_path(artifact, examples, shots, task, labels, max_tokens, grammars, likelihood, kl_reference) -> Path:

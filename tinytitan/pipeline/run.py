@@ -36,6 +36,7 @@ from tinytitan.report.summary import print_summary
 PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
+EVAL_FORMAT = 2  # eval.json rows carry what their Artifact says of itself (kind, gate, servable): 1 had labels only
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
     "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
     "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
@@ -136,7 +137,8 @@ class Pipeline:
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
                                    "shots": _sha(self.data / "train.jsonl"),
-                                   "schema": self._hashes("schema")},
+                                   "schema": self._hashes("schema"), "format": EVAL_FORMAT,
+                                   "artifacts": _sha(PACKAGE / "model" / "artifacts.py")},  # what is servable
                   lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
                   lambda: stages.evaluate(self), lambda: stages.eval_units(self)),
             Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),

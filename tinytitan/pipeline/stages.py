@@ -139,11 +139,12 @@ def export(p: "Pipeline") -> None:
                   f"{'passed' if parity['passed'] else 'FAILED: ' + '; '.join(parity['failures'])}")
 
 def evaluate(p: "Pipeline") -> None:
+    from tinytitan.evaluate.eval import read_schema
     from tinytitan.report.report import evaluate_run
 
     settings = p.recipe.eval
     schema_path = p.root / "schema.json"
-    schema = json.loads(schema_path.read_text()) if settings.constrained and schema_path.exists() else None
+    schema = read_schema(str(schema_path)) if settings.constrained and schema_path.exists() else None
     p.report_dir.mkdir(parents=True, exist_ok=True)
     evaluate_run(p.train_dir, p.root, settings, str(p.data / "test.jsonl"), p.report_dir, schema=schema,
                  threads=p.threads)

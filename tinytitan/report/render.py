@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tinytitan.files import write_text
-from tinytitan.tables import format_cell, markdown_table
+from tinytitan.tables import format_cell, interval, markdown_table
 
 ENERGY_PROFILE = "phone"  # the J/conversation column: the edge device this tool ships to
 
@@ -93,8 +93,7 @@ def _sections(run_dir: Path, evaluation: dict, bench, out: Path,
     cells = []
     for r in rows:
         name = f"**{r['artifact']}** (recommended)" if recommended and r["artifact"] == recommended["artifact"] else r["artifact"]
-        low, high = (100 * bound for bound in r["ci95"])
-        row = [name, f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}% ({low:.1f}-{high:.1f})"]
+        row = [name, f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}% ({interval(r['ci95'])})"]
         row += [format_cell(r["constrained"] and 100 * r["constrained"], "{:.1f}%")] if constrained else []
         row += [format_cell(r["kl"], "{:.4f}"), format_cell(r["pp_tps"], "{:.0f}"),
                 format_cell(r["tg_tps"], "{:.1f}"), format_cell(r["rss_mb"], "{:.0f}"),

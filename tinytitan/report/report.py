@@ -20,9 +20,8 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
+from tinytitan.evaluate.bench import DEFAULT_CONTEXTS
 from tinytitan.files import FolderLock, read_json, write_json
-
-DEFAULT_CONTEXT = "1024,4096,16384,32768"  # the base model's context-scaling curve
 
 
 def add_arguments(parser) -> None:
@@ -44,7 +43,7 @@ def add_arguments(parser) -> None:
                         help="recommend the smallest artifact within this of the best score (a fraction)")
     parser.add_argument("--context", default=None,
                         help="context lengths for the base model's scaling curve, or 'none' (default: what the run's "
-                             f"bench measured, else {DEFAULT_CONTEXT})")
+                             f"bench measured, else {DEFAULT_CONTEXTS})")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
                         help="measure speed, memory and energy (off: quality only)")
     parser.add_argument("--only", default=None,
@@ -72,7 +71,7 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
     recorded = _recorded(root / "report" / "eval.json", "settings") if root else {}
     known = {f.name for f in dataclasses.fields(EvalSettings)}
     settings = EvalSettings(**{**{k: v for k, v in recorded.items() if k in known}, **{k: v for k, v in {
-        "rows": args.limit, "constrained": args.constrained, "likelihood": args.likelihood,
+        "constrained": args.constrained, "likelihood": args.likelihood,
         "base_shots": args.base_shots, "max_tokens": args.max_tokens, "tolerance": args.tolerance}.items()
         if v is not None}})
     if not 0 <= settings.tolerance < 1:
@@ -87,11 +86,12 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
     schema_path = schema_path if schema_path and (args.schema or schema_path.exists()) else None
     schema = read_schema(str(schema_path)) if schema_path and settings.constrained else None
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    evaluation = evaluate_run(run_dir, root, settings, data, out, schema=schema, threads=args.threads, only=only)
+    evaluation = evaluate_run(run_dir, root, settings, data, out, schema=schema, threads=args.threads, only=only,
+                              limit=args.limit)
     bench = None
     if args.bench:
         measured = _recorded(out / "bench.json", "key")
-        bench = bench_run(run_dir, data, out, context=args.context or measured.get("context", DEFAULT_CONTEXT),
+        bench = bench_run(run_dir, data, out, context=args.context or measured.get("context", DEFAULT_CONTEXTS),
                           reps=measured.get("reps", 3), fresh=args.fresh, only=only)
     name = (root or run_dir).resolve().name
     summary = finish_report(run_dir, out, evaluation, bench, name=name, tolerance=settings.tolerance,
@@ -106,11 +106,12 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
 
 
 def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Path, *, schema: dict | None,
-                 threads: int | None, only: list[str] | None = None) -> dict:
+                 threads: int | None, only: list[str] | None = None, limit: int | None = None) -> dict:
     """Every artifact of a run scored side by side on `data` with `settings` (recipe.EvalSettings), as the
     run's eval stage and `tinytitan report` both do: writes OUT/eval.json (the result and the settings) and
     OUT/examples/. The base model's solved examples come from the run's training rows, so every held-out
-    row is scored; decodes are reused from eval's own cache when nothing changed."""
+    row is scored; decodes are reused from eval's own cache when nothing changed. `limit`: score only the
+    first rows this once (the settings, saved for the next report, keep their own)."""
     from tinytitan.evaluate.scoring import evaluate_task
     from tinytitan.model.artifacts import parse_artifact, run_artifacts
 
@@ -118,7 +119,8 @@ def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Pat
     if examples.exists():  # only the artifacts scored now
         shutil.rmtree(examples)
     shots = str(root / "data" / "train.jsonl") if root else training_rows(run_dir)
-    evaluation = evaluate_task(run_artifacts(run_dir, only), data, task=settings.task, limit=settings.rows or None,
+    evaluation = evaluate_task(run_artifacts(run_dir, only), data, task=settings.task,
+                               limit=limit or settings.rows or None,
                                base_shots=settings.base_shots, shots_data=shots,
                                kl_reference=parse_artifact(str(run_dir)), max_tokens=settings.max_tokens,
                                threads=threads, out=examples, schema=schema, likelihood=settings.likelihood,

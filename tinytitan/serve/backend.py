@@ -199,6 +199,10 @@ class Backend:
                 for slot in self.slots:
                     slot.context(model)
             except BaseException:
+                for slot in self.slots:  # those made before the failure go with the model
+                    made = slot.contexts.pop(model.path, None)
+                    if made is not None:
+                        made.free()
                 model.close()
                 raise
             self.models[key] = model

@@ -41,9 +41,6 @@ def write_atomic_dir(final: Path, write) -> Path:
         previous = latest(final.parent)
         kept = f"; the previous checkpoint {previous.name} is intact" if previous else ""
         raise TinyTitanError(f"cannot write {final}: {error.strerror or error}{kept}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def is_complete(folder: Path) -> bool:

@@ -36,11 +36,14 @@ class LlamaEngine(Engine):
         self.threads = threads or os.cpu_count() or 1
         self.model = LoadedModel(ref, n_ctx)
         self.lora, self.lora_scale = (Path(lora) if lora else None), lora_scale
+        self.context = None
         try:
             self.context = self.model.new_context(self.threads, n_batch=n_batch, swa_full=swa_full)
             if self.lora:
                 self.context.set_adapter(self.lora, lora_scale)  # validated and loaded once, here
         except BaseException:
+            if self.context is not None:
+                self.context.free()
             self.model.close()
             raise
         self.n_ctx = self.model.n_ctx

@@ -48,6 +48,9 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def _sample(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        if params.logit_bias or params.presence_penalty or params.frequency_penalty:
+            raise TinyTitanError("logit_bias and the presence/frequency penalties need the llama engine "
+                                 "(the torch engine samples by temperature, top-k and top-p only)")
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else
                                                   int.from_bytes(os.urandom(4), "little"))
         inputs = torch.tensor([prompt_ids])
