@@ -67,3 +67,53 @@ def test_completion_positions_predict_the_next_token():
     predicts, targets = completion_positions(ids, mask)
     assert predicts.tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
     assert targets.tolist() == [12, 13, 21, 22]
+
+
+def distillation_reference(hidden, weight, targets, teacher_logits, kd_weight, temperature, softcap=None):
+    """Cross-entropy plus kd_weight * T^2 * KL(p_T || q_T) over the whole vocabulary, by autograd."""
+    logits = hidden @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    p = F.softmax(teacher_logits / temperature, dim=-1)
+    kl = F.kl_div(F.log_softmax(logits / temperature, dim=-1), p, reduction="sum")
+    return F.cross_entropy(logits, targets, reduction="sum") + kd_weight * temperature ** 2 * kl
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_distillation_with_k_the_whole_vocabulary_is_the_full_kl(temperature, softcap):
+    torch.manual_seed(3)
+    hidden = torch.randn(40, HIDDEN, requires_grad=True)
+    weight = torch.randn(VOCAB, HIDDEN, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (40,))
+    teacher_logits = 3 * torch.randn(40, VOCAB)
+    expected = distillation_reference(hidden, weight, targets, teacher_logits, 0.5, temperature, softcap)
+    expected.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    order = torch.randperm(VOCAB)  # the teacher's top-k in any order: k = V covers every token
+    teacher = (order.expand(40, -1).contiguous(), F.log_softmax(teacher_logits, dim=-1)[:, order])
+    actual = chunked_head_loss(hidden, weight, targets, chunk=16, bf16=False, softcap=softcap, teacher=teacher,
+                               kd_weight=0.5, temperature=temperature)
+    actual.backward()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(hidden.grad, grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weight.grad, grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_distillation_on_a_top_k_renormalizes_and_ignores_padding():
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(6, HIDDEN), torch.randn(VOCAB, HIDDEN)
+    targets = torch.randint(0, VOCAB, (6,))
+    teacher_logits = 3 * torch.randn(6, VOCAB)
+    top = torch.topk(teacher_logits, 8, dim=-1)
+    kept = torch.full_like(teacher_logits, float("-inf")).scatter(1, top.indices, top.values)
+    expected = distillation_reference(hidden, weight, targets, kept, 1.0, 1.0)
+    ids = torch.cat([top.indices, torch.full((6, 3), -1)], dim=1)  # padded to k = 11
+    logprobs = torch.cat([F.log_softmax(teacher_logits, dim=-1).gather(1, top.indices), torch.zeros(6, 3)], dim=1)
+    actual = chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=1.0)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-3)
+    plain = chunked_head_loss(hidden, weight, targets, bf16=False)
+    assert chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=0.0) == plain
+    with pytest.raises(ValueError, match="temperature > 0"):
+        chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=1.0, temperature=0)

@@ -243,8 +243,8 @@ def _cache_path(artifact, examples, shots, task, labels, max_tokens, grammars, l
     from tinytitan.model.registry import home
 
     rows = [[e.key, e.completion] for e in examples]
-    key = [DECODING, _identity(artifact), rows, [[s.key, s.completion] for s in shots], task, labels, max_tokens,
-           grammars, likelihood, _identity(kl_reference) if kl_reference is not None else None]
+    key = [DECODING, artifact.identity(), rows, [[s.key, s.completion] for s in shots], task, labels, max_tokens,
+           grammars, likelihood, kl_reference.identity() if kl_reference is not None else None]
     digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:32]
     return home() / "evals" / f"{digest}.json"
 
@@ -285,21 +285,10 @@ def _reference(artifact, examples, threads) -> tuple[dict, int]:
         rows = _encode(engine, examples, [])
         with progress_bar(f"KL reference {artifact.label}") as progress:
             bar = progress.add_task("rows", total=len(rows))
-            return reference_topk(engine, [(r["ids"], r["first"]) for r in rows], _identity(artifact),
+            return reference_topk(engine, [(r["ids"], r["first"]) for r in rows], artifact.identity(),
                                   on_row=lambda done, total: progress.update(bar, completed=done)), engine.vocab_size
     finally:
         engine.close()
-
-
-def _identity(artifact) -> str:
-    """What the cached reference depends on: the files' sizes and modification times."""
-    from tinytitan.model.registry import resolve
-
-    if artifact.kind == "run":
-        files = sorted((artifact.path / artifact.weights).glob("*.safetensors"))
-    else:
-        files = [resolve(str(artifact.path) if artifact.path else None).path] + ([artifact.adapter] if artifact.adapter else [])
-    return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
 
 
 def _write_examples(path: Path, examples, per_example: dict) -> None:

@@ -57,6 +57,16 @@ class Artifact:
         size = resolve(str(self.path) if self.path else None).path.stat().st_size
         return size + (self.adapter.stat().st_size if self.adapter else 0)
 
+    def identity(self) -> str:
+        """What results computed from it depend on: its files' paths, sizes and modification times (cache keys)."""
+        from tinytitan.model.registry import resolve
+
+        if self.kind == "run":
+            files = sorted((self.path / self.weights).glob("*.safetensors"))
+        else:
+            files = [resolve(str(self.path) if self.path else None).path] + ([self.adapter] if self.adapter else [])
+        return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+
     def open(self, *, threads: int | None = None, n_ctx: int = 4096, swa_full: bool = True):
         from tinytitan.model.engines import load_engine
 

@@ -30,18 +30,13 @@ from pathlib import Path
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, write_json
-from tinytitan.pipeline import stages
+from tinytitan.pipeline import eta, stages
 from tinytitan.report.summary import print_summary
 
 PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
 
 FORMAT = 1  # bump when a stage's output format changes, so old runs are redone
 EVAL_FORMAT = 2  # eval.json rows carry what their Artifact says of itself (kind, gate, servable): 1 had labels only
-DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
-    "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
-    "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
-}
-RATE_KEYS = {"eval": "eval_tokens"}  # a stage whose unit changed keeps its rate under a new name
 
 
 def add_arguments(parser) -> None:
@@ -178,8 +173,16 @@ class Pipeline:
         from tinytitan.train.finetune import RESUMABLE_CHANGES
 
         # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
-        return {k: v for k, v in self.finetune_config(trained=True).as_dict().items()
-                if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
+        config = self.finetune_config(trained=True)
+        key = {k: v for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
+        if config.teacher:  # the teacher's files, not only its name
+            from tinytitan.train.distill import teacher_artifact
+
+            key["teacher"] = teacher_artifact(config.teacher).identity()
+        else:  # without one, the key of a run from before distillation existed
+            for name in ("teacher", "kd_weight", "kd_temperature", "kd_top_k"):
+                key.pop(name)
+        return key
 
     def _reading_key(self) -> dict:
         """What `files` rows depend on besides the files: how they are read and split."""
@@ -229,7 +232,7 @@ class Pipeline:
             check = json.loads((probe.data / "check.json").read_text())
             schema_path = probe.root / "schema.json"
             schema = json.loads(schema_path.read_text()) if schema_path.exists() else None
-            rates, steps, changed = _load_rates(), [], self.fresh
+            rates, steps, changed = eta.load_rates(), [], self.fresh
             for stage, probed in zip(self.stages(), probe_stages):
                 if not probed.applies():
                     steps.append({"stage": stage.name, "status": "not needed"})
@@ -241,7 +244,7 @@ class Pipeline:
                 changed = True  # what follows reads what this stage writes: it runs unless that comes out the same
                 units = probed.units() or 0
                 steps.append({"stage": stage.name, "status": "would run",
-                              "seconds": round(rates.get(_rate_key(stage), DEFAULT_RATES[_rate_key(stage)]) * units)})
+                              "seconds": round(eta.rate(rates, stage) * units)})
         return {"recipe": str(self.recipe.path), "run": str(self.root), "rows": check["splits"],
                 "rejected": check["rejected"], "truncated": check["truncated"], "tokens": check["tokens"],
                 "fields": len(schema["properties"]) if schema and "properties" in schema else None,
@@ -258,7 +261,7 @@ class Pipeline:
     def _run_stages(self) -> dict:
         stages = self.stages()
         self.say(f"tinytitan run {self.recipe.path} -> {self.root}")
-        rates = _load_rates()
+        rates = eta.load_rates()
         done = []
         started = time.perf_counter()
         for number, stage in enumerate(stages, start=1):
@@ -281,8 +284,8 @@ class Pipeline:
             if any(n is None for _, n in pending):  # a guess without the data's size would jump by minutes once it is known: none yet
                 self.say(f"{tag}: running (the time left is estimated once the data is checked)")
             else:
-                left = sum(rates.get(_rate_key(s), DEFAULT_RATES[_rate_key(s)]) * n for s, n in pending)
-                self.say(f"{tag}: running (about {_duration(left)} left in all, an estimate)")
+                left = sum(eta.rate(rates, s) * n for s, n in pending)
+                self.say(f"{tag}: running (about {eta.duration(left)} left in all, an estimate)")
             self.state.pop(stage.name, None)
             self._save()
             began = time.perf_counter()
@@ -298,10 +301,10 @@ class Pipeline:
             self._save()
             units = stage.units()
             if units and seconds > 1:
-                rates[_rate_key(stage)] = seconds / units
+                rates[eta.rate_key(stage)] = seconds / units
             done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
-            self.say(f"{tag}: done in {_duration(seconds)}")
-        _save_rates(rates)
+            self.say(f"{tag}: done in {eta.duration(seconds)}")
+        eta.save_rates(rates)
         ran = [d for d in done if d["status"] == "ran"]
         summary = json.loads((self.root / "summary.json").read_text())
         summary.update(stages=done, seconds=round(time.perf_counter() - started, 1),
@@ -344,9 +347,9 @@ def format_plan(plan: dict) -> str:
              f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
              + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
     for number, step in enumerate(plan["stages"], start=1):
-        estimate = f", about {_duration(step['seconds'])}" if "seconds" in step else ""
+        estimate = f", about {eta.duration(step['seconds'])}" if "seconds" in step else ""
         lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")
-    lines.append(f"about {_duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
+    lines.append(f"about {eta.duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
                  f"defaults for a 2-core CPU); nothing was trained")
     return "\n".join(lines)
 
@@ -370,26 +373,3 @@ def _digest(value) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _rate_key(stage: Stage) -> str:
-    return RATE_KEYS.get(stage.name, stage.name)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-def _load_rates() -> dict:
-    from tinytitan.model.registry import home
-
-    try:
-        return json.loads((home() / "rates.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_rates(rates: dict) -> None:
-    from tinytitan.model.registry import home
-
-    write_json(home() / "rates.json", rates)

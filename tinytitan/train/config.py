@@ -61,6 +61,11 @@ class FinetuneConfig:
     precision: str = "auto"  # auto (bf16 where the CPU supports it) | bf16 | fp32
     head_chunk: int = 128  # rows of the LM head computed at once
     head_negatives: str = ""  # a .npy of extra frozen head rows in the softmax, never targets (vocabulary.head_negatives)
+    # distillation (train/distill.py): a teacher's next-token distributions beside the targets
+    teacher: str = ""  # a GGUF, BASE+ADAPTER.gguf or run folder with the student's tokenizer; "" = none
+    kd_weight: float = 0.5  # weight of KL(teacher || student) beside the cross-entropy
+    kd_temperature: float = 1.0  # both distributions softened by it (the KL term is scaled by its square)
+    kd_top_k: int = 64  # teacher tokens kept per position (the rest of its mass is left out)
     # evaluation and checkpoints
     eval_every: int = 50
     early_stopping: int = 3  # stop after this many evaluations without improvement (0 = never)
@@ -89,7 +94,7 @@ class FinetuneConfig:
             if getattr(self, key) not in allowed:
                 bad(key, " | ".join(allowed))
         for key in ("max_length", "lora_rank", "batch_tokens", "grad_accum", "eval_every", "save_every",
-                    "keep_checkpoints", "head_chunk"):
+                    "keep_checkpoints", "head_chunk", "kd_top_k"):
             if getattr(self, key) < 1:
                 bad(key, "a whole number >= 1")
         for key in ("max_steps", "early_stopping", "threads", "max_rows", "seed"):
@@ -104,6 +109,10 @@ class FinetuneConfig:
         for key in ("lora_dropout", "warmup_ratio", "min_lr_ratio", "max_bad_fraction"):
             if not 0 <= getattr(self, key) <= 1:
                 bad(key, "a number in [0, 1]")
+        if self.kd_weight < 0:
+            bad("kd_weight", "a number >= 0")
+        if not self.kd_temperature > 0:
+            bad("kd_temperature", "a number > 0")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.lora_alpha <= 0:
             raise TinyTitanError("weight_decay and max_grad_norm must be >= 0, lora_alpha > 0")
         from tinytitan.data.encodings import check_encoding

@@ -103,11 +103,13 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
         _create_run_dir(run_dir, config, fingerprint)
     dist.barrier()
 
+    teacher = _teacher(config, train_set, ref, dist)
     torch.manual_seed(config.seed)
     bf16 = use_bf16(config.precision)
     model = build_model(ref, config, dist.device)
     loss_module = CompletionLoss(model, bf16=bf16, head_chunk=config.head_chunk,
-                                 negatives=_negatives(config, model))
+                                 negatives=_negatives(config, model), kd_weight=config.kd_weight,
+                                 kd_temperature=config.kd_temperature)
     wrapped = dist.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -136,7 +138,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
             micro = plan[pos.batch:pos.batch + config.grad_accum]
             step_start = time.perf_counter()
             loss_sum = _train_step(wrapped, dist, train_set, micro, tokenizer.token_id("<pad>") or 0,
-                                   params, optimizer, config.max_grad_norm)
+                                   params, optimizer, config.max_grad_norm, teacher)
             scheduler.step()
             step_loss_tokens = sum(loss_tokens(train_set, b) for b in micro)
             step_tokens = sum(real_tokens(train_set, b) for b in micro)
@@ -190,14 +192,32 @@ def _negatives(config: FinetuneConfig, model) -> torch.Tensor | None:
     return rows
 
 
-def _train_step(wrapped, dist, dataset, micro, pad_id, params, optimizer, max_grad_norm) -> float:
-    """One optimizer step over `micro` micro-batches; returns the summed loss of the whole step."""
+def _teacher(config, train_set, ref, dist):
+    """The distillation teacher's rows for the training set (none without `teacher`): the main process
+    computes them (or reads them cached), the others then read the cache."""
+    if not config.teacher:
+        return None
+    from tinytitan.train.distill import load_teacher
+
+    def load():
+        return load_teacher(config.teacher, train_set, ref.gguf, config.kd_top_k, config.threads or None,
+                            student=f"student {ref.name}")
+
+    teacher = load() if dist.is_main else None
+    dist.barrier()
+    return teacher or load()
+
+
+def _train_step(wrapped, dist, dataset, micro, pad_id, params, optimizer, max_grad_norm, teacher=None) -> float:
+    """One optimizer step over `micro` micro-batches; returns the summed loss of the whole step (with a
+    teacher, the cross-entropy plus the distillation term)."""
     total_tokens = sum(loss_tokens(dataset, b) for b in micro)
     loss_sum = 0.0
     for index, batch in enumerate(micro):
         ids, attention, mask = (t.to(dist.device) for t in collate(dataset, batch, pad_id, dist.rank, dist.world))
         with dist.no_sync(wrapped, last=index == len(micro) - 1):
-            local = wrapped(ids, attention, mask)
+            local = wrapped(ids, attention, mask, *(teacher.rows(batch.examples, dist.rank, dist.world)
+                                                    if teacher else ()))
             # DDP averages gradients over processes: scale by world size to get the sum
             (local * (dist.world / max(total_tokens, 1))).backward()
         loss_sum += dist.sum(local.detach())

@@ -12,6 +12,13 @@ Speed on a CPU comes from memory traffic, not FLOPs: the chunk buffers are alloc
 reused (a fresh 256 MB tensor per chunk costs more in page faults than the softmax itself), the
 softmax is done in place, and with `bf16=True` the two matmuls run in bf16 (as under autocast)
 while log-sum-exp, the loss and the softmax are fp32.
+
+Distillation adds a term in the same pass: given a teacher's top-k token ids and log-probs at each
+row, `kd_weight * T^2 * KL(p_T || q_T)`, where p_T is the teacher's top-k distribution at temperature
+T (renormalized over its k tokens) and q_T the student's full softmax at T (forward KL, as Hinton et
+al.; the T^2 keeps its gradient's scale independent of T). With k equal to the vocabulary it is the
+full KL. Its gradient joins the cross-entropy's in the same chunk: (softmax - onehot) +
+kd_weight * T * (softmax_T - p_T).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ _WORKSPACE: dict[tuple, torch.Tensor] = {}
 _WEIGHT_CACHE: dict[int, tuple] = {}  # id -> (weakref to the weight, its version, converted copy)
 
 
-def _buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (cols, dtype, str(device))
+def _buffer(rows: int, cols: int, dtype: torch.dtype, device: torch.device, tag: str = "") -> torch.Tensor:
+    key = (cols, dtype, str(device), tag)
     buffer = _WORKSPACE.get(key)
     if buffer is None or buffer.shape[0] < rows:
         buffer = _WORKSPACE[key] = torch.empty((rows, cols), dtype=dtype, device=device)
@@ -47,13 +54,21 @@ def _compute_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return converted
 
 
+def teacher_probs(teacher, start: int, chunk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [start, start + chunk) of a teacher's top-k as (ids, probabilities at `temperature`, summing to 1
+    over the k tokens). Padding entries (id < 0, from a row whose teacher kept fewer tokens) get 0."""
+    ids, logprobs = (x[start:start + chunk] for x in teacher)
+    scaled = (logprobs.float() / temperature).masked_fill(ids < 0, float("-inf"))
+    return ids.clamp_min(0), torch.softmax(scaled, dim=-1).nan_to_num(0.0)  # a row without any: no term
+
+
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     """sum over rows of cross_entropy(hidden @ weight.T, targets), computed in row chunks."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, bf16: bool, softcap: float | None,
-                with_grad: bool = True):
-        # hidden: (N, H), weight: (V, H), targets: (N,)
+                with_grad: bool = True, teacher=None, kd_weight: float = 0.0, temperature: float = 1.0):
+        # hidden: (N, H), weight: (V, H), targets: (N,); teacher: ((N, k) ids, (N, k) log-probs) or None
         compute = torch.bfloat16 if bf16 else torch.float32
         w = _compute_weight(weight, compute)  # (V, H)
         vocab = w.shape[0]
@@ -80,10 +95,31 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 work.mul_(softcap)
             lse = torch.logsumexp(work, dim=-1)  # (c,)
             total += (lse - work[rows, t]).double().sum()
+            if teacher is not None:
+                ids, p_t = teacher_probs(teacher, start, chunk, temperature)
+                if temperature == 1.0:
+                    lse_t, soft_t = lse, None
+                else:  # the student at temperature T, in a second buffer (the first becomes the softmax at 1)
+                    soft_t = _buffer(t.shape[0], vocab, torch.float32, device, "temperature")
+                    torch.div(work, temperature, out=soft_t)
+                    lse_t = torch.logsumexp(soft_t, dim=-1)
+                log_q = work.gather(1, ids) / temperature - lse_t[:, None]  # (c, k) student log-probs at T
+                kl = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_q)).sum()
+                total += kd_weight * temperature ** 2 * kl.double()
             if not with_grad:
                 continue
             work.sub_(lse[:, None]).exp_()  # softmax, in place
             work[rows, t] -= 1.0  # d(sum CE)/d(logits) = softmax - onehot
+            if teacher is not None:  # + kd_weight * T * (softmax_T - p_T)
+                scale = kd_weight * temperature
+                if soft_t is None:  # T = 1: softmax = work + onehot, so (1 + s)(softmax - onehot) + s onehot - s p
+                    work.mul_(1.0 + scale)
+                    work[rows, t] += scale
+                    work.scatter_add_(1, ids, -scale * p_t)
+                else:
+                    soft_t.sub_(lse_t[:, None]).exp_()
+                    work.add_(soft_t, alpha=scale)
+                    work.scatter_add_(1, ids, -scale * p_t)
             if softcap:
                 work.mul_(1.0 - capped * capped)
             if bf16:
@@ -105,16 +141,25 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_w = grad_weight * grad_output if ctx.need_weight_grad else None
-        return (grad_hidden * grad_output).to(ctx.hidden_dtype), grad_w, None, None, None, None, None
+        return (grad_hidden * grad_output).to(ctx.hidden_dtype), grad_w, None, None, None, None, None, None, None, None
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                      chunk: int = 128, bf16: bool = True, softcap: float | None = None) -> torch.Tensor:
-    """Summed cross-entropy of `targets` under logits `hidden @ weight.T`; see the module docstring."""
+                      chunk: int = 128, bf16: bool = True, softcap: float | None = None,
+                      teacher: tuple[torch.Tensor, torch.Tensor] | None = None, kd_weight: float = 0.0,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Summed cross-entropy of `targets` under logits `hidden @ weight.T`, plus, given `teacher` ((N, k) token
+    ids in this head's vocabulary, -1 for none, and their (N, k) log-probs), `kd_weight * T^2 * KL`; see the
+    module docstring."""
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0
+    if teacher is not None and (kd_weight < 0 or temperature <= 0):
+        raise ValueError(f"distillation needs kd_weight >= 0 and temperature > 0, not {kd_weight}, {temperature}")
+    teacher = teacher if kd_weight else None
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk, bf16, softcap, with_grad)
+    return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk, bf16, softcap, with_grad, teacher,
+                                          kd_weight, temperature)
+
 
 
 def completion_positions(input_ids: torch.Tensor, loss_mask: torch.Tensor):

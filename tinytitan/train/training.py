@@ -55,9 +55,11 @@ def causal_lm(model):
 class CompletionLoss(torch.nn.Module):
     """forward(input_ids, attention_mask, loss_mask) -> summed cross-entropy on completion tokens."""
 
-    def __init__(self, model, bf16: bool, head_chunk: int, negatives: torch.Tensor | None = None):
+    def __init__(self, model, bf16: bool, head_chunk: int, negatives: torch.Tensor | None = None,
+                 kd_weight: float = 0.0, kd_temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature  # with a teacher's rows (train/distill.py)
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
@@ -73,14 +75,18 @@ class CompletionLoss(torch.nn.Module):
             self._head = (weight, weight._version, torch.cat([weight.detach(), self.negatives.to(weight.dtype)]))
         return self._head[2]
 
-    def forward(self, input_ids, attention_mask, loss_mask):
+    def forward(self, input_ids, attention_mask, loss_mask, teacher_ids=None, teacher_logp=None):
         lm = causal_lm(self.model)
         device_type = input_ids.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         predicts, targets = completion_positions(input_ids, loss_mask)
+        teacher = (teacher_ids, teacher_logp) if teacher_ids is not None else None
+        if teacher is not None and teacher_ids.shape[0] != targets.shape[0]:
+            raise ValueError(f"the teacher has {teacher_ids.shape[0]} positions for {targets.shape[0]} completion tokens")
         return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight), targets, chunk=self.head_chunk,
-                                 bf16=self.bf16, softcap=lm.config.final_logit_softcapping)
+                                 bf16=self.bf16, softcap=lm.config.final_logit_softcapping, teacher=teacher,
+                                 kd_weight=self.kd_weight if teacher else 0.0, temperature=self.kd_temperature)
 
 
 def make_scheduler(optimizer, config, total_steps: int):
