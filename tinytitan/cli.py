@@ -21,6 +21,7 @@ VERBS = {
     "perplexity": ("tinytitan.evaluate.perplexity", "Perplexity of a text file, llama.cpp's convention."),
     "parity": ("tinytitan.evaluate.parity", "Compare the torch and llama engines: top-1, KL, perplexity."),
     "data": ("tinytitan.data.check", "Check a dataset before training: bad rows, lengths, labels."),
+    "prune": ("tinytitan.shrink.prune", "Drop a Gemma 3's least important layers, measured on task rows: a smaller student."),
     "trim": ("tinytitan.shrink.trim", "Prune a GGUF's vocabulary to a task's tokens: smaller, faster, same tokens on the task."),
     "finetune": ("tinytitan.train.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
     "export": ("tinytitan.export.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),

@@ -1,1 +1,1 @@
-"""Shrinking before export: the task vocabulary (which tokens a task keeps) and the trim verb."""
+"""Shrinking: the task vocabulary (which tokens a task keeps, the trim verb) and fewer layers (the prune verb)."""
