@@ -113,3 +113,16 @@ def test_the_package_map_names_every_module():
             missing.append(str(path.relative_to(PACKAGE.parent)))
     assert not missing, f"docs/architecture.md's package map does not name: {', '.join(missing)}"
 
+
+
+def test_no_dict_literal_repeats_a_key():
+    """A repeated key in a literal silently drops the first value (a stage key once lost its inputs that way)."""
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                repeated = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+                if repeated:
+                    problems.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {repeated}")
+    assert not problems, "\n".join(problems)

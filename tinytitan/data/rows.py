@@ -25,7 +25,7 @@ from pathlib import Path
 from tinytitan.data.encodings import check_encoding, decode, decode_line, is_wide, undecodable
 from tinytitan.data.examples import Example, LoadReport, Rejected, RowError
 from tinytitan.data.json_values import canonical_completion, json_key_order, parse_json, type_name
-from tinytitan.data.tables import load_table
+from tinytitan.data.delimited import load_table
 from tinytitan.errors import TinyTitanError
 from tinytitan.model.chat_format import Message
 

@@ -133,7 +133,7 @@ class Pipeline:
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
                                    "shots": _sha(self.data / "train.jsonl"),
                                    "schema": self._hashes("schema"), "format": EVAL_FORMAT,
-                                   "artifacts": _sha(PACKAGE / "model" / "artifacts.py")},  # what is servable
+                                   "servable": _sha(PACKAGE / "model" / "artifacts.py")},  # the rules of what is servable
                   lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
                   lambda: stages.evaluate(self), lambda: stages.eval_units(self)),
             Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),
