@@ -11,6 +11,9 @@ import json
 import threading
 from collections import OrderedDict
 
+from tinytitan.data.grammar import json_object_grammar, schema_to_grammar
+from tinytitan.data.structured import SchemaError, schema_extent, uses_input
+from tinytitan.model.engines.sampling import grammar_error
 from tinytitan.serve.fleet import Task
 from tinytitan.serve.limits import ApiError
 
@@ -44,10 +47,6 @@ def request_grammar(model, task: Task, response_format, cache: GrammarCache, inp
     """The request's grammar, made and checked by llama.cpp once per schema (refusals cached too). A
     schema that takes words from the input (`x-input-words`) gets its grammar made with `input_text`:
     the last user message, or a completion request's prompts (at most MAX_INPUT_WORDS_BYTES of it)."""
-    from tinytitan.model.engines.sampling import grammar_error
-    from tinytitan.data.structured import SchemaError, schema_extent, uses_input
-    from tinytitan.data.grammar import json_object_grammar, schema_to_grammar
-
     if response_format is None:
         if task.schema is not None and uses_input(task.schema):  # checked at start-up: only the words differ
             check_input_words(input_text, input_param)
