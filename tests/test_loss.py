@@ -18,17 +18,27 @@ def reference(hidden, weight, targets, softcap=None):
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def head_problem(rows: int, seed: int):
+    """Random (hidden, weight, targets) for a head of VOCAB rows; hidden and weight take gradients."""
+    torch.manual_seed(seed)
+    return (torch.randn(rows, HIDDEN, requires_grad=True), torch.randn(VOCAB, HIDDEN, requires_grad=True),
+            torch.randint(0, VOCAB, (rows,)))
+
+
+def gradients_of(loss, hidden, weight):
+    """Backpropagate `loss` and return the two gradients, leaving none behind for the next loss."""
+    loss.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    return grads
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_fp32_matches_cross_entropy_and_its_gradients(chunk, softcap):
-    torch.manual_seed(0)
-    hidden = torch.randn(50, HIDDEN, requires_grad=True)
-    weight = torch.randn(VOCAB, HIDDEN, requires_grad=True)
-    targets = torch.randint(0, VOCAB, (50,))
+    hidden, weight, targets = head_problem(50, seed=0)
     expected = reference(hidden, weight, targets, softcap)
-    expected.backward()
-    grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
+    grads = gradients_of(expected, hidden, weight)
     actual = chunked_head_loss(hidden, weight, targets, chunk=chunk, bf16=False, softcap=softcap)
     (actual * 2).backward()  # the upstream gradient is applied
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
@@ -82,15 +92,10 @@ def distillation_reference(hidden, weight, targets, teacher_logits, kd_weight, t
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_distillation_with_k_the_whole_vocabulary_is_the_full_kl(temperature, softcap):
-    torch.manual_seed(3)
-    hidden = torch.randn(40, HIDDEN, requires_grad=True)
-    weight = torch.randn(VOCAB, HIDDEN, requires_grad=True)
-    targets = torch.randint(0, VOCAB, (40,))
+    hidden, weight, targets = head_problem(40, seed=3)
     teacher_logits = 3 * torch.randn(40, VOCAB)
     expected = distillation_reference(hidden, weight, targets, teacher_logits, 0.5, temperature, softcap)
-    expected.backward()
-    grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
+    grads = gradients_of(expected, hidden, weight)
     order = torch.randperm(VOCAB)  # the teacher's top-k in any order: k = V covers every token
     teacher = (order.expand(40, -1).contiguous(), F.log_softmax(teacher_logits, dim=-1)[:, order])
     actual = chunked_head_loss(hidden, weight, targets, chunk=16, bf16=False, softcap=softcap, teacher=teacher,
