@@ -78,15 +78,11 @@ def load_teacher(spec: str, dataset, student_gguf, k: int, threads: int | None =
     """The teacher's top-k at the completion positions of `dataset` (TokenizedExamples), from the cache or
     computed now (a progress bar per row), in the student's vocabulary."""
     from tinytitan.evaluate.kl import reference_topk
-    from tinytitan.model.gguf import read_gguf
+    from tinytitan.model.registry import resolve
     from tinytitan.progress import progress_bar
 
     artifact = teacher_artifact(spec)
-    teacher_gguf = read_gguf(artifact.path) if artifact.path else None
-    if teacher_gguf is None:
-        from tinytitan.model.registry import resolve
-
-        teacher_gguf = resolve(None).gguf
+    teacher_gguf = resolve(str(artifact.path) if artifact.path else None).gguf  # the model (an adapter's base)
     mapping = vocabulary_map(list(teacher_gguf.get("tokenizer.ggml.tokens")),
                              list(student_gguf.get("tokenizer.ggml.tokens")), spec, student)
     sequences = [(example.ids, example.completion_start) for example in dataset]
