@@ -75,6 +75,10 @@ def write_adapter(tiny_model, path: Path, seed: int) -> Path:
     return write_lora_adapter(path, state, alpha=4.0, base=read_gguf(path.parent / "base.gguf"))
 
 
+def health(url: str) -> dict:
+    return json.loads(get(url + "/health")[2])
+
+
 @pytest.fixture(scope="module")
 def fleet(tiny, tmp_path_factory):
     """A fleet file: the base, two adapters on it, and a task with its own JSON schema."""

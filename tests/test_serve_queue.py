@@ -13,14 +13,10 @@ from pathlib import Path
 
 import openai
 
-from tests.test_serve import KEY, chat, client, fleet, free_port, get, live_server, server  # noqa: F401  (fixtures too)
+from tests.test_serve import KEY, chat, client, fleet, free_port, get, health, live_server, server  # noqa: F401  (fixtures too)
 
 
 LONG = {"max_tokens": 480, "n": 8, "temperature": 1.0, "seed": 11}  # ~4,000 tokens: a request that takes a while
-
-
-def health(url: str) -> dict:
-    return json.loads(get(url + "/health")[2])
 
 
 def test_queue_overflow_is_429_and_accepted_requests_complete(fleet):
