@@ -1,5 +1,4 @@
-"""`tinytitan serve` driven live (uvicorn on a free port, the tiny model) with the official `openai` client:
-chat, completions, streaming, json_schema, the fleet and its adapters, limits, errors, auth, metrics."""
+"""`tinytitan serve` live (uvicorn, the tiny model, the `openai` client): the API, the fleet, errors."""
 
 from __future__ import annotations
 
