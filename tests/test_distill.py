@@ -27,7 +27,7 @@ def tokenized(tiny, dataset, rows=24):  # noqa: F811
 def test_the_teacher_is_cached_by_content_and_lines_up_with_the_loss(tiny, dataset, tmp_path, monkeypatch):  # noqa: F811
     from tinytitan.model.artifacts import Artifact
     from tinytitan.train.batching import collate, plan_epoch
-    from tinytitan.train.distill import load_teacher
+    from tinytitan.train.teacher import load_teacher
     from tinytitan.train.loss import completion_positions
 
     ref, examples = tokenized(tiny, dataset)
@@ -73,7 +73,7 @@ def test_distillation_trains_and_leaves_validation_on_the_targets(tiny, dataset,
 
 def test_a_teacher_with_another_tokenizer_is_one_line(tiny, dataset, tmp_path):  # noqa: F811
     from tinytitan.errors import TinyTitanError
-    from tinytitan.train.distill import vocabulary_map
+    from tinytitan.train.teacher import vocabulary_map
 
     with pytest.raises(TinyTitanError, match=r"its vocabulary \(3 tokens\) is not the student's \(the student: 2"):
         vocabulary_map(["a", "b", "c"], ["a", "z"], "t.gguf", "the student")
@@ -84,3 +84,73 @@ def test_a_teacher_with_another_tokenizer_is_one_line(tiny, dataset, tmp_path): 
     assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert errors[0].startswith("error: teacher base: its vocabulary (262,144 tokens) is not the student's (student "
                                 f"{tiny[0]}: 479 tokens"), errors[0]
+
+
+def distill_args(tiny, dataset, output, *extra):  # noqa: F811
+    return ["distill", "--teacher", str(tiny[0]), "--train", str(dataset), "--output", str(output),
+            "--batch-tokens", "256", "--learning-rate", "1e-3", "--precision", "fp32", "--threads", "1",
+            "--kd-top-k", "16", *extra]
+
+
+def test_distill_prunes_the_teacher_labels_inputs_and_trains_on_both(tiny, dataset, tmp_path, monkeypatch):  # noqa: F811
+    from tinytitan.model.gguf import read_gguf
+
+    inputs = tmp_path / "inputs.txt"  # 20 new inputs, one of them twice, and one the labelled rows already hold
+    inputs.write_text("".join(f"salt and cup {1000 + i}\n" for i in range(20)) + "salt and cup 1000\n"
+                      + json.loads(dataset.read_text().splitlines()[0])["prompt"] + "\n")
+    out = tmp_path / "student"
+    result = run_cli(*distill_args(tiny, dataset, out, "--student", "layers:1", "--unlabelled", str(inputs),
+                                   "--min-confidence", "0", "--label-tokens", "48", "--max-steps", "3"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    student = out / "distill" / "student.gguf"
+    assert read_gguf(student).get("gemma3.block_count") == 1 and summary["student"]["model"] == str(student)
+    assert len(summary["student"]["importance"]) == 2 and len(summary["student"]["kept"]) == 1
+    labels = summary["labels"]
+    assert labels["inputs"] == 20 and labels["repeats"] == 1 and labels["already_labelled"] == 1, labels
+    assert labels["kept"] + sum(labels["dropped"].values()) == 20 and labels["constrained"], labels
+    rows = [json.loads(line) for line in (out / "distill" / "train.jsonl").read_text().splitlines()]
+    taught = [row for row in rows if row["prompt"].startswith("salt and cup 10")]
+    assert len(taught) == labels["kept"] and len(rows) == summary["rows"]["train"]
+    assert all(set(row["completion"]) <= {"first", "second"} for row in taught)  # the schema's fields, as objects
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == str(student) and config["teacher"] == str(tiny[0])
+    assert (out / "best").is_dir() and (out / "distill" / "distill.json").is_file()
+
+    # resumed in place: the student and the labels are read back, not made again
+    from tinytitan.train import distill, teacher
+    from tinytitan.train.config import FinetuneConfig
+
+    monkeypatch.setattr(teacher, "label_inputs", lambda *a, **k: pytest.fail("labelled again"))
+    monkeypatch.setattr("tinytitan.shrink.prune.prune_model", lambda *a, **k: pytest.fail("pruned again"))
+    given = {**config, "model": "gemma-3-270m", "train": str(dataset), "val": "", "test": ""}  # as the flags gave it
+    again = distill.distill(FinetuneConfig(**given),
+                            distill.DistillSettings("layers:1", str(inputs), min_confidence=0.0, label_tokens=48),
+                            resume=True, say=lambda text: None)
+    assert again["labels"]["kept"] == labels["kept"] and again["student"]["model"] == str(student)
+
+
+def test_distill_refuses_bad_students_and_labelled_inputs(tiny, dataset, tmp_path):  # noqa: F811
+    labelled = tmp_path / "inputs.jsonl"
+    labelled.write_text('{"prompt": "salt and cup"}\n{"prompt": "cup and mat", "completion": "x"}\n')
+    for extra, expected in (
+            (("--unlabelled", str(labelled)), f"error: {labelled}:2: this row has a label ('completion'); a file of "
+                                              f"unlabelled inputs holds inputs only"),
+            (("--student", "layers:two"), "error: student 'layers:two': expected layers:N"),
+            (("--student", str(tmp_path / "none.gguf")), "error: student '"),
+            (("--min-confidence", "2"), "error: min_confidence 2.0: expected a probability")):
+        result = run_cli(*distill_args(tiny, dataset, tmp_path / "out", "--max-steps", "1", *extra))
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert errors[0].startswith(expected), errors[0]
+    table = tmp_path / "inputs.csv"
+    table.write_text("input,label\nsalt and cup,\ncup and mat,yes\n")
+    result = run_cli("data", "check", str(dataset), "--unlabelled", str(table), "--model", str(tiny[0]))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        f"error: {table}:3: this row has a label (label = 'yes'); a file of unlabelled inputs holds inputs only "
+        f"(labelled rows go in the training file)"), result.stderr
+    table.write_text("input,label\nsalt and cup,\ncup and mat,\nsalt and cup,\n")
+    result = run_cli("data", "check", str(dataset), "--unlabelled", str(table), "--model", str(tiny[0]), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["unlabelled"] == {"file": str(table), "inputs": 2, "repeats": 1,
+                                                       "already_labelled": 0}

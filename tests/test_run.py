@@ -18,7 +18,7 @@ def stages(result) -> dict:
 def test_run_then_rerun_then_change_the_quant_list(recipe):
     first, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--json"))
     assert first == {"prepare": "ran", "check": "ran", "schema": "ran", "vocab": "not needed", "finetune": "ran",
-                     "export": "ran", "eval": "ran", "bench": "not needed", "report": "ran"}
+                     "export": "ran", "distill": "not needed", "eval": "ran", "bench": "not needed", "report": "ran"}
     run = recipe / "run"
     assert (run / "report" / "report.html").exists() and (run / "fleet.toml").exists()
     schema = json.loads((run / "schema.json").read_text())
@@ -38,8 +38,8 @@ def test_run_then_rerun_then_change_the_quant_list(recipe):
 
     changed, summary = stages(run_cli("run", str(recipe / "tiny.toml"), "--set", "export.quant=f16,q8_0", "--json"))
     assert changed == {"prepare": "up to date", "check": "up to date", "schema": "up to date",
-                       "vocab": "not needed", "finetune": "up to date", "export": "ran", "eval": "ran", "bench": "not needed",
-                       "report": "ran"}
+                       "vocab": "not needed", "finetune": "up to date", "export": "ran", "distill": "not needed",
+                       "eval": "ran", "bench": "not needed", "report": "ran"}
     assert any("q8_0" in r["artifact"] for r in summary["table"])
 
 
@@ -192,6 +192,32 @@ def test_a_run_in_the_task_vocabulary_trains_exports_and_scores_the_trimmed_mode
     statuses = {s["stage"]: s["status"] for s in planned["stages"]}
     assert statuses["vocab"] == statuses["finetune"] == statuses["eval"] == "would run"
     assert statuses["prepare"] == statuses["schema"] == "up to date"
+
+
+def test_a_distill_stage_teaches_a_student_and_the_report_puts_it_beside_its_teacher(recipe, tmp_path):
+    from tinytitan.model.gguf import read_gguf
+
+    (recipe / "inputs.txt").write_text("".join(f"mat cup {500 + i}\n" for i in range(12)))
+    out = tmp_path / "distilled"
+    given = ("run", str(recipe / "tiny.toml"), "--output", str(out), "--set", 'distill.student="layers:1"',
+             "--set", 'distill.unlabelled="inputs.txt"', "--set", "distill.min_confidence=0",
+             "--set", "distill.max_steps=3", "--set", "distill.kd_top_k=8", "--json")
+    first, summary = stages(run_cli(*given))
+    assert first["distill"] == "ran" and first["eval"] == "ran" and first["report"] == "ran", first
+    student = out / "student"
+    assert read_gguf(student / "distill" / "student.gguf").get("gemma3.block_count") == 1
+    labels = json.loads((student / "distill" / "labels.json").read_text())["labels"]
+    assert labels["inputs"] == 12 and labels["kept"] + sum(labels["dropped"].values()) == 12
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher"] == str(out / "train") and config["max_steps"] == 3 and config["kd_top_k"] == 8
+    rows = {r["artifact"]: r for r in summary["table"]}
+    assert "tiny-student-f16" in rows and "tiny-f16" in rows, list(rows)  # the student beside its teacher
+    assert rows["tiny-student-f16"]["size_mb"] < rows["tiny-f16"]["size_mb"]
+    assert "tiny-student-f16" in (out / "report" / "report.md").read_text()
+    again, _ = stages(run_cli(*given))
+    assert set(again.values()) <= {"up to date", "not needed"}, again
+    changed, _ = stages(run_cli(*given, "--set", "distill.kd_weight=0.9"))
+    assert changed["finetune"] == changed["export"] == "up to date" and changed["distill"] == changed["eval"] == "ran"
 
 
 def test_a_resume_that_cannot_save_keeps_every_checkpoint_and_resumes_later(recipe, tmp_path, monkeypatch, capsys):

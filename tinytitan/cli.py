@@ -24,6 +24,7 @@ VERBS = {
     "prune": ("tinytitan.shrink.prune", "Drop a Gemma 3's least important layers, measured on task rows: a smaller student."),
     "trim": ("tinytitan.shrink.trim", "Prune a GGUF's vocabulary to a task's tokens: smaller, faster, same tokens on the task."),
     "finetune": ("tinytitan.train.finetune", "Fine-tune (LoRA or full) on a dataset, with checkpoints and resume."),
+    "distill": ("tinytitan.train.distill", "A teacher teaches a smaller student: its labels for unlabelled inputs, its logits."),
     "export": ("tinytitan.export.export", "Export a run: merged/quantized GGUF, GGUF adapter, HF, PEFT, Ollama; gated."),
     "eval": ("tinytitan.evaluate.eval", "Score artifacts side by side: task metrics with CIs, KL, standard benchmarks."),
     "bench": ("tinytitan.evaluate.bench", "Speed, memory, context scaling and energy per conversation of GGUF artifacts."),

@@ -191,6 +191,8 @@ def add_arguments(parser) -> None:
     check.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing")
     check.add_argument("--max-bad-fraction", type=float, default=0.05, help="fail above this share of bad rows")
     check.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    check.add_argument("--unlabelled", default="", metavar="FILE",
+                       help="also check a file of inputs without answers, for `tinytitan distill`")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     schema = sub.add_parser("schema", help="the JSON schema of a file's JSON answers, as `run` infers it")
     schema.add_argument("file", help="training rows with JSON answers: JSONL, CSV or TSV")
@@ -218,10 +220,22 @@ def run(args) -> None:
     tokenizer = load_tokenizer(resolve(args.model))
     prepared = prepare_data(config, tokenizer, strict_errors=False)
     stats = prepared.stats
+    if args.unlabelled:  # inputs only: a row with an answer is refused (data/unlabelled.py)
+        from tinytitan.data.unlabelled import read_unlabelled
+
+        unlabelled = read_unlabelled(args.unlabelled, args.input_column or None, args.encoding)
+        known = {e.input_text for report in prepared.reports for e in report.examples}
+        stats["unlabelled"] = {"file": args.unlabelled, "inputs": len(unlabelled.inputs),
+                               "repeats": unlabelled.repeats,
+                               "already_labelled": sum(text in known for text in unlabelled.inputs)}
     if args.json:
         print(json.dumps({**stats, "errors": [str(r) for r in prepared.rejected]}))
     else:
         print_report(prepared)
+        if args.unlabelled:
+            u = stats["unlabelled"]
+            print(f"unlabelled {u['file']}: {u['inputs']:,} distinct inputs ({u['repeats']} repeats; "
+                  f"{u['already_labelled']} already labelled rows)")
     enforce(prepared, args.skip_bad, args.max_bad_fraction, hint="fix them or pass --skip-bad")
 
 

@@ -27,6 +27,21 @@ class Example:
         """What the model answers: the last user message (an extractor copies its words)."""
         return self.messages[-1].content
 
+    def as_row(self) -> dict:
+        """The example as a JSONL row: prompt/completion (a JSON completion as the object it is, an optional
+        system), or messages when the prompt has earlier turns."""
+        messages = [{"role": m.role, "content": m.content} for m in self.messages]
+        roles = [m["role"] for m in messages]
+        if roles in (["user"], ["system", "user"]):
+            try:
+                completion = json.loads(self.completion)
+            except ValueError:
+                completion = None
+            row = {"prompt": messages[-1]["content"],
+                   "completion": completion if isinstance(completion, (dict, list)) else self.completion}
+            return {**row, "system": messages[0]["content"]} if roles[0] == "system" else row
+        return {"messages": [*messages, {"role": "assistant", "content": self.completion}]}
+
 
 @dataclass
 class Rejected:

@@ -135,12 +135,13 @@ def _gguf(text: str, spec: str) -> Path:
     return path
 
 
-def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list[Artifact]:
+def run_artifacts(run_dir: Path, only: list[str] | None = None, students: Path | None = None) -> list[Artifact]:
     """What a fine-tuning run folder holds, as artifacts: the trained model (the reference), every GGUF its
     export wrote, largest first (an adapter on the base it was trained from; a base in the task vocabulary
     with the adapter it runs), each with its manifest's quant, gate and vocabulary (those kept by
     `export --force` despite failing the gate are marked in their label too), and the base as the
-    few-shot floor. `only`: exported GGUFs whose name ends in one of these."""
+    few-shot floor. `only`: exported GGUFs whose name ends in one of these. `students`: a distilled student's
+    run (`tinytitan distill`), whose exported GGUFs join the list after the run's own."""
     model = json.loads((run_dir / "config.json").read_text())["model"]
     base_spec = "base" if model == DEFAULT_MODEL else model  # the model the run was trained from
     found = [parse_artifact(str(run_dir))]
@@ -152,6 +153,14 @@ def run_artifacts(run_dir: Path, only: list[str] | None = None) -> list[Artifact
         artifact = _exported(gguf, base_spec)
         if artifact:
             found.append(artifact)
+    if students is not None and (students / "export").is_dir():
+        student_model = json.loads((students / "config.json").read_text())["model"]
+        for gguf in sorted((students / "export").glob("*.gguf"), key=lambda f: -f.stat().st_size):
+            if only and not any(gguf.stem.endswith("-" + o) for o in only):
+                continue
+            artifact = _exported(gguf, student_model)
+            if artifact:
+                found.append(artifact)
     if len(found) == 1:
         wanted = f" matching --only {','.join(only)}" if only else ""
         raise TinyTitanError(f"{export}: no exported GGUF files{wanted} (run `tinytitan export {run_dir}` first)")

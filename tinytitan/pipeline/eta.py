@@ -9,6 +9,7 @@ from tinytitan.files import write_json
 
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
     "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
+    "distill": 1 / 300.0,  # per student training token: its teacher pass, labels and export come on top
     "eval_tokens": 0.005, "bench": 45.0, "report": 5.0,
 }
 RATE_KEYS = {"eval": "eval_tokens"}  # a stage whose unit changed keeps its rate under a new name

@@ -13,6 +13,8 @@
     [eval]                      # task, rows, base_shots, max_tokens, constrained, likelihood, tolerance
     [report]                    # bench, context
     [vocab]                     # trim ("train", "export" or "off"), keep_top, negatives
+    [distill]                   # student ("" = none, base, layers:N, a GGUF), unlabelled, min_confidence, ...
+                                # and any [finetune] key for the student (epochs, kd_weight, ...)
 
 A `files` task takes `train` (and optionally `val`, `test`) in any format `finetune` reads, with
 the data-column keys (`format`, `input_column`, `output_columns`, ...) in [finetune]. Every key
@@ -91,6 +93,8 @@ class Recipe:
     eval: EvalSettings
     report: ReportSettings
     vocab: VocabSettings = field(default_factory=VocabSettings)
+    distill: "DistillSettings | None" = None  # a student taught by this run's specialist (train/distill.py)
+    distill_finetune: dict = field(default_factory=dict)  # [finetune] keys the student trains with instead
 
     def finetune_config(self, data: Path, threads: int = 0, sources: bool = False) -> FinetuneConfig:
         """The fine-tuning settings over the prepared rows in `data` (UTF-8 JSONL that describes itself:
@@ -106,7 +110,7 @@ class Recipe:
         return FinetuneConfig(**values)
 
 
-SECTIONS = {"task", "finetune", "export", "eval", "report", "vocab"}
+SECTIONS = {"task", "finetune", "export", "eval", "report", "vocab", "distill"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -135,11 +139,41 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             raise TinyTitanError(f"{path}: [finetune] unknown key {key!r} (see `tinytitan finetune --help`)")
         finetune[key] = coerce_setting(key, finetune[key], str(path))
     FinetuneConfig(**finetune)  # every value checked now, not after the data is prepared
+    distill, distill_finetune = _distill(path, dict(raw["distill"]), finetune) if "distill" in raw else (None, {})
     return Recipe(path, name, output, kind, sources, options, finetune,
                   _settings(ExportSettings, raw.get("export", {}), path, "export"),
                   _settings(EvalSettings, raw.get("eval", {}), path, "eval"),
                   _settings(ReportSettings, raw.get("report", {}), path, "report"),
-                  _settings(VocabSettings, raw.get("vocab", {}), path, "vocab"))
+                  _settings(VocabSettings, raw.get("vocab", {}), path, "vocab"), distill, distill_finetune)
+
+
+def _distill(path: Path, values: dict, finetune: dict):
+    """[distill]: the student's settings (None when `student = ""`) and the [finetune] keys it trains with
+    instead of the specialist's."""
+    from tinytitan.train.distill import DistillSettings
+
+    own = {f.name for f in dataclasses.fields(DistillSettings)}
+    overrides = {}
+    for key in [k for k in values if k not in own]:
+        if key in MANAGED_KEYS | {"teacher", "model"} or key not in FINETUNE_FIELDS:
+            raise TinyTitanError(f"{path}: [distill] unknown key {key!r} (known: {', '.join(sorted(own))}, and "
+                                 f"[finetune] keys for the student)")
+        overrides[key] = coerce_setting(key, values.pop(key), str(path))
+    FinetuneConfig(**{**finetune, **overrides})
+    settings = _settings(DistillSettings, values, path, "distill")
+    if not settings.student:
+        return None, {}
+    if settings.unlabelled:
+        file = Path(settings.unlabelled).expanduser()
+        settings.unlabelled = str(file if file.is_absolute() else path.parent / file)
+    if settings.student not in ("base",) and not settings.student.startswith("layers:"):
+        file = Path(settings.student).expanduser()
+        settings.student = str(file if file.is_absolute() else path.parent / file)
+    try:
+        settings.validate()
+    except TinyTitanError as error:
+        raise TinyTitanError(f"{path}: [distill] {error}") from None
+    return settings, overrides
 
 
 def _task(path: Path, spec: dict) -> tuple[str, dict[str, Path], dict]:

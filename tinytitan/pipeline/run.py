@@ -1,8 +1,9 @@
 """`tinytitan run RECIPE`: the whole job, from a dataset to a checked, shrunk, servable specialist.
 
-    prepare -> check -> schema -> vocab -> finetune -> export -> eval -> bench -> report
+    prepare -> check -> schema -> vocab -> finetune -> export -> distill -> eval -> bench -> report
 
-(`vocab` only where [vocab] trim = "train": the task vocabulary the model is fine-tuned in.)
+(`vocab` only where [vocab] trim = "train": the task vocabulary the model is fine-tuned in; `distill` only
+with a [distill] student: a smaller model the specialist teaches, evaluated beside it.)
 
 Each stage records in RUN/stages.json what it was computed from (a content hash of its settings,
 the files it read and the outputs of the stages before it) and the sha256 of what it wrote. A stage
@@ -93,6 +94,7 @@ class Pipeline:
         self.vocab_model = self.root / "vocab" / "base-task.gguf"  # [vocab] trim = "train": the base it fine-tunes
         self.negatives = self.root / "vocab" / "negatives.npy"  # ... and the dropped rows its softmax keeps
         self.report_dir = self.root / "report"
+        self.student_dir = self.root / "student"  # [distill]: the student's fine-tuning run
         self.state_path = self.root / "stages.json"
         self.state = read_json(self.state_path) or {}  # missing or cut short: every stage is checked again
 
@@ -129,7 +131,19 @@ class Pipeline:
                                      **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
                   lambda: sorted(p for p in self.export_dir.glob("*") if p.is_file()), lambda: stages.export(self),
                   lambda: 1 + 0.5 * len(r.export.quant) * (1.5 if r.vocab.trim == "export" else 1)),
+            Stage("distill", lambda: {"config": self._finetune_key(self.student_config()), "data": self._hashes("prepare"),
+                                      "teacher": [self._hashes("finetune"), self._hashes("export")],
+                                      "settings": asdict(r.distill) if r.distill else None,
+                                      "unlabelled": _sha(Path(self.distill_settings().unlabelled))
+                                      if r.distill and self.distill_settings().unlabelled else None,
+                                      "export": [r.export.quant, r.export.gate_rows, r.export.force],
+                                      "code": [_sha(PACKAGE / "train" / m) for m in ("distill.py", "teacher.py")]},
+                  lambda: [*sorted((self.student_dir / "best").glob("*")),
+                           *sorted(p for p in (self.student_dir / "export").glob("*") if p.is_file())],
+                  lambda: stages.distill(self), lambda: stages.distill_units(self),
+                  applies=lambda: r.distill is not None),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
+                                   "students": self._hashes("distill"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
                                    "shots": _sha(self.data / "train.jsonl"),
                                    "schema": self._hashes("schema"), "format": EVAL_FORMAT,
@@ -137,6 +151,7 @@ class Pipeline:
                   lambda: [self.report_dir / "eval.json", *sorted((self.report_dir / "examples").glob("*.jsonl"))],
                   lambda: stages.evaluate(self), lambda: stages.eval_units(self)),
             Stage("bench", lambda: {"artifacts": self._hashes("export"), "settings": asdict(r.report),
+                                    "students": self._hashes("distill"),
                                     "test": _sha(self.data / "test.jsonl")},
                   lambda: [self.report_dir / "bench.json"], lambda: stages.bench(self), lambda: stages.bench_units(self),
                   applies=lambda: r.report.bench),
@@ -169,14 +184,35 @@ class Pipeline:
             config.head_negatives = str(self.negatives) if self.recipe.vocab.negatives else ""
         return config
 
-    def _finetune_key(self) -> dict:
+    def student_config(self):
+        """[distill]: the student's fine-tuning settings: the specialist's, with [distill]'s [finetune] keys,
+        taught by the specialist, in RUN/student."""
+        import dataclasses
+
+        config = dataclasses.replace(self.finetune_config(), **self.recipe.distill_finetune)
+        return dataclasses.replace(config, teacher=str(self.train_dir), output=str(self.student_dir))
+
+    def distill_settings(self):
+        """[distill] as the stage runs it: the unlabelled inputs the recipe names, else those the task
+        prepared (data/unlabelled.txt, e.g. the ingredients task's `unlabelled_csv`)."""
+        import dataclasses
+
+        settings = self.recipe.distill
+        prepared = self.data / "unlabelled.txt"
+        if settings and not settings.unlabelled and prepared.is_file():
+            return dataclasses.replace(settings, unlabelled=str(prepared))
+        return settings
+
+    def _finetune_key(self, config=None) -> dict:
         from tinytitan.train.finetune import RESUMABLE_CHANGES
 
         # encoding (newer than the key) reads the sources: the prepare stage's business, hashed through its outputs
-        config = self.finetune_config(trained=True)
+        config = config or self.finetune_config(trained=True)
         key = {k: v for k, v in config.as_dict().items() if k not in RESUMABLE_CHANGES | {"train", "val", "test", "encoding"}}
-        if config.teacher:  # the teacher's files, not only its name
-            from tinytitan.train.distill import teacher_artifact
+        if config.teacher == str(self.train_dir):  # the specialist teaches: its stages' hashes say what it is
+            key["teacher"] = "specialist"
+        elif config.teacher:  # the teacher's files, not only its name
+            from tinytitan.train.teacher import teacher_artifact
 
             key["teacher"] = teacher_artifact(config.teacher).identity()
         else:  # without one, the key of a run from before distillation existed

@@ -121,22 +121,45 @@ def set_aside(p: "Pipeline", folder: Path) -> None:
         shutil.rmtree(folder)
 
 def export(p: "Pipeline") -> None:
+    settings = p.recipe.export
+    _export(p, p.train_dir, p.export_dir, settings.to, p.recipe.name, trim=p.recipe.vocab.trim == "export")
+
+
+def _export(p: "Pipeline", run_dir: Path, export_dir: Path, to: list[str], name: str, trim: bool) -> None:
     from tinytitan.export.export import export as export_run
     from tinytitan.export.quantize import parse_quants
 
     settings = p.recipe.export
-    building = p.export_dir.with_name("export.new")  # the previous export and the fleet serving it stay
+    building = export_dir.with_name("export.new")  # the previous export and the fleet serving it stay
     if building.exists():  # whole until this one is complete
         shutil.rmtree(building)
-    report = export_run(p.train_dir, settings.to, parse_quants(",".join(settings.quant)) if "gguf" in settings.to else [],
-                    building, gate_rows=settings.gate_rows, force=settings.force, threads=p.threads,
-                    name=p.recipe.name, trim=p.recipe.vocab.trim == "export",
-                    keep_top=p.recipe.vocab.keep_top)
-    replace_dir(building, p.export_dir)
+    report = export_run(run_dir, to, parse_quants(",".join(settings.quant)) if "gguf" in to else [],
+                        building, gate_rows=settings.gate_rows, force=settings.force, threads=p.threads,
+                        name=name, trim=trim, keep_top=p.recipe.vocab.keep_top)
+    replace_dir(building, export_dir)
     for item in report["artifacts"]:
         parity = item["parity"]
         p.say(f"      {item['artifact']:<40} {item['bytes'] / 2**20:7.1f} MiB  gate "
                   f"{'passed' if parity['passed'] else 'FAILED: ' + '; '.join(parity['failures'])}")
+
+
+def distill(p: "Pipeline") -> None:
+    """A student taught by the run's specialist (train/distill.py), in RUN/student, exported as merged GGUFs
+    with the recipe's quants, so eval, bench and the report put it beside its teacher."""
+    from tinytitan.train.distill import distill as teach
+    from tinytitan.train.finetune import CannotResume
+
+    config, settings = p.student_config(), p.distill_settings()
+    if p.fresh and p.student_dir.exists():
+        set_aside(p, p.student_dir)
+    try:
+        teach(config, settings, resume=(p.student_dir / "config.json").exists(), say=p.say)
+    except CannotResume as error:  # changed settings or data: this student cannot continue
+        p.say(f"      starting over: {error}")
+        set_aside(p, p.student_dir)
+        teach(config, settings, say=p.say)
+    _export(p, p.student_dir, p.student_dir / "export", ["gguf"], f"{p.recipe.name}-student", trim=False)
+
 
 def evaluate(p: "Pipeline") -> None:
     from tinytitan.evaluate.eval import read_schema
@@ -155,7 +178,7 @@ def bench(p: "Pipeline") -> None:
 
     p.report_dir.mkdir(parents=True, exist_ok=True)  # measured anew: the stage's own key decided it must be
     bench_run(p.train_dir, str(p.data / "test.jsonl"), p.report_dir, context=p.recipe.report.context,
-              reps=p.recipe.report.bench_reps, fresh=True)
+              reps=p.recipe.report.bench_reps, fresh=True, root=p.root)
 
 
 def report(p: "Pipeline") -> None:
@@ -175,14 +198,18 @@ def report(p: "Pipeline") -> None:
 
 
 # --- work units, for the time estimate ---
-def finetune_units(p: "Pipeline") -> float | None:
+def finetune_units(p: "Pipeline", config=None) -> float | None:
     check = p.data / "check.json"
     if not check.exists():
         return None  # unknown until the data check has counted the tokens
     stats = json.loads(check.read_text())
-    config = p.finetune_config(trained=True)
+    config = config or p.finetune_config(trained=True)
     train_share = stats["splits"]["train"] / max(stats["usable"], 1)
     return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
+
+def distill_units(p: "Pipeline") -> float | None:
+    """The student's training tokens (its teacher's pass and labels are a fraction of that: not counted)."""
+    return finetune_units(p, p.student_config())
 
 def eval_units(p: "Pipeline") -> float | None:
     """Decoded tokens, roughly: every artifact decodes every row (twice when constrained), up to twice the
@@ -205,7 +232,10 @@ def gguf_units(p: "Pipeline") -> float:
     from tinytitan.model.artifacts import run_artifacts
 
     if any(p.export_dir.glob("*.gguf")):
-        return sum(0.5 if a.vocabulary else 1.0 for a in run_artifacts(p.train_dir) if a.kind != "run")
+        from tinytitan.report.report import student_run
+
+        return sum(0.5 if a.vocabulary else 1.0
+                   for a in run_artifacts(p.train_dir, students=student_run(p.root)) if a.kind != "run")
     exported = len(p.recipe.export.quant) * ("gguf" in p.recipe.export.to) + ("adapter" in p.recipe.export.to)
     return 1 + exported * (1.5 if p.recipe.vocab.trim == "export" else 1)
 
@@ -235,26 +265,7 @@ def _prepare_files(recipe, out: Path) -> dict:
     for name in ("val", "test"):
         if name in loaded:
             splits[name] = loaded[name].examples
-    return {name: write_jsonl(out / f"{name}.jsonl", (_row(e) for e in examples)) for name, examples in splits.items()}
-
-
-def _row(example) -> dict:
-    """One example as JSONL: prompt/completion (a JSON completion as the object it is), or messages."""
-    messages = [{"role": m.role, "content": m.content} for m in example.messages]
-    roles = [m["role"] for m in messages]
-    if roles in (["user"], ["system", "user"]):
-        completion = _json(example.completion)
-        row = {"prompt": messages[-1]["content"],
-               "completion": completion if isinstance(completion, (dict, list)) else example.completion}
-        return {**row, "system": messages[0]["content"]} if roles[0] == "system" else row
-    return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
+    return {name: write_jsonl(out / f"{name}.jsonl", (e.as_row() for e in examples)) for name, examples in splits.items()}
 
 
 def _completion(row: dict) -> str:

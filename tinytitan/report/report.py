@@ -92,7 +92,7 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
     if args.bench:
         measured = _recorded(out / "bench.json", "key")
         bench = bench_run(run_dir, data, out, context=args.context or measured.get("context", DEFAULT_CONTEXTS),
-                          reps=measured.get("reps", 3), fresh=args.fresh, only=only)
+                          reps=measured.get("reps", 3), fresh=args.fresh, only=only, root=root)
     name = (root or run_dir).resolve().name
     summary = finish_report(run_dir, out, evaluation, bench, name=name, tolerance=settings.tolerance,
                             fleet=(root or out) / "fleet.toml", schema=schema_path if schema else None,
@@ -119,7 +119,7 @@ def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Pat
     if examples.exists():  # only the artifacts scored now
         shutil.rmtree(examples)
     shots = str(root / "data" / "train.jsonl") if root else training_rows(run_dir)
-    evaluation = evaluate_task(run_artifacts(run_dir, only), data, task=settings.task,
+    evaluation = evaluate_task(run_artifacts(run_dir, only, students=student_run(root)), data, task=settings.task,
                                limit=limit or settings.rows or None,
                                base_shots=settings.base_shots, shots_data=shots,
                                kl_reference=parse_artifact(str(run_dir)), max_tokens=settings.max_tokens,
@@ -130,14 +130,14 @@ def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Pat
 
 
 def bench_run(run_dir: Path, data: str, out: Path, *, context: str, reps: int, fresh: bool,
-              only: list[str] | None = None) -> list[dict]:
+              only: list[str] | None = None, root: Path | None = None) -> list[dict]:
     """Speed, memory and energy of a run's llama.cpp artifacts (`bench.bench_for_report`), as the run's bench
     stage and `tinytitan report` both do: OUT/bench.json holds the result with what it was measured on, and
     is reused while that is unchanged (unless `fresh`)."""
     from tinytitan.evaluate.bench import bench_for_report
     from tinytitan.model.artifacts import run_artifacts
 
-    ggufs = [a for a in run_artifacts(run_dir, only) if a.kind != "run"]
+    ggufs = [a for a in run_artifacts(run_dir, only, students=student_run(root)) if a.kind != "run"]
     key = {"artifacts": [[a.spec, a.size_bytes()] for a in ggufs], "context": context, "reps": reps}
     saved = None if fresh else read_json(out / "bench.json")  # none yet, or a file cut short: measured again
     if isinstance(saved, dict) and saved.get("key") == key and "result" in saved:
@@ -145,6 +145,12 @@ def bench_run(run_dir: Path, data: str, out: Path, *, context: str, reps: int, f
     result = bench_for_report(ggufs, context, data, reps)
     write_json(out / "bench.json", {"key": key, "result": result})
     return result
+
+
+def student_run(root: Path | None) -> Path | None:
+    """The student a `tinytitan run` with [distill] taught (RUN/student), once exported; else None."""
+    folder = root / "student" if root else None
+    return folder if folder and (folder / "config.json").is_file() and (folder / "export").is_dir() else None
 
 
 def _recorded(path: Path, field: str) -> dict:

@@ -6,7 +6,7 @@ task rows: 1 - the mean cosine between its input and output hidden states at the
 removed, wherever it sits; so the layers kept are the most important ones, in their order. Each kept layer
 keeps its attention type (sliding window or global), written per layer into the GGUF, which llama.cpp
 reads as a per-layer array, so the pruned model runs in both engines. The pruned model is a student:
-fine-tuning (with the full model as its distillation teacher, `train/distill.py`) recovers what it lost.
+fine-tuning (with the full model as its distillation teacher, `train/teacher.py`) recovers what it lost.
 """
 
 from __future__ import annotations

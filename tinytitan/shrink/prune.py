@@ -30,50 +30,55 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    import torch
-
     from tinytitan.data.rows import load_examples
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = load_examples(args.data, options.data_spec_from(args), duplicates="keep")
+    if report.rejected:
+        raise TinyTitanError(f"{report.rejected[0]} ({len(report.rejected)} bad rows; `tinytitan data check "
+                             f"{args.data}` lists them)")
+    result = prune_model(args.model, report.examples[:args.rows], args.layers, Path(args.output), args.max_length)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"layer importance (1 - cos(in, out) at completion positions, {result['rows']} rows): "
+          + ", ".join(f"{i}:{x:.4f}" for i, x in enumerate(result["importance"])))
+    print(f"kept {len(result['kept'])} of {result['layers']} layers ({', '.join(map(str, result['kept']))}): "
+          f"{result['output']} ({result['bytes'] / 2**20:.1f} MiB, f16)")
+
+
+def prune_model(spec: str, examples, layers: int, target: Path, max_length: int = 512) -> dict:
+    """`spec` (a GGUF, `base` or a run) with its `layers` most important layers, measured on `examples`,
+    written to `target` as an F16 GGUF; what was measured and kept."""
     from tinytitan.data.tokens import tokenize_examples
     from tinytitan.export.gguf_writer import write_merged_gguf
     from tinytitan.model.torch_model import load_tokenizer
     from tinytitan.shrink.depth import choose_layers, drop_layers, layer_importance
     from tinytitan.train.batching import collate, plan_epoch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ref, model = _load(args.model)
-    target = Path(args.output)
+    ref, model = _load(spec)
     if target.resolve() == ref.path.resolve():
         raise TinyTitanError(f"--output {target}: that is the model itself; write the pruned model elsewhere")
-    layers = model.config.num_hidden_layers
-    if args.layers >= layers:
-        raise TinyTitanError(f"--layers {args.layers}: the model has {layers}; keep fewer to prune")
-    report = load_examples(args.data, options.data_spec_from(args), duplicates="keep")
-    if report.rejected:
-        raise TinyTitanError(f"{report.rejected[0]} ({len(report.rejected)} bad rows; `tinytitan data check "
-                             f"{args.data}` lists them)")
-    rows, _ = tokenize_examples(load_tokenizer(ref), report.examples[:args.rows], args.max_length)
+    total = model.config.num_hidden_layers
+    if layers >= total:
+        raise TinyTitanError(f"--layers {layers}: the model has {total}; keep fewer to prune")
+    rows, _ = tokenize_examples(load_tokenizer(ref), examples, max_length)
     if not rows:
-        raise TinyTitanError(f"{args.data}: no rows to measure the layers on")
-    batches = (collate(rows, batch, pad_id=0) for batch in plan_epoch(rows, 2048, args.max_length, 0, 0, shuffle=False))
+        raise TinyTitanError(f"{spec}: no rows to measure the layers on")
+    batches = (collate(rows, batch, pad_id=0) for batch in plan_epoch(rows, 2048, max_length, 0, 0, shuffle=False))
     importance = layer_importance(model, batches)
-    keep = choose_layers(importance, args.layers)
+    keep = choose_layers(importance, layers)
     drop_layers(model, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_merged_gguf(target, model, ref.gguf, "f16", {
-        "general.finetune": f"{Path(args.model).name}, {len(keep)} of {layers} layers",
-        "tinytitan.depth.source": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        "general.finetune": f"{Path(spec).name}, {len(keep)} of {total} layers",
+        "tinytitan.depth.source": str(Path(spec).resolve()) if Path(spec).exists() else spec,
         "tinytitan.depth.kept": ",".join(map(str, keep))})
-    result = {"model": args.model, "output": str(target), "layers": layers, "kept": keep,
-              "importance": [round(x, 6) for x in importance], "rows": len(rows),
-              "bytes": target.stat().st_size}
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"layer importance (1 - cos(in, out) at completion positions, {len(rows)} rows): "
-          + ", ".join(f"{i}:{x:.4f}" for i, x in enumerate(importance)))
-    print(f"kept {len(keep)} of {layers} layers ({', '.join(map(str, keep))}): {target} "
-          f"({result['bytes'] / 2**20:.1f} MiB, f16)")
+    return {"model": spec, "output": str(target), "layers": total, "kept": keep,
+            "importance": [round(x, 6) for x in importance], "rows": len(rows), "bytes": target.stat().st_size}
 
 
 def _load(spec: str):

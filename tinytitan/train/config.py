@@ -61,7 +61,7 @@ class FinetuneConfig:
     precision: str = "auto"  # auto (bf16 where the CPU supports it) | bf16 | fp32
     head_chunk: int = 128  # rows of the LM head computed at once
     head_negatives: str = ""  # a .npy of extra frozen head rows in the softmax, never targets (vocabulary.head_negatives)
-    # distillation (train/distill.py): a teacher's next-token distributions beside the targets
+    # distillation (train/teacher.py): a teacher's next-token distributions beside the targets
     teacher: str = ""  # a GGUF, BASE+ADAPTER.gguf or run folder with the student's tokenizer; "" = none
     kd_weight: float = 0.5  # weight of KL(teacher || student) beside the cross-entropy
     kd_temperature: float = 1.0  # both distributions softened by it (the KL term is scaled by its square)

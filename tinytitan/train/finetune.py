@@ -197,7 +197,7 @@ def _teacher(config, train_set, ref, dist):
     computes them (or reads them cached), the others then read the cache."""
     if not config.teacher:
         return None
-    from tinytitan.train.distill import load_teacher
+    from tinytitan.train.teacher import load_teacher
 
     def load():
         return load_teacher(config.teacher, train_set, ref.gguf, config.kd_top_k, config.threads or None,

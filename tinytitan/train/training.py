@@ -59,7 +59,7 @@ class CompletionLoss(torch.nn.Module):
                  kd_weight: float = 0.0, kd_temperature: float = 1.0):
         super().__init__()
         self.model = model
-        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature  # with a teacher's rows (train/distill.py)
+        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature  # with a teacher's rows (train/teacher.py)
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets

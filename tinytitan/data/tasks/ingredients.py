@@ -22,7 +22,7 @@ from tinytitan.errors import TinyTitanError
 from tinytitan.data.splits import stable_hash
 from tinytitan.data.tasks import drop_repeats, need_file, split_name, write_jsonl
 
-SOURCES = ("csv", "extra_csv")
+SOURCES = ("csv", "extra_csv", "unlabelled_csv")
 REQUIRED = ("csv",)
 FIELDS = ("name", "quantity", "unit", "size", "preparation", "comment", "purpose")
 GLYPHS = {(1, 2): "½", (1, 3): "⅓", (2, 3): "⅔", (1, 4): "¼", (3, 4): "¾", (1, 5): "⅕", (2, 5): "⅖",
@@ -69,13 +69,17 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, max_extra: int = 0,
-            split=(0.8, 0.1, 0.1)) -> dict:
+            max_unlabelled: int = 0, split=(0.8, 0.1, 0.1)) -> dict:
     """train/val/test from `csv` (validation cut to `max_val` rows, 0 = all).
 
     `extra_csv` (optional, same columns) adds up to `max_extra` lines (0 = all) to training only, so
     validation and test stay the main set's. Left out of it, and counted: lines with every field
     empty (`extra_unlabelled`: cookstr's rows past its first 15,003 carry no labels) and lines the
     main set holds (`extra_overlap`). The slice is spread over the file by a stable hash.
+
+    `unlabelled_csv` (optional, same columns): its lines with every field empty and not in the main set,
+    up to `max_unlabelled` (0 = all, spread by the same hash), written to `unlabelled.txt` for a
+    distillation teacher to label ([distill] in the recipe).
     """
     path = need_file(sources, "csv", "ingredient-parser's CSV")
     examples, duplicates = drop_repeats(read_lines(path))  # the same line with the same labels: once is enough
@@ -97,6 +101,16 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
         duplicates += extra_duplicates
         counts = {"extra": len(taken), "extra_unlabelled": len(extra) - len(labelled),
                   "extra_overlap": len(labelled) - len(fresh)}
+    if "unlabelled_csv" in sources:
+        lines = read_lines(need_file(sources, "unlabelled_csv", "ingredient lines for a teacher to label"))
+        known = {example["prompt"] for example in examples}
+        inputs = sorted({example["prompt"] for example in lines if not any(example["completion"].values())} - known,
+                        key=stable_hash)
+        inputs = inputs[:max_unlabelled] if max_unlabelled else inputs
+        if any("\n" in text for text in inputs):
+            raise TinyTitanError("an unlabelled ingredient line holds a line break; one input per line expected")
+        (out / "unlabelled.txt").write_text("".join(text + "\n" for text in inputs), encoding="utf-8")
+        counts["unlabelled"] = len(inputs)
     if max_train:
         splits["train"] = splits["train"][:max_train]
     counts |= {name: write_jsonl(out / f"{name}.jsonl", rows) for name, rows in splits.items()}

@@ -157,11 +157,14 @@ class LlamaEngine(Engine):
 
     def generate_greedy_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int, *,
                               budgets: Sequence[int] | None = None, grammars: Sequence[str] | None = None,
-                              sequences: int = 16) -> list[str]:
+                              sequences: int = 16, logprobs: list | None = None) -> list[str]:
         """Greedy completions of many prompts, `sequences` at a time in one llama.cpp context: each step
         decodes one token of every unfinished sequence in a single batch, which on a CPU costs little
         more than one token alone. With `grammars` (GBNF, one per prompt), each sequence is constrained
-        by its own (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget."""
+        by its own (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget.
+        `logprobs`: a list this fills with one (log-probs, ended) pair per prompt: the model's own
+        (unconstrained) log-prob of each token it picked, the end of turn included when it ended there,
+        and whether it did (False: cut by its budget)."""
         prompts = [list(p) for p in prompts]
         budgets = [min(b, max_tokens) for b in (budgets or [max_tokens] * len(prompts))]
         if not prompts:
@@ -172,6 +175,7 @@ class LlamaEngine(Engine):
         self._check_length(room)
         context = self._batch_context(min(sequences, len(prompts)), room)
         results: list[str] = [""] * len(prompts)
+        picked: list | None = [None] * len(prompts) if logprobs is not None else None
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths decode together
         for start in range(0, len(order), sequences):
             group = order[start:start + sequences]
@@ -179,19 +183,32 @@ class LlamaEngine(Engine):
             samplers = [Sampler(self.model, SamplingParams(max_tokens=budgets[row]), grammars[row]) if grammars
                         else None for row in group]
             try:
-                self._run_group(context, group, prompts, budgets, samplers, results)
+                self._run_group(context, group, prompts, budgets, samplers, results, picked)
             finally:
                 for sampler in samplers:
                     if sampler is not None:
                         sampler.close()
+        if logprobs is not None:
+            logprobs.extend((np.asarray(scores, dtype=np.float32), ended) for scores, ended in picked)
         return results
 
-    def _run_group(self, context, group, prompts, budgets, samplers, results) -> None:
-        """Decode one group of prompts to the end, sequence `seq` for `group[seq]`."""
+    def _run_group(self, context, group, prompts, budgets, samplers, results, picked=None) -> None:
+        """Decode one group of prompts to the end, sequence `seq` for `group[seq]` (`picked`: each row's
+        log-probs of its tokens, when wanted)."""
         states = []  # [row, seq, position, tokens, sampler, next token]
+        scores = {row: [] for row in group}
+
+        def pick(sampler, index: int, row: int) -> int:
+            token = self._pick(context, sampler, index)
+            if picked is not None:
+                logits = context.logits(index).astype(np.float64)
+                top = logits.max()
+                scores[row].append(float(logits[token] - top - np.log(np.exp(logits - top).sum())))
+            return token
+
         for seq, row in enumerate(group):
             context.prefill(prompts[row], 0, seq=seq)
-            states.append([row, seq, len(prompts[row]), [], samplers[seq], self._pick(context, samplers[seq], -1)])
+            states.append([row, seq, len(prompts[row]), [], samplers[seq], pick(samplers[seq], -1, row)])
         while True:
             active = []
             for state in states:
@@ -211,9 +228,11 @@ class LlamaEngine(Engine):
             context.decode_entries([(s[3][-1], s[2], s[1], True) for s in active])
             for index, state in enumerate(active):
                 state[2] += 1
-                state[5] = self._pick(context, state[4], index)
+                state[5] = pick(state[4], index, state[0])
         for row, _, _, tokens, _, _ in states:
             results[row] = self.detokenize(tokens)
+            if picked is not None:
+                picked[row] = (scores[row], len(scores[row]) > len(tokens))  # the end's pick follows the tokens
 
     @staticmethod
     def _pick(context, sampler, index: int) -> int:
