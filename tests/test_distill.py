@@ -54,6 +54,24 @@ def test_the_teacher_is_cached_by_content_and_lines_up_with_the_loss(tiny, datas
         load_teacher(str(changed), examples, ref.gguf, k=16)
 
 
+def test_a_float16_teacher_cache_is_half_the_size_and_the_same_to_its_precision(tiny, dataset):  # noqa: F811
+    from tinytitan.evaluate.kl import cache_path
+    from tinytitan.train.teacher import load_teacher, teacher_artifact
+
+    ref, examples = tokenized(tiny, dataset, rows=12)
+    full = load_teacher(str(tiny[0]), examples, ref.gguf, k=32)
+    half = load_teacher(str(tiny[0]), examples, ref.gguf, k=32, dtype="float16")
+    assert full.logp.dtype == torch.float32 and half.logp.dtype == torch.float16
+    assert (half.ids == full.ids).all()
+    torch.testing.assert_close(half.logp.float(), full.logp, rtol=1e-3, atol=1e-2)
+    sequences = [(e.ids, e.completion_start) for e in examples]
+    identity = teacher_artifact(str(tiny[0])).identity()
+    import numpy as np
+
+    sizes = [np.load(cache_path(identity, sequences, 32, dtype))["logp"].nbytes for dtype in ("float32", "float16")]
+    assert sizes[1] * 2 == sizes[0]
+
+
 def test_distillation_trains_and_leaves_validation_on_the_targets(tiny, dataset, tmp_path):  # noqa: F811
     plain, taught = tmp_path / "plain", tmp_path / "taught"
     common = ("--max-steps", "6", "--eval-every", "6", "--seed", "0")
@@ -154,3 +172,24 @@ def test_distill_refuses_bad_students_and_labelled_inputs(tiny, dataset, tmp_pat
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["unlabelled"] == {"file": str(table), "inputs": 2, "repeats": 1,
                                                        "already_labelled": 0}
+
+
+def test_torchrun_with_a_teacher_matches_one_process(tiny, dataset, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_finetune import losses
+
+    common = ("--max-steps", "4", "--eval-every", "100", "--save-every", "100", "--teacher", str(tiny[0]),
+              "--kd-weight", "1", "--kd-top-k", "16")
+    single = tmp_path / "single"
+    assert run_cli(*finetune_args(tiny, dataset, single, *common)).returncode == 0
+    double = tmp_path / "double"  # the first process scores the teacher; the other reads its cache
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                             str(29600 + os.getpid() % 1000), "-m", "tinytitan",
+                             *finetune_args(tiny, dataset, double, *common)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    assert losses(double) == pytest.approx(losses(single), rel=1e-4)  # each process's share of the teacher's rows

@@ -122,3 +122,28 @@ def test_distillation_on_a_top_k_renormalizes_and_ignores_padding():
     assert chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=0.0) == plain
     with pytest.raises(ValueError, match="temperature > 0"):
         chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=1.0, temperature=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_reverse_distillation_is_the_reverse_kl_over_the_teachers_tokens(temperature):
+    hidden, weight, targets = head_problem(12, seed=5)
+    teacher_logits = 3 * torch.randn(12, VOCAB)
+    top = torch.topk(teacher_logits, 8, dim=-1)
+    ids = torch.cat([top.indices, torch.full((12, 2), -1)], dim=1)  # padded to k = 10
+    logprobs = torch.cat([F.log_softmax(teacher_logits, dim=-1).gather(1, top.indices), torch.zeros(12, 2)], dim=1)
+    # the reference by autograd: the student at T renormalized over the teacher's 8 tokens, KL(student || teacher)
+    logits = hidden @ weight.T
+    log_q = F.log_softmax(logits.gather(1, top.indices) / temperature, dim=-1)
+    log_p = F.log_softmax(logprobs[:, :8] / temperature, dim=-1)
+    expected = F.cross_entropy(logits, targets, reduction="sum") \
+        + 0.7 * temperature ** 2 * (log_q.exp() * (log_q - log_p)).sum()
+    grads = gradients_of(expected, hidden, weight)
+    actual = chunked_head_loss(hidden, weight, targets, chunk=5, bf16=False, teacher=(ids, logprobs), kd_weight=0.7,
+                               temperature=temperature, divergence="reverse")
+    actual.backward()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(hidden.grad, grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weight.grad, grads[1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="forward or reverse"):
+        chunked_head_loss(hidden, weight, targets, bf16=False, teacher=(ids, logprobs), kd_weight=1.0,
+                          divergence="js")

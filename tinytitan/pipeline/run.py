@@ -216,7 +216,7 @@ class Pipeline:
 
             key["teacher"] = teacher_artifact(config.teacher).identity()
         else:  # without one, the key of a run from before distillation existed
-            for name in ("teacher", "kd_weight", "kd_temperature", "kd_top_k"):
+            for name in ("teacher", "kd_weight", "kd_temperature", "kd_top_k", "kd_divergence", "kd_dtype"):
                 key.pop(name)
         return key
 

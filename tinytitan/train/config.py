@@ -66,6 +66,8 @@ class FinetuneConfig:
     kd_weight: float = 0.5  # weight of KL(teacher || student) beside the cross-entropy
     kd_temperature: float = 1.0  # both distributions softened by it (the KL term is scaled by its square)
     kd_top_k: int = 64  # teacher tokens kept per position (the rest of its mass is left out)
+    kd_divergence: str = "forward"  # forward: KL(teacher || student); reverse: KL(student || teacher) on its top-k
+    kd_dtype: str = "float32"  # the cached log-probs: float32, or float16 (half the disk and memory)
     # evaluation and checkpoints
     eval_every: int = 50
     early_stopping: int = 3  # stop after this many evaluations without improvement (0 = never)
@@ -113,6 +115,10 @@ class FinetuneConfig:
             bad("kd_weight", "a number >= 0")
         if not self.kd_temperature > 0:
             bad("kd_temperature", "a number > 0")
+        if self.kd_divergence not in ("forward", "reverse"):
+            bad("kd_divergence", "forward or reverse")
+        if self.kd_dtype not in ("float32", "float16"):
+            bad("kd_dtype", "float32 or float16")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.lora_alpha <= 0:
             raise TinyTitanError("weight_decay and max_grad_norm must be >= 0, lora_alpha > 0")
         from tinytitan.data.encodings import check_encoding

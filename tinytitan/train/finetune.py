@@ -109,7 +109,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     model = build_model(ref, config, dist.device)
     loss_module = CompletionLoss(model, bf16=bf16, head_chunk=config.head_chunk,
                                  negatives=_negatives(config, model), kd_weight=config.kd_weight,
-                                 kd_temperature=config.kd_temperature)
+                                 kd_temperature=config.kd_temperature, kd_divergence=config.kd_divergence)
     wrapped = dist.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -201,7 +201,7 @@ def _teacher(config, train_set, ref, dist):
 
     def load():
         return load_teacher(config.teacher, train_set, ref.gguf, config.kd_top_k, config.threads or None,
-                            student=f"student {ref.name}")
+                            student=f"student {ref.name}", dtype=config.kd_dtype)
 
     teacher = load() if dist.is_main else None
     dist.barrier()

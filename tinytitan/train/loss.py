@@ -18,7 +18,10 @@ row, `kd_weight * T^2 * KL(p_T || q_T)`, where p_T is the teacher's top-k distri
 T (renormalized over its k tokens) and q_T the student's full softmax at T (forward KL, as Hinton et
 al.; the T^2 keeps its gradient's scale independent of T). With k equal to the vocabulary it is the
 full KL. Its gradient joins the cross-entropy's in the same chunk: (softmax - onehot) +
-kd_weight * T * (softmax_T - p_T).
+kd_weight * T * (softmax_T - p_T). `divergence="reverse"` uses KL(q~_T || p_T) instead, q~_T being the
+student's distribution over the teacher's k tokens (renormalized there): mode-seeking, it pulls the
+student onto the teacher's likeliest tokens rather than spreading it over all k; its gradient,
+kd_weight * T * q~ (log q~ - log p - KL), touches those k logits only.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, bf16: bool, softcap: float | None,
-                with_grad: bool = True, teacher=None, kd_weight: float = 0.0, temperature: float = 1.0):
+                with_grad: bool = True, teacher=None, kd_weight: float = 0.0, temperature: float = 1.0,
+                reverse: bool = False):
         # hidden: (N, H), weight: (V, H), targets: (N,); teacher: ((N, k) ids, (N, k) log-probs) or None
         compute = torch.bfloat16 if bf16 else torch.float32
         w = _compute_weight(weight, compute)  # (V, H)
@@ -104,13 +108,24 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                     torch.div(work, temperature, out=soft_t)
                     lse_t = torch.logsumexp(soft_t, dim=-1)
                 log_q = work.gather(1, ids) / temperature - lse_t[:, None]  # (c, k) student log-probs at T
-                kl = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_q)).sum()
+                log_p = torch.log(p_t.clamp_min(1e-30))
+                if reverse:  # the student renormalized over the teacher's tokens (padding: none of its mass)
+                    log_q = log_q.masked_fill(p_t == 0, float("-inf"))
+                    log_q = (log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)).nan_to_num(0.0, neginf=0.0)
+                    q_t = torch.exp(log_q) * (p_t > 0)
+                    row_kl = (q_t * (log_q - log_p)).sum(-1)
+                    kl = row_kl.sum()
+                else:
+                    kl = (p_t * (log_p - log_q)).sum()
                 total += kd_weight * temperature ** 2 * kl.double()
             if not with_grad:
                 continue
             work.sub_(lse[:, None]).exp_()  # softmax, in place
             work[rows, t] -= 1.0  # d(sum CE)/d(logits) = softmax - onehot
-            if teacher is not None:  # + kd_weight * T * (softmax_T - p_T)
+            if teacher is not None and reverse:  # + kd_weight * T * q~ (log q~ - log p - KL) on the k tokens
+                scale = kd_weight * temperature
+                work.scatter_add_(1, ids, scale * q_t * (log_q - log_p - row_kl[:, None]))
+            elif teacher is not None:  # + kd_weight * T * (softmax_T - p_T)
                 scale = kd_weight * temperature
                 if soft_t is None:  # T = 1: softmax = work + onehot, so (1 + s)(softmax - onehot) + s onehot - s p
                     work.mul_(1.0 + scale)
@@ -141,13 +156,13 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_w = grad_weight * grad_output if ctx.need_weight_grad else None
-        return (grad_hidden * grad_output).to(ctx.hidden_dtype), grad_w, None, None, None, None, None, None, None, None
+        return (grad_hidden * grad_output).to(ctx.hidden_dtype), grad_w, *[None] * 9
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                       chunk: int = 128, bf16: bool = True, softcap: float | None = None,
                       teacher: tuple[torch.Tensor, torch.Tensor] | None = None, kd_weight: float = 0.0,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, divergence: str = "forward") -> torch.Tensor:
     """Summed cross-entropy of `targets` under logits `hidden @ weight.T`, plus, given `teacher` ((N, k) token
     ids in this head's vocabulary, -1 for none, and their (N, k) log-probs), `kd_weight * T^2 * KL`; see the
     module docstring."""
@@ -155,10 +170,12 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
         return hidden.sum() * 0.0
     if teacher is not None and (kd_weight < 0 or temperature <= 0):
         raise ValueError(f"distillation needs kd_weight >= 0 and temperature > 0, not {kd_weight}, {temperature}")
+    if divergence not in ("forward", "reverse"):
+        raise ValueError(f"divergence must be forward or reverse, not {divergence!r}")
     teacher = teacher if kd_weight else None
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk, bf16, softcap, with_grad, teacher,
-                                          kd_weight, temperature)
+                                          kd_weight, temperature, divergence == "reverse")
 
 
 

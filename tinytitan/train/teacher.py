@@ -23,7 +23,7 @@ from tinytitan.errors import TinyTitanError
 @dataclass
 class Teacher:
     ids: torch.Tensor  # (positions, k) int64 in the student's vocabulary; -1: a token the student lacks
-    logp: torch.Tensor  # (positions, k) float32
+    logp: torch.Tensor  # (positions, k) float32, or float16 (kd_dtype)
     starts: list[int]  # per training example, its first position (and the end, last)
     label: str
 
@@ -74,7 +74,7 @@ def vocabulary_map(teacher_tokens: list[str], student_tokens: list[str], teacher
 
 
 def load_teacher(spec: str, dataset, student_gguf, k: int, threads: int | None = None,
-                 student: str = "the student") -> Teacher:
+                 student: str = "the student", dtype: str = "float32") -> Teacher:
     """The teacher's top-k at the completion positions of `dataset` (TokenizedExamples), from the cache or
     computed now (a progress bar per row), in the student's vocabulary."""
     from tinytitan.evaluate.kl import reference_topk
@@ -92,14 +92,14 @@ def load_teacher(spec: str, dataset, student_gguf, k: int, threads: int | None =
         with progress_bar(f"teacher {artifact.label}") as progress:
             bar = progress.add_task("rows", total=len(sequences))
             engine = _LazyEngine(artifact, threads, longest)
-            top = reference_topk(engine, sequences, artifact.identity(), k,
+            top = reference_topk(engine, sequences, artifact.identity(), k, dtype=dtype,
                                  on_row=lambda done, total: progress.update(bar, completed=done))
     finally:
         if engine is not None:
             engine.close()
     ids = torch.from_numpy(mapping[top["ids"].astype(np.int64)])
     starts = np.concatenate([[0], np.cumsum(top["rows"])]).tolist()
-    return Teacher(ids, torch.from_numpy(top["logp"].astype(np.float32)), starts, artifact.label)
+    return Teacher(ids, torch.from_numpy(top["logp"]), starts, artifact.label)  # float16 stays half (loss: .float())
 
 
 class _LazyEngine:

@@ -56,10 +56,11 @@ class CompletionLoss(torch.nn.Module):
     """forward(input_ids, attention_mask, loss_mask) -> summed cross-entropy on completion tokens."""
 
     def __init__(self, model, bf16: bool, head_chunk: int, negatives: torch.Tensor | None = None,
-                 kd_weight: float = 0.0, kd_temperature: float = 1.0):
+                 kd_weight: float = 0.0, kd_temperature: float = 1.0, kd_divergence: str = "forward"):
         super().__init__()
         self.model = model
-        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature  # with a teacher's rows (train/teacher.py)
+        # with a teacher's rows (train/teacher.py)
+        self.kd_weight, self.kd_temperature, self.kd_divergence = kd_weight, kd_temperature, kd_divergence
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
@@ -86,7 +87,8 @@ class CompletionLoss(torch.nn.Module):
             raise ValueError(f"the teacher has {teacher_ids.shape[0]} positions for {targets.shape[0]} completion tokens")
         return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight), targets, chunk=self.head_chunk,
                                  bf16=self.bf16, softcap=lm.config.final_logit_softcapping, teacher=teacher,
-                                 kd_weight=self.kd_weight if teacher else 0.0, temperature=self.kd_temperature)
+                                 kd_weight=self.kd_weight if teacher else 0.0, temperature=self.kd_temperature,
+                                 divergence=self.kd_divergence)
 
 
 def make_scheduler(optimizer, config, total_steps: int):
