@@ -1,17 +1,91 @@
-"""Progress bars for long work: on stderr (stdout stays clean for --json), gone when done."""
+"""Progress for long work, on stderr (stdout stays clean for --json): a bar on a terminal, gone when done;
+in a log (CI, a notebook, `make demo > log 2>&1`) a plain line every 30 s instead, so a long step shows life."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+
+EVERY = 30.0  # seconds between log lines (TINYTITAN_PROGRESS_EVERY overrides)
+
 
 def progress_bar(label: str, *, bytes_: bool = False):
-    """A rich Progress with a bar, done/total, ETA, and a free `{task.fields[note]}` column."""
+    """A rich Progress with a bar, done/total, ETA, and a free `{task.fields[note]}` column; `LogLines` with
+    the same methods when stderr is not a terminal."""
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # half-drawn bars would fill a log with escape codes: lines instead
+        return LogLines(label, bytes_=bytes_)
     count = DownloadColumn() if bytes_ else MofNCompleteColumn()
-    # off when stderr is not a terminal: a log gets no half-drawn bars or stray blank lines
     return Progress(TextColumn(f"[bold]{label}"), TextColumn("{task.description}"), BarColumn(), count,
-                    TextColumn("{task.fields[note]}"), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+                    TextColumn("{task.fields[note]}"), TimeRemainingColumn(), console=console, transient=True)
+
+
+class LogLines:
+    """Progress as plain lines: `LABEL: DESCRIPTION done/total (pct), NOTE, elapsed, about ... left` at most
+    every `every` seconds while work goes on (none for work shorter than that), and one at the end of work
+    that printed any. The methods rich's Progress has that tinytitan uses: add_task, update, advance."""
+
+    def __init__(self, label: str, *, bytes_: bool = False, every: float | None = None):
+        self.label, self.bytes = label, bytes_
+        self.every = every if every is not None else float(os.environ.get("TINYTITAN_PROGRESS_EVERY", EVERY))
+        self.tasks: list[dict] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task in self.tasks:
+            if task["printed"] and exc[0] is None:
+                self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        now = time.monotonic()
+        self.tasks.append({"description": description, "total": total, "completed": completed, "start": completed,
+                           "fields": fields, "began": now, "last": now, "printed": False})
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+               total: float | None = None, description: str | None = None, **fields) -> None:
+        task = self.tasks[task_id]
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        if total is not None:
+            task["total"] = total
+        if description is not None:
+            task["description"] = description
+        task["fields"].update(fields)
+        now = time.monotonic()
+        if now - task["last"] >= self.every:
+            task["last"] = now
+            self._print(task)
+
+    def advance(self, task_id: int, amount: float = 1) -> None:
+        self.update(task_id, advance=amount)
+
+    def _print(self, task: dict) -> None:
+        done, total = task["completed"], task["total"]
+        elapsed = time.monotonic() - task["began"]
+        unit = (lambda n: f"{n / 2**20:.0f} MiB") if self.bytes else (lambda n: f"{n:,.0f}")
+        parts = [f"{self.label}: {task['description']} {unit(done)}" + (f"/{unit(total)} ({done / total:.0%})"
+                                                                         if total else "")]
+        note = task["fields"].get("note")
+        if note:
+            parts.append(str(note))
+        parts.append(f"{duration(elapsed)} elapsed")
+        rate = (done - task["start"]) / elapsed if elapsed > 0 else 0
+        if total and rate > 0 and done < total:
+            parts.append(f"about {duration((total - done) / rate)} left")
+        print(", ".join(parts), file=sys.stderr, flush=True)
+        task["printed"] = True
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read them: "42 s", "3.5 min"."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from tinytitan.files import write_json
+from tinytitan.progress import duration  # noqa: F401  (eta.duration: the run's estimates are spelled alike)
 
 DEFAULT_RATES = {  # seconds per unit on a 2-core laptop-class CPU; refined from this machine's own runs
     "prepare": 2.0, "check": 20.0, "schema": 1.0, "vocab": 15.0, "finetune": 1 / 380.0, "export": 40.0,
@@ -22,10 +23,6 @@ def rate_key(stage) -> str:
 def rate(rates: dict, stage) -> float:
     """Seconds per unit of `stage`'s work: this machine's, else the default."""
     return rates.get(rate_key(stage), DEFAULT_RATES[rate_key(stage)])
-
-
-def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def load_rates() -> dict:

@@ -195,7 +195,7 @@ def _negatives(config: FinetuneConfig, model) -> torch.Tensor | None:
 def _teacher(config, train_set, ref, dist):
     """The distillation teacher's rows for the training set (none without `teacher`): the main process
     computes them (or reads them cached), the others then read the cache."""
-    if not config.teacher:
+    if not config.teacher or not config.kd_weight:  # (a teacher that only labelled inputs: `distill`)
         return None
     from tinytitan.train.teacher import load_teacher
 
