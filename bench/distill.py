@@ -14,7 +14,7 @@ missing, and summarizes):
 5. Q8_0 exports of the teacher and the three students, one `tinytitan eval` of all four on the 657 test
    lines (record exact match, free and schema-constrained, 95% CIs), one `tinytitan bench` of all four.
 
-    python bench/distill.py [--teacher runs/ingredients] [--work runs/distill-study] [--layers 12]
+    python bench/distill.py [--teacher runs/ingredients] [--work runs/distill-study] [--layers 12] [--unlabelled 0]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/distill-study")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--epochs", default="1")
-    parser.add_argument("--unlabelled", type=int, default=5600, help="cookstr lines for the teacher to label")
+    parser.add_argument("--unlabelled", type=int, default=5600,
+                        help="cookstr lines for the teacher to label (0: leave the labels study out)")
     args = parser.parse_args()
 
     teacher, work = Path(args.teacher), Path(args.work)
@@ -88,6 +89,8 @@ def main() -> None:
                                str(unlabelled), "--max-unlabelled", str(args.unlabelled), "--kd-weight", "0",
                                *common],
     }
+    if not args.unlabelled:
+        steps.pop(f"cook{args.layers}")
     for name, command in steps.items():
         if not (runs / name / "best").is_dir():
             seconds[name] = tinytitan(*command, "--output", str(runs / name), log=runs / f"{name}.log")
