@@ -64,6 +64,24 @@ def test_ingredient_extra_lines_train_only(tmp_path):
     assert again == counts and rows(tmp_path / "again" / "train.jsonl") == train  # the same slice every time
 
 
+def test_ingredient_unlabelled_lines_are_prepared_for_a_teacher(tmp_path):
+    main = DATA / "ingredients" / "tastecooking-ingredients-2024.csv"
+    cookstr = DATA / "ingredients" / "cookstr-ingredients-2017.csv"
+    prepare = task_module("ingredients").prepare
+    counts = prepare({"csv": main, "unlabelled_csv": cookstr}, tmp_path / "all")
+    assert counts["unlabelled"] == 32364  # cookstr's distinct unlabelled lines, labelled nowhere (in either file)
+    lines = (tmp_path / "all" / "unlabelled.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(set(lines)) == 32364 and all(line.strip() == line and line for line in lines)
+    with open(cookstr, newline="", encoding="utf-8") as file:
+        labelled = {row["input"].strip() for row in csv.DictReader(file)
+                    if any(row[f] for f in ("name", "quantity", "unit", "size", "preparation", "comment", "purpose"))}
+    main_prompts = {r["prompt"] for s in ("train", "val", "test") for r in rows(tmp_path / "all" / f"{s}.jsonl")}
+    assert not set(lines) & main_prompts and not set(lines) & labelled
+    some = prepare({"csv": main, "unlabelled_csv": cookstr}, tmp_path / "some", max_unlabelled=500)
+    assert some["unlabelled"] == 500
+    assert (tmp_path / "some" / "unlabelled.txt").read_text(encoding="utf-8").splitlines() == lines[:500]
+
+
 def test_banking77_keeps_the_official_test_split(tmp_path):
     counts = task_module("banking77").prepare({"train": DATA / "banking77" / "train.csv",
                                                "test": DATA / "banking77" / "test.csv"}, tmp_path)

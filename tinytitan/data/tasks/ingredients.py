@@ -77,7 +77,8 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
     empty (`extra_unlabelled`: cookstr's rows past its first 15,003 carry no labels) and lines the
     main set holds (`extra_overlap`). The slice is spread over the file by a stable hash.
 
-    `unlabelled_csv` (optional, same columns): its lines with every field empty and not in the main set,
+    `unlabelled_csv` (optional, same columns): its lines with every field empty, not in the main set and
+    not labelled elsewhere in the file,
     up to `max_unlabelled` (0 = all, spread by the same hash), written to `unlabelled.txt` for a
     distillation teacher to label ([distill] in the recipe).
     """
@@ -103,12 +104,15 @@ def prepare(sources: dict, out: Path, *, max_train: int = 0, max_val: int = 0, m
                   "extra_overlap": len(labelled) - len(fresh)}
     if "unlabelled_csv" in sources:
         lines = read_lines(need_file(sources, "unlabelled_csv", "ingredient lines for a teacher to label"))
-        known = {example["prompt"] for example in examples}
+        # lines the main set holds, or this file labels elsewhere (cookstr repeats lines), are labelled data
+        known = {example["prompt"] for example in examples} | \
+            {example["prompt"] for example in lines if any(example["completion"].values())}
         inputs = sorted({example["prompt"] for example in lines if not any(example["completion"].values())} - known,
                         key=stable_hash)
         inputs = inputs[:max_unlabelled] if max_unlabelled else inputs
         if any("\n" in text for text in inputs):
             raise TinyTitanError("an unlabelled ingredient line holds a line break; one input per line expected")
+        out.mkdir(parents=True, exist_ok=True)
         (out / "unlabelled.txt").write_text("".join(text + "\n" for text in inputs), encoding="utf-8")
         counts["unlabelled"] = len(inputs)
     if max_train:
