@@ -47,8 +47,8 @@ def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
     fresh = run_cli("run", str(recipe / "tiny.toml"), "--output", str(tmp_path / "new"), "--dry-run", "--json")
     assert fresh.returncode == 0, fresh.stderr
     plan = json.loads(fresh.stdout)
-    assert [s["status"] for s in plan["stages"]] == ["would run"] * 3 + ["not needed"] + ["would run"] * 3 + \
-        ["not needed", "would run"]
+    assert [s["status"] for s in plan["stages"]] == ["would run"] * 3 + ["not needed"] + ["would run"] * 2 + \
+        ["not needed", "would run", "not needed", "would run"]  # vocab, distill and bench are not asked for
     assert plan["rows"]["train"] > 0 and plan["fields"] == 2 and plan["seconds"] > 0
     assert not (tmp_path / "new").exists()  # nothing written where the run would go
     # the module's run ended with quant f16,q8_0: that is up to date, and a quant change redoes export onwards
@@ -56,8 +56,8 @@ def test_a_dry_run_checks_everything_and_says_what_would_run(recipe, tmp_path):
                               "--json").stdout)
     assert {s["status"] for s in same["stages"]} == {"up to date", "not needed"}
     shown = run_cli("run", str(recipe / "tiny.toml"), "--dry-run")
-    assert shown.returncode == 0 and "[5/9] finetune: up to date" in shown.stdout
-    assert "[6/9] export: would run, about" in shown.stdout and "nothing was trained" in shown.stdout
+    assert shown.returncode == 0 and "[5/10] finetune: up to date" in shown.stdout
+    assert "[6/10] export: would run, about" in shown.stdout and "nothing was trained" in shown.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "completion": {"v": NaN}}\n' * 3)
     (tmp_path / "bad.toml").write_text(f'[task]\ntrain = "{bad}"\n')
@@ -113,8 +113,8 @@ def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert last.startswith("error: no usable training rows") and "leaves no completion token" in last
     # no time estimate before the data is checked (a guess without its size jumped from 3 to 102 minutes)
-    assert "[1/9] prepare: running (the time left is estimated once the data is checked)" in result.stderr
-    assert "[2/9] check: running (the time left is estimated once the data is checked)" in result.stderr
+    assert "[1/10] prepare: running (the time left is estimated once the data is checked)" in result.stderr
+    assert "[2/10] check: running (the time left is estimated once the data is checked)" in result.stderr
     check = json.loads((out / "data" / "check.json").read_text())
     assert check["rejected"] > 0 and check["errors"][0].endswith("leaves no completion token to learn from")
 
