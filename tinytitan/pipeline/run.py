@@ -30,8 +30,9 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import LOCK_NAME, FolderLock, read_json, recover_dir, write_json
+from tinytitan.files import FolderLock, read_json, recover_dir, write_json
 from tinytitan.pipeline import eta, stages
+from tinytitan.pipeline.folder import claim_run_folder, digest as _digest, sha as _sha, unchanged as _unchanged
 from tinytitan.report.summary import print_summary
 
 PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
@@ -355,27 +356,6 @@ class Pipeline:
             print(text, file=sys.stderr, flush=True)
 
 
-MARKER = ".tinytitan-run"  # a folder that holds it is a tinytitan run: stages may replace what is in it
-
-
-def claim_run_folder(root: Path, recipe) -> None:
-    """Make `root` a run folder, or refuse one that holds anything else: a run deletes and replaces its own
-    data/, train/ and report/, and must never do that to a folder of the user's (`--output .`)."""
-    marker = root / MARKER
-    if marker.is_file():
-        return
-    if root.exists() and not root.is_dir():
-        raise TinyTitanError(f"--output {root}: a file, not a folder")
-    legacy = (root / "stages.json").is_file()  # a run folder from before the marker
-    others = [] if legacy or not root.is_dir() else sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
-    if others:
-        raise TinyTitanError(f"{root}: not empty and not a tinytitan run folder (it holds {others[0]!r}"
-                             f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give a new or empty "
-                             f"folder as --output (or the recipe's output)")
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"recipe": str(recipe), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
 def format_plan(plan: dict) -> str:
     rows = plan["rows"]
     lines = [f"dry run of {plan['recipe']} -> {plan['run']}: the recipe, the data and the schema check out",
@@ -388,24 +368,3 @@ def format_plan(plan: dict) -> str:
     lines.append(f"about {eta.duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
                  f"defaults for a 2-core CPU); nothing was trained")
     return "\n".join(lines)
-
-
-def _sha(path: Path) -> str | None:
-    """A file's sha256; a folder's (a task source such as the Snips benchmark) over its files' names and sha256s."""
-    from tinytitan.model.registry import file_sha256
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return _digest([[str(p.relative_to(path)), file_sha256(p)] for p in files])
-    return file_sha256(path) if path.is_file() else None
-
-
-def _unchanged(outputs: dict) -> bool:
-    return all(Path(p).is_file() and _sha(Path(p)) == digest for p, digest in outputs.items())
-
-
-def _digest(value) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

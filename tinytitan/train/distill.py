@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
+from tinytitan.pipeline.folder import digest as _digest
 
 
 @dataclass
@@ -246,12 +247,6 @@ def _identity(spec: str) -> list:
     path = Path(spec)
     files = [path / "config.json", *sorted((path / "best").glob("*"))] if path.is_dir() else [path]
     return [spec] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
-
-
-def _digest(value) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _read(path: Path) -> dict:
