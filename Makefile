@@ -18,6 +18,7 @@ demo: $(STAMP)
 	bash tools/demo.sh
 
 test: $(STAMP)
+	bash tools/browser.sh
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

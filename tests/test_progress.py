@@ -38,3 +38,38 @@ def test_fine_tuning_into_a_log_prints_steps_loss_and_speed(tiny, tmp_path):
     steps = [line for line in result.stderr.splitlines() if line.startswith("finetune: steps ")]
     assert steps and re.match(r"finetune: steps 4/4 \(100%\), loss \d+\.\d{4}  \d+ tok/s, \d+ s elapsed$",
                               steps[-1]), result.stderr
+
+
+def test_log_lines_keep_printing_while_the_work_is_silent(capsys):
+    """A batch of decodes may report only at its end: the timer prints the state meanwhile."""
+    import time
+
+    from tinytitan.progress import LogLines
+
+    with LogLines("eval x.gguf", every=1.0) as progress:
+        task = progress.add_task("rows", total=10)
+        progress.update(task, completed=4)
+        time.sleep(2.6)  # no report: the ticker says where the work stands
+        progress.update(task, completed=10)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("eval x.gguf: rows 4/10 (40%), ") and len(lines) >= 3, lines
+    assert lines[-1].startswith("eval x.gguf: rows 10/10 (100%), ")
+
+
+def test_heartbeat_speaks_only_when_nothing_else_does(capsys, monkeypatch):
+    import time
+
+    from tinytitan.progress import LogLines, heartbeat
+
+    monkeypatch.setenv("TINYTITAN_PROGRESS_EVERY", "1")
+    with heartbeat("[5/9] export"):
+        time.sleep(2.5)
+    quiet = capsys.readouterr().err.splitlines()
+    assert len(quiet) >= 1 and all(re.fullmatch(r"\[5/9\] export: working, \d s elapsed", line) for line in quiet), quiet
+    with heartbeat("[6/9] eval"), LogLines("eval", every=0.2) as progress:
+        task = progress.add_task("rows", total=100)
+        for done in range(1, 26):  # lines flow: the heartbeat stays silent
+            progress.update(task, completed=done)
+            time.sleep(0.1)
+    busy = capsys.readouterr().err.splitlines()
+    assert busy and not any("working" in line for line in busy), busy

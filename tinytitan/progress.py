@@ -1,13 +1,73 @@
 """Progress for long work, on stderr (stdout stays clean for --json): a bar on a terminal, gone when done;
-in a log (CI, a notebook, `make demo > log 2>&1`) a plain line every 30 s instead, so a long step shows life."""
+in a log (CI, a notebook, `make demo > log 2>&1`) a plain line every 30 s instead, so a long step shows life.
+
+In a log, `LogLines` prints its state on a timer, not only when the work reports (a batch of decodes may
+take minutes between reports), and `heartbeat(label)` around a stage prints a line whenever nothing else
+has for that long (loading, quantizing and other steps without a bar of their own)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 
 EVERY = 30.0  # seconds between log lines (TINYTITAN_PROGRESS_EVERY overrides)
+_last_line = [time.monotonic()]  # when a progress line was last printed, by anyone
+
+
+def log_interval() -> float:
+    """Seconds between progress lines in a log."""
+    return float(os.environ.get("TINYTITAN_PROGRESS_EVERY", EVERY))
+
+
+def logging_to_file() -> bool:
+    """True when stderr is not a terminal: progress goes to a log as lines."""
+    return not sys.stderr.isatty()
+
+
+class _Ticker:
+    """Calls `tick` every second on a daemon thread until closed."""
+
+    def __init__(self, tick) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, args=(tick,), daemon=True)
+        self.thread.start()
+
+    def _loop(self, tick) -> None:
+        while not self.stop.wait(1.0):
+            tick()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def heartbeat(label: str):
+    """While the body runs (in a log only): `LABEL: working, 2.5 min elapsed` whenever no progress line has been
+    printed for `log_interval()` seconds."""
+    began, interval = time.monotonic(), log_interval()
+    if not logging_to_file() or interval <= 0:
+        yield
+        return
+
+    def tick() -> None:
+        now = time.monotonic()
+        if now - _last_line[0] >= interval:
+            _say(f"{label}: working, {duration(now - began)} elapsed")
+
+    ticker = _Ticker(tick)
+    try:
+        yield
+    finally:
+        ticker.close()
+
+
+def _say(line: str) -> None:
+    _last_line[0] = time.monotonic()
+    print(line, file=sys.stderr, flush=True)
 
 
 def progress_bar(label: str, *, bytes_: bool = False):
@@ -32,26 +92,44 @@ class LogLines:
 
     def __init__(self, label: str, *, bytes_: bool = False, every: float | None = None):
         self.label, self.bytes = label, bytes_
-        self.every = every if every is not None else float(os.environ.get("TINYTITAN_PROGRESS_EVERY", EVERY))
+        self.every = every if every is not None else log_interval()
         self.tasks: list[dict] = []
+        self.lock = threading.Lock()
+        self.ticker = None
 
     def __enter__(self):
+        if self.every > 0:  # 0: a line at every report, no timer
+            self.ticker = _Ticker(self._tick)
         return self
 
+    def _tick(self) -> None:  # the latest task's state, when the work has not reported for a while
+        with self.lock:
+            if self.tasks:
+                task = self.tasks[-1]
+                if time.monotonic() - task["last"] >= self.every and not task.get("finished"):
+                    task["last"] = time.monotonic()
+                    self._print(task)
+
     def __exit__(self, *exc) -> None:
+        if self.ticker:
+            self.ticker.close()
         for task in self.tasks:
             if task["printed"] and exc[0] is None:
                 self._print(task)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
         now = time.monotonic()
-        self.tasks.append({"description": description, "total": total, "completed": completed, "start": completed,
-                           "fields": fields, "began": now, "last": now, "printed": False})
-        return len(self.tasks) - 1
+        with self.lock:
+            self.tasks.append({"description": description, "total": total, "completed": completed, "start": completed,
+                               "fields": fields, "began": now, "last": now, "printed": False})
+            return len(self.tasks) - 1
 
     def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
                total: float | None = None, description: str | None = None, **fields) -> None:
-        task = self.tasks[task_id]
+        with self.lock:
+            self._update(self.tasks[task_id], completed, advance, total, description, fields)
+
+    def _update(self, task: dict, completed, advance, total, description, fields) -> None:
         if completed is not None:
             task["completed"] = completed
         if advance:
@@ -61,6 +139,7 @@ class LogLines:
         if description is not None:
             task["description"] = description
         task["fields"].update(fields)
+        task["finished"] = bool(task["total"]) and task["completed"] >= task["total"]
         now = time.monotonic()
         if now - task["last"] >= self.every:
             task["last"] = now
@@ -82,7 +161,7 @@ class LogLines:
         rate = (done - task["start"]) / elapsed if elapsed > 0 else 0
         if total and rate > 0 and done < total:
             parts.append(f"about {duration((total - done) / rate)} left")
-        print(", ".join(parts), file=sys.stderr, flush=True)
+        _say(", ".join(parts))
         task["printed"] = True
 
 

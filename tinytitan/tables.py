@@ -1,10 +1,10 @@
-"""Tables for people, written one way: fixed-width columns for the terminal (`fixed_row`), pipe tables
-for the Markdown report (`markdown_table`), and "-" in a cell that has no value (`format_cell`).
-Rich tables (`info`, `export`, `parity`) are drawn by `rich`."""
+"""Tables for people, written one way: fixed-width columns for the terminal (`fixed_row`), intervals
+(`interval`), and "-" in a cell that has no value (`format_cell`). Rich tables (`info`, `export`,
+`parity`) are drawn by `rich`; the report's tables by its templates (report/templates/)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 
 def format_cell(value, pattern: str) -> str:
@@ -23,12 +23,3 @@ def fixed_row(cells: Sequence[str], widths: Sequence[int]) -> str:
     or, where the width is negative, left-aligned and cut to fit (the artifact names)."""
     return " ".join(cell[:-width].ljust(-width) if width < 0 else cell.rjust(width)
                     for cell, width in zip(cells, widths, strict=True))
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A Markdown pipe table: the header, its rule and one line per row (cells already escaped)."""
-    return [_markdown_row(header), "|" + "---|" * len(header)] + [_markdown_row(row) for row in rows]
-
-
-def _markdown_row(cells: Sequence[str]) -> str:
-    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"  # an empty cell: "| |"

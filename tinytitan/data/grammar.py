@@ -18,7 +18,7 @@ import re
 
 from tinytitan.data.json_values import canonical_json, json_type
 from tinytitan.data.structured import (ANNOTATIONS, FORMATS, INPUT_WORDS, MAX_REPEAT, SUPPORTED, TYPES,
-                                       SchemaError, check_schema, input_words)
+                                       SchemaError, check_schema, input_words, uses_input)
 
 # One canonical spelling per value: no whitespace, escapes as json.dumps(ensure_ascii=False) writes them.
 PRIMITIVES = {
@@ -49,6 +49,24 @@ def literal(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     escaped = re.sub(r"[\x00-\x1f]", lambda m: f"\\x{ord(m.group()):02X}", escaped.replace("\t", "\\t"))
     return f'"{escaped}"'
+
+
+def labels_grammar(labels) -> str:
+    """Exactly one of `labels` (a classification task's answers)."""
+    return "root ::= " + " | ".join(literal(label) for label in labels) + "\n"
+
+
+def answer_grammars(inputs, *, schema=None, labels=()) -> list[str] | None:
+    """Each input's grammar for constrained decoding, as the evaluator and the Python API decode: the
+    schema's (made with that input when the schema takes words from it, `x-input-words`), else exactly
+    one of `labels`; None with neither."""
+    if schema is not None:
+        if uses_input(schema):
+            return [schema_to_grammar(schema, text) for text in inputs]
+        return [schema_to_grammar(schema)] * len(inputs)
+    if labels:
+        return [labels_grammar(labels)] * len(inputs)
+    return None
 
 
 def json_object_grammar() -> str:

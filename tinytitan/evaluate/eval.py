@@ -93,13 +93,14 @@ def run(args) -> None:
         print_result(result)
 
 
-def read_schema(path: str) -> dict:
+def read_schema(path: str, name: str = "--schema") -> dict:
+    """The JSON schema in the file at `path` (given as `name`), refused when the decoder cannot enforce it."""
     try:
         schema = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise TinyTitanError(f"--schema {path}: not a readable JSON file ({error})") from None
+        raise TinyTitanError(f"{name} {path}: not a readable JSON file ({error})") from None
     if not isinstance(schema, dict):
-        raise TinyTitanError(f"--schema {path}: expected a JSON schema object")
+        raise TinyTitanError(f"{name} {path}: expected a JSON schema object")
     from tinytitan.data.grammar import schema_to_grammar
 
     schema_to_grammar(schema)  # refuse what the decoder cannot enforce, before any scoring

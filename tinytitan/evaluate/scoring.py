@@ -132,16 +132,14 @@ def _headline(task: str) -> str:
 def _grammars(task: str, schema: dict | None, labels: list[str], examples) -> list[str] | None:
     """Each row's grammar for constrained decoding: the schema's (made with the row's input when
     the schema takes words from it) for rows whose answers are JSON, or exactly one of the labels."""
-    from tinytitan.data.structured import uses_input
-    from tinytitan.data.grammar import literal, schema_to_grammar
+    from tinytitan.data.grammar import answer_grammars
 
+    inputs = [e.input_text for e in examples]
     json_answers = metrics.json_answers([e.completion for e in examples]) is not None
     if schema is not None and json_answers and task not in ("classification", "generation"):
-        if uses_input(schema):
-            return [schema_to_grammar(schema, e.input_text) for e in examples]
-        return [schema_to_grammar(schema)] * len(examples)
+        return answer_grammars(inputs, schema=schema)
     if task == "classification" and labels:
-        return ["root ::= " + " | ".join(literal(label) for label in labels) + "\n"] * len(examples)
+        return answer_grammars(inputs, labels=labels)
     return None
 
 

@@ -1,11 +1,10 @@
 """llama.cpp's native tools (llama-quantize for export; llama-bench, llama-perplexity and
-llama-imatrix for benchmarks), built from the very source llama-cpp-python vendors, so that what
-we quantize with and compare against is the llama.cpp we run.
+llama-imatrix for benchmarks), from the same CMake build as the library llama-cpp-python loads
+(tools/build_llama.py, run once per machine by set-up), so that what we quantize with and compare
+against is the llama.cpp we run.
 
-The sdist of the pinned llama-cpp-python is fetched with pip (from the package registry, or pip's
-cache) and built with cmake using the same safe CPU flags as our wheel (tools/cpu_flags.py).
-Binaries land in ~/.cache/tinytitan/llama.cpp-tools/<version>-<flags key>/bin and are reused;
-`make demo` / `make test` build them during set-up (about 5 minutes, once per machine).
+Binaries (and the libraries beside them) are in ~/.cache/tinytitan/llama.cpp-tools/<version>-<flags
+key>/bin; a cache emptied since set-up is rebuilt on first use (about 5 minutes on 2 cores).
 
     python -m tinytitan.export.native_tools       # build if needed, print the bin directory
 """
@@ -14,15 +13,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.files import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[2]  # tools/cpu_flags.py lives beside the package
 TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
@@ -58,32 +53,13 @@ def find_tool(name: str) -> Path:
 
 
 def build() -> Path:
+    """Build the tools with tools/build_llama.py (one CMake build that also makes the library llama-cpp-python
+    loads; set-up runs it, so this is only for a cache emptied since)."""
     version = importlib.metadata.version("llama-cpp-python")
     target = tools_dir()
-    cmake_args, _ = _cpu_flags()
-    with tempfile.TemporaryDirectory(prefix="llama-tools-") as tmp:
-        tmp = Path(tmp)
-        print(f"building llama.cpp tools {', '.join(TOOLS)} from llama-cpp-python {version} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "-d", str(tmp), f"llama-cpp-python=={version}"], check=True,
-                       stdout=subprocess.DEVNULL)
-        sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(sdist) as archive:
-            archive.extractall(tmp, filter="data")
-        source = next(tmp.glob("llama_cpp_python-*/vendor/llama.cpp"))
-        build_dir = tmp / "build"
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                        "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                        "-DLLAMA_BUILD_SERVER=OFF", *cmake_args.split()], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(os.cpu_count() or 2),
-                        "--target", *TOOLS], check=True, stdout=subprocess.DEVNULL)
-
-        def install(staging: Path) -> None:
-            (staging / "bin").mkdir()
-            for tool in TOOLS:
-                shutil.copy2(build_dir / "bin" / tool, staging / "bin" / tool)
-
-        atomic_dir(target, install)
+    cache = target.parent.parent
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama.py"), "--version", version, "--wheels",
+                    str(cache / "wheels" / _cpu_flags()[1]), "--tools", str(target)], check=True)
     return target
 
 

@@ -18,15 +18,19 @@
 
 A `files` task takes `train` (and optionally `val`, `test`) in any format `finetune` reads, with
 the data-column keys (`format`, `input_column`, `output_columns`, ...) in [finetune]. Every key
-can be overridden from the command line: `--set finetune.epochs=1 --set export.quant=q8_0,q4_k_m`.
-Unknown sections and keys are errors naming them.
+can be overridden from the command line: `--set finetune.epochs=1 --set export.quant=q8_0,q4_k_m`, or from
+Python by section: `tinytitan.run(RECIPE, finetune={"epochs": 1}, export={"quant": ["q8_0"]})`. Both land in
+the file's table before it is read, so they are checked as the file's own keys are. Unknown sections and keys
+are errors naming them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,11 +117,19 @@ class Recipe:
 SECTIONS = {"task", "finetune", "export", "eval", "report", "vocab", "distill"}
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), settings: Mapping | None = None) -> Recipe:
+    """The recipe at `path`, with `overrides` (`--set SECTION.KEY=VALUE` texts) and then `settings` (the same
+    by section, as Python values: `{"finetune": {"epochs": 1}, "name": "quick"}`) written over its keys."""
     path = Path(path)
     raw = read_table(path, "recipe")
     for override in overrides:
         _apply_override(raw, override)
+    for key, value in (settings or {}).items():
+        if isinstance(value, Mapping):
+            for inner, inner_value in value.items():
+                _override(raw, [key, inner], inner_value, f"{key}={{{inner!r}: ...}}")
+        else:
+            _override(raw, [key], value, f"{key}=...")
     unknown = sorted(set(raw) - SECTIONS - {"name", "output"})
     if unknown:
         raise TinyTitanError(f"{path}: unknown key or section {unknown[0]!r} "
@@ -129,6 +141,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise TinyTitanError(f"{path}: name {name!r} must be ASCII letters, digits, - and _ (it names files and the "
                              f"served model)")
+    if not isinstance(raw.get("output", ""), (str, os.PathLike)):
+        raise TinyTitanError(f"{path}: output {raw['output']!r} must be a folder path")
     output = Path(raw.get("output") or f"runs/{name}")
     kind, sources, options = _task(path, dict(raw.get("task", {})))
     finetune = dict(raw.get("finetune", {}))
@@ -275,12 +289,17 @@ def _apply_override(raw: dict, text: str) -> None:
     except tomllib.TOMLDecodeError:
         parsed = value
     parts = key.strip().split(".")
-    if len(parts) == 1:
-        raw[parts[0]] = parsed
-    elif len(parts) == 2:
-        section = raw.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise TinyTitanError(f"--set {text!r}: {parts[0]} is not a section")
-        section[parts[1]] = parsed
-    else:
+    if len(parts) > 2:
         raise TinyTitanError(f"--set {text!r}: expected SECTION.KEY=VALUE")
+    _override(raw, parts, parsed, f"--set {text!r}")
+
+
+def _override(raw: dict, parts: list[str], value, where: str) -> None:
+    """Write `value` at `name` or `section.key` of a recipe's table (read as the file's own keys are, after)."""
+    if len(parts) == 1:
+        raw[parts[0]] = value
+        return
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise TinyTitanError(f"{where}: {parts[0]} is not a section")
+    section[parts[1]] = value

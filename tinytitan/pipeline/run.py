@@ -24,11 +24,11 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tinytitan import options
+from tinytitan import options, progress
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import FolderLock, read_json, recover_dir, write_json
 from tinytitan.pipeline import eta, stages
@@ -55,21 +55,33 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    result = run_recipe(args.recipe, overrides=args.set, output=args.output, threads=args.threads, fresh=args.fresh,
+                        dry_run=args.dry_run, quiet=args.json)
+    if args.json:
+        print(json.dumps(result))
+    elif args.dry_run:
+        print(format_plan(result))
+    else:
+        print_summary(result)
+
+
+def run_recipe(recipe: str | Path, *, output: str | Path | None = None, threads: int | None = None,
+               fresh: bool = False, dry_run: bool = False, quiet: bool = False, overrides: Sequence[str] = (),
+               **sections) -> dict:
+    """The whole job of a recipe file, as `tinytitan run RECIPE --json` does it (the verb calls this; Python
+    calls it as `tinytitan.run`): returns the run's summary (the table, the recommended artifact, the
+    report, the serve line and each stage's status), or with `dry_run` the plan. `sections` override the
+    recipe's keys by section, as `--set` does (`finetune={"epochs": 1}`, `name="quick"`); `overrides` are
+    `--set` texts; `output` is the run folder (default: the recipe's). Progress goes to stderr unless `quiet`."""
     from tinytitan.pipeline.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set)
-    if args.output:
-        recipe.output = Path(args.output)
-    pipeline = Pipeline(recipe, threads=args.threads, fresh=args.fresh, quiet=args.json)
-    if args.dry_run:
-        plan = pipeline.plan()
-        print(json.dumps(plan) if args.json else format_plan(plan))
-        return
-    summary = pipeline.run()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print_summary(summary)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise TinyTitanError(f"threads={threads!r}: expected a whole number >= 1")
+    loaded = load_recipe(recipe, overrides, sections)
+    if output:
+        loaded.output = Path(output)
+    pipeline = Pipeline(loaded, threads=threads, fresh=fresh, quiet=quiet)
+    return pipeline.plan() if dry_run else pipeline.run()
 
 
 @dataclass
@@ -326,7 +338,7 @@ class Pipeline:
             self.state.pop(stage.name, None)
             self._save()
             began = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result only (--json)
+            with progress.heartbeat(tag), contextlib.redirect_stdout(sys.stderr):  # stdout: the result only (--json)
                 stage.work()
             seconds = time.perf_counter() - began
             outputs = {str(p): _sha(p) for p in stage.outputs()}

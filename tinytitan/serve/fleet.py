@@ -14,6 +14,8 @@ otherwise. Tasks come from `--task NAME=ARTIFACT` flags (artifacts as `eval` nam
     system = ""
     temperature = 0.0
     max_tokens = 128
+    report = "runs/ingredients/report/report.html"   # the playground links it (default: report/report.html
+                                                     # beside the fleet file, as a run folder has it)
 
 Relative paths in a fleet file are relative to the file. With no task at all, the embedded base
 model is served as `gemma-3-270m`.
@@ -21,6 +23,7 @@ model is served as `gemma-3-270m`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from tinytitan.model.registry import DEFAULT_MODEL
 
 SAMPLING_KEYS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "stop": list,
                  "presence_penalty": float, "frequency_penalty": float}
-TASK_KEYS = {"model", "adapter", "adapter_scale", "schema", "system", *SAMPLING_KEYS}
+TASK_KEYS = {"model", "adapter", "adapter_scale", "schema", "system", "report", *SAMPLING_KEYS}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Task:
     defaults: dict = field(default_factory=dict)  # sampling defaults, OpenAI parameter names
     schema: dict | None = None
     grammar: str | None = None  # the schema's grammar, made once at start-up
+    report: Path | None = None  # the run's report.html, linked from the playground
 
     def describe(self) -> dict:
         return {"model": str(self.model or DEFAULT_MODEL), "adapter": str(self.adapter) if self.adapter else None,
@@ -98,8 +102,32 @@ def load_fleet(path: str | Path) -> list[Task]:
         system = spec.get("system", "")
         if not isinstance(system, str):
             raise TinyTitanError(f"{where}.system: expected text")
-        found.append(_task(name, model_path, adapter, scale, system, defaults, schema, where))
+        task = _task(name, model_path, adapter, scale, system, defaults, schema, where)
+        report = (_path(path, spec["report"], f"{where}.report") if "report" in spec
+                  else _beside(path.parent / "report" / "report.html"))  # a run's fleet file: its report
+        found.append(dataclasses.replace(task, report=report))
     return found
+
+
+def _beside(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def load_run(path: str | Path) -> list[Task]:
+    """The tasks a `tinytitan run` folder serves: its fleet file (the report stage writes RUN/fleet.toml
+    with the recommended artifact), linked to its report."""
+    path = Path(path)
+    fleet = path / "fleet.toml"
+    if not fleet.is_file():
+        if not (path / "stages.json").is_file():
+            raise TinyTitanError(f"{path}: not a `tinytitan run` folder (no stages.json); serve a GGUF with "
+                                 f"--task NAME=FILE.gguf or a fleet file with --fleet")
+        raise TinyTitanError(f"{path}: no fleet.toml yet (the run's report stage writes it): finish the run, "
+                             f"or `tinytitan report {path}`")
+    if "[tasks." not in fleet.read_text(encoding="utf-8"):  # the report found nothing to serve
+        raise TinyTitanError(f"{path}: no artifact of the run passed its parity gate, so there is nothing to serve "
+                             f"(see {path / 'report' / 'report.md'})")
+    return load_fleet(fleet)
 
 
 def _task(name, model, adapter, scale, system, defaults, schema, where) -> Task:

@@ -11,7 +11,8 @@ import hmac
 from fastapi.responses import JSONResponse
 
 KNOWN_ROUTES = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/openapi.json",
-                "/docs"}
+                "/docs", "/", "/playground/tasks", "/playground/check"}
+PUBLIC = {"/health", "/"}  # no key needed: the health probe, and the playground page (it holds no data)
 
 class ApiError(Exception):
     """An error answered with OpenAI's envelope."""
@@ -58,7 +59,7 @@ class Limits:
                     400, f"Host header {host[:100]!r} is not one of this server's names "
                          f"({', '.join(sorted(self.allowed_hosts))}): a loopback server answers only to them",
                     None, "host_not_allowed")(scope, receive, send)
-        if self.api_key and scope["path"] != "/health":
+        if self.api_key and scope["path"] not in PUBLIC:
             given = headers.get(b"authorization", b"").decode("latin-1")
             token = given[7:] if given[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), self.api_key.encode()):

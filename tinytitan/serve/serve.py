@@ -1,13 +1,14 @@
 """`tinytitan serve`: the OpenAI-compatible local server (FastAPI + uvicorn, llama.cpp engine).
 
     tinytitan serve                                             # the base model as `gemma-3-270m`
+    tinytitan serve runs/ingredients runs/banking77             # each run's recommended artifact
     tinytitan serve --task ingredients=base+runs/ing/export/ing-adapter-f16.gguf --task chat=base
     TINYTITAN_API_KEY=... tinytitan serve --fleet fleet.toml --slots 2 --queue 6
 
 Binds 127.0.0.1 unless told otherwise, and then answers only requests whose Host header is a
 loopback name (a web page cannot reach it through DNS rebinding). The API key comes from
 $TINYTITAN_API_KEY or --api-key-file (never the command line, which other users see in `ps`) and
-protects every route but /health. Connections are bounded and timed (`server.guard`). See
+protects every route but /health and the playground page at / (the page asks for the key). Connections are bounded and timed (`server.guard`). See
 docs/serve.md for the routes, the fleet file and the limits.
 """
 
@@ -26,6 +27,8 @@ LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]  # the Host header values a l
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("runs", nargs="*", metavar="RUN",
+                        help="`tinytitan run` folders: serve each run's recommended artifact (its RUN/fleet.toml)")
     parser.add_argument("--task", action="append", default=[], metavar="NAME=ARTIFACT",
                         help="serve ARTIFACT (base | FILE.gguf | base+ADAPTER.gguf | BASE.gguf+ADAPTER.gguf) as model NAME")
     parser.add_argument("--fleet", default=None, help="a fleet file (TOML/YAML/JSON) of tasks; see docs/serve.md")
@@ -49,9 +52,10 @@ def add_arguments(parser) -> None:
 def build(args):
     """(backend, tasks, app) from the arguments: every file is loaded and checked here."""
     from tinytitan.serve.backend import Backend
-    from tinytitan.serve.fleet import check_names, default_fleet, load_fleet, parse_task_flag
+    from tinytitan.serve.fleet import check_names, default_fleet, load_fleet, load_run, parse_task_flag
 
-    tasks = (load_fleet(args.fleet) if args.fleet else []) + [parse_task_flag(t) for t in args.task]
+    tasks = [task for run in args.runs for task in load_run(run)]
+    tasks += (load_fleet(args.fleet) if args.fleet else []) + [parse_task_flag(t) for t in args.task]
     tasks = tasks or default_fleet()
     check_names(tasks)
     backend = Backend(slots=args.slots, queue_size=args.queue, threads=args.threads, n_ctx=args.ctx)
@@ -73,7 +77,8 @@ def run(args) -> None:
     secured = bool(api_key(args))
     print(f"tinytitan serve: {len(tasks)} model(s) [{', '.join(t.name for t in tasks)}] on "
           f"http://{args.host}:{args.port}/v1 ({args.slots} slots, queue {args.queue}, "
-          f"{'API key required' if secured else 'no API key'})", file=sys.stderr, flush=True)
+          f"{'API key required' if secured else 'no API key'}); playground: http://{args.host}:{args.port}/",
+          file=sys.stderr, flush=True)
     if args.host not in LOOPBACK and not secured:
         print(f"warning: listening on {args.host} without an API key: anyone on the network can use it",
               file=sys.stderr)

@@ -193,8 +193,9 @@ class StopAwareText:
 
 
 def load_engine(name: str, model: str | None = None, *, threads: int | None = None, n_ctx: int = 4096,
-                dtype: str = "float32", lora: str | None = None, swa_full: bool = False):
-    """An engine by name (`llama` or `torch`) on a model (`gemma-3-270m` or a GGUF path)."""
+                dtype: str = "float32", lora: str | None = None, lora_scale: float = 1.0, swa_full: bool = False):
+    """An engine by name (`llama` or `torch`) on a model (`gemma-3-270m` or a GGUF path), with a GGUF LoRA
+    adapter at `lora_scale` (llama only)."""
     from tinytitan.model.registry import resolve
 
     if name not in ENGINES:
@@ -203,7 +204,7 @@ def load_engine(name: str, model: str | None = None, *, threads: int | None = No
     if name == "llama":
         from tinytitan.model.engines.llama import LlamaEngine
 
-        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=lora, swa_full=swa_full)
+        return LlamaEngine(ref, threads=threads, n_ctx=n_ctx, lora=lora, lora_scale=lora_scale, swa_full=swa_full)
     if lora:
         raise TinyTitanError("a GGUF LoRA adapter runs in the llama engine (--engine llama)")
     from tinytitan.model.engines.torch import TorchEngine
