@@ -41,6 +41,16 @@ def run(command: list[str], **kwargs) -> None:
     subprocess.run(command, check=True, **kwargs)
 
 
+def compile_quietly(command: list[str], log: Path) -> None:
+    """A compiler's output goes to `log` (thousands of lines of vendored-code warnings); on failure its end
+    is shown."""
+    with open(log, "w") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode:
+        print("\n".join(log.read_text(errors="replace").splitlines()[-60:]), file=sys.stderr)
+        raise subprocess.CalledProcessError(result.returncode, command)
+
+
 def build(version: str, wheels: Path, tools: Path) -> None:
     cmake_args = subprocess.run([sys.executable, str(HERE / "cpu_flags.py")], check=True, capture_output=True,
                                 text=True).stdout.split()
@@ -48,8 +58,9 @@ def build(version: str, wheels: Path, tools: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="tinytitan-llama-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp),
-             f"llama-cpp-python=={version}"], stdout=subprocess.DEVNULL)
+        # --no-binary names the one package: `:all:` would build its build tools from source too (+3 min)
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-python", "-d",
+             str(tmp), f"llama-cpp-python=={version}"], stdout=subprocess.DEVNULL)
         sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
         shutil.unpack_archive(sdist, tmp, filter="data")
         source = next(p for p in tmp.glob("llama_cpp_python-*") if p.is_dir())
@@ -57,13 +68,13 @@ def build(version: str, wheels: Path, tools: Path) -> None:
 
         started = time.perf_counter()
         build_dir = tmp / "build"
-        run(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-             "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_COMMON=ON",
-             "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON", "-DCMAKE_INSTALL_RPATH=$ORIGIN", *cmake_args],
-            stdout=subprocess.DEVNULL)
-        run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", jobs, "--target", *LIBRARIES, *TOOLS],
-            stdout=subprocess.DEVNULL)
+        compile_quietly(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build_dir),
+                         "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF",
+                         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                         "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_COMMON=ON", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+                         "-DCMAKE_INSTALL_RPATH=$ORIGIN", *cmake_args], tmp / "configure.log")
+        compile_quietly(["cmake", "--build", str(build_dir), "--config", "Release", "-j", jobs, "--target",
+                         *LIBRARIES, *TOOLS], tmp / "build.log")
         bin_dir = build_dir / "bin"
         libraries = sorted(p for p in bin_dir.iterdir() if p.name.startswith("lib") and ".so" in p.name)
         say(f"  llama.cpp compiled once ({len(libraries)} library files, {len(TOOLS)} tools) in "
