@@ -121,6 +121,19 @@ def test_playground_in_browser(served_run, browser, monkeypatch):
         assert "first token" in stats and "tokens" in stats and " J (estimate" in stats
         picture = screenshot(browser, "playground.png")
 
+        inputs = ["cat dog 1", "red mat 2", "sugar one 3"]  # a batch: a file of lines
+        batch = OUTPUT / "batch.txt"
+        batch.write_text("\n".join(inputs) + "\n\n")
+        browser.find_element(By.ID, "batch").send_keys(str(batch))
+        wait.until(lambda d: "answered" in d.find_element(By.ID, "batch-progress").text)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")
+        assert [row.find_elements(By.TAG_NAME, "td")[1].text for row in rows] == inputs
+        for row, line in zip(rows, inputs):
+            answer = json.loads(get(url + "/v1/chat/completions", method="POST", body={
+                "model": "tiny", "messages": [{"role": "user", "content": line}], "max_completion_tokens": 64})[2])
+            assert row.find_elements(By.TAG_NAME, "td")[2].text == answer["choices"][0]["message"]["content"]
+        assert browser.find_element(By.ID, "batch-progress").text == "3 answered, 3 of 3 valid records"
+
         browser.find_element(By.ID, "report").click()  # fetched with the key, opened in a new tab
         wait.until(lambda d: len(d.window_handles) == 2)
         browser.switch_to.window(browser.window_handles[1])
