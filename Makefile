@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bootstrap-done
 
 .PHONY: setup demo test test-fast bench clean-venv
 
-$(STAMP): tools/bootstrap.sh tools/cpu_flags.py pyproject.toml
+$(STAMP): tools/bootstrap.sh tools/cpu_flags.py tools/build_llama.py pyproject.toml
 	bash tools/bootstrap.sh
 	touch $(STAMP)
 
