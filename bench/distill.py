@@ -121,6 +121,7 @@ def summarize(ggufs: list[str], names: list[str], evaluation: dict, speed: dict,
     def by_file(rows: list[dict], gguf: str) -> dict:
         return next((row for row in rows if row.get("spec") == gguf), {})
 
+    evaluation = evaluation.get("task", evaluation)  # `eval --json`: {"artifacts": ..., "task": {"results": ...}}
     out = {"cpu": cpu_model(), "threads": speed.get("machine", {}).get("cpus"), "test_rows": evaluation.get("rows"),
            "artifacts": []}
     for name, gguf in zip(["teacher", *names], ggufs):
