@@ -167,7 +167,7 @@ def create_app(backend: Backend, tasks: list[Task], *, api_key: str | None = Non
     app.openapi = openapi
     from tinytitan.serve.playground import router
 
-    app.include_router(router(fleet, backend.slots[0].threads))
+    app.include_router(router(fleet, lambda name: _task(fleet, name), backend.slots[0].threads))
     app.add_middleware(Limits, api_key=api_key, max_body=max_body, metrics=metrics, allowed_hosts=allowed_hosts)
     return app
 

@@ -34,8 +34,9 @@ def page() -> str:
     return resources.files("tinytitan.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
 
-def router(fleet: dict, threads_per_slot: int) -> APIRouter:
-    """The playground's routes for `fleet` (task name -> fleet.Task)."""
+def router(fleet: dict, task_of, threads_per_slot: int) -> APIRouter:
+    """The playground's routes for `fleet` (task name -> fleet.Task); `task_of(name)` is the app's own lookup
+    (a 404 naming the models for an unknown one)."""
     routes = APIRouter(include_in_schema=False)
     html = page()
 
@@ -54,11 +55,11 @@ def router(fleet: dict, threads_per_slot: int) -> APIRouter:
 
     @routes.post("/playground/check")
     async def check(body: CheckRequest):
-        return check_answer(_task(fleet, body.model), body.text)
+        return check_answer(task_of(body.model), body.text)
 
     @routes.get("/playground/report/{model}")
     async def report(model: str):
-        task = _task(fleet, model)
+        task = task_of(model)
         if not task.report or not task.report.is_file():
             raise ApiError(404, f"The model {model!r} has no report (it was not served from a run folder)", "model",
                            "report_not_found")
@@ -84,9 +85,3 @@ def check_answer(task, text: str) -> dict:
     return {"json": True, "valid": not errors, "record": record,
             "errors": [f"{'/'.join(map(str, e.absolute_path)) or '(record)'}: {e.message}" for e in errors[:10]]}
 
-
-def _task(fleet: dict, name: str):
-    if name not in fleet:
-        raise ApiError(404, f"The model {name!r} does not exist (available: {', '.join(fleet)})", "model",
-                       "model_not_found")
-    return fleet[name]
