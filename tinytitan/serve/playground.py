@@ -84,4 +84,3 @@ def check_answer(task, text: str) -> dict:
     errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
     return {"json": True, "valid": not errors, "record": record,
             "errors": [f"{'/'.join(map(str, e.absolute_path)) or '(record)'}: {e.message}" for e in errors[:10]]}
-
