@@ -28,11 +28,13 @@ def test_report_covers_every_artifact(exported_run):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     rows = {r["artifact"]: r for r in summary["table"]}
-    assert set(rows) == {"torch (run)", "run-f16", "run-q8_0", "base+run-adapter-f16", "base (few-shot)"}
+    assert set(rows) == {"torch (run)", "run-f16", "run-q8_0", "base+run-adapter-f16", "base (few-shot)",
+                         "classical baseline (logistic regression per field)"}
     assert rows["torch (run)"]["kl"] < 1e-9 and rows["torch (run)"]["tg_tps"] is None  # the reference itself
     for name in ("run-f16", "run-q8_0", "base+run-adapter-f16"):
         row = rows[name]
         assert row["kl"] < 0.05 and row["tg_tps"] > 0 and row["pp_tps"] > 0 and row["j_per_conversation"] > 0
+        assert row["answer_ms"] > 1000 * row["pp_tps"] ** -1  # the first token, then the answer's tokens
     report = (run / "report" / "report.md").read_text()
     for name in rows:  # every artifact has its row; the recommended one is marked
         mark = f"**{name}** (recommended)" if name == summary["recommended"]["artifact"] else name
@@ -61,7 +63,7 @@ def test_report_covers_every_artifact(exported_run):
     top_k = {r["kl"]["top_k"] for r in json.loads((run / "report" / "eval.json").read_text())["result"]["results"]
              if "kl" in r}
     assert len(top_k) == 1 and f"(top-{top_k.pop()} cache)" in report
-    assert len(list((run / "report" / "examples").glob("*.jsonl"))) == 5
+    assert len(list((run / "report" / "examples").glob("*.jsonl"))) == 6  # the five artifacts and the baseline
     # the base model's solved examples come from the run's training split: every one of the 12 rows is scored
     evaluation = json.loads((run / "report" / "eval.json").read_text())["result"]
     assert evaluation["rows"] == 12 and evaluation["left_out"] == 0

@@ -26,7 +26,7 @@ from pathlib import Path
 from tinytitan import options
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import write_json
-from tinytitan.tables import fixed_row, interval
+from tinytitan.tables import fixed_row, format_cell, interval
 
 TASKS = ("auto", "extraction", "classification", "generation", "chess-mate-in-one", "snips-nlu")
 
@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
                              "set (classification); doubles their decoding (default: on)")
     parser.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=True,
                         help="classification: score every label's likelihood too (default: on; slow with many labels)")
+    parser.add_argument("--baseline", default=None, metavar="TRAIN",
+                        help="also train a classical baseline on these training rows (TF-IDF + logistic regression for "
+                             "labels, a CRF for JSON records of the input's words) and score it beside")
     parser.add_argument("--out", default=None, help="folder for per-example JSONL files and eval.json")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the base model's examples")
@@ -77,14 +80,16 @@ def run(args) -> None:
                                        kl_reference=reference, max_tokens=args.max_tokens, threads=args.threads,
                                        seed=args.seed, out=Path(args.out) if args.out else None,
                                        schema=read_schema(args.schema) if args.schema else None,
-                                       likelihood=args.likelihood, constrained=args.constrained)
+                                       likelihood=args.likelihood, constrained=args.constrained,
+                                       baseline_data=args.baseline)
     if args.benchmark:
         result["benchmarks"] = evaluate_benchmarks(artifacts, args.benchmark, Path(args.benchmark_dir),
                                                    args.shots, args.limit, args.threads)
     if args.out:  # the layout `tinytitan run` and `report` write: the result, and the settings it was made with
         Path(args.out).mkdir(parents=True, exist_ok=True)
         settings = {"rows": args.limit or 0, "base_shots": args.base_shots, "max_tokens": args.max_tokens,
-                    "constrained": args.constrained, "likelihood": args.likelihood, "task": args.task}
+                    "constrained": args.constrained, "likelihood": args.likelihood, "task": args.task,
+                    "baseline": bool(args.baseline)}
         saved = {"result": result.get("task"), "settings": settings, "benchmarks": result.get("benchmarks")}
         write_json(Path(args.out) / "eval.json", {k: v for k, v in saved.items() if v is not None})
     if args.json:
@@ -147,10 +152,13 @@ def print_result(result: dict) -> None:
         print(fixed_row(header, widths))
         for r in task["results"]:
             kl = f"{r['kl']['kl_mean']:.4f}" if "kl" in r else "-"
+            perplexity = format_cell(r.get("reference_perplexity"), "{:.3f}")
             constrained = f"{100 * r['constrained'][headline]:.1f}%" if headline in r.get("constrained", {}) else "-"
             print(fixed_row([r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%",
                              interval(r["ci95"]), constrained,
-                             f"{r['reference_perplexity']:.3f}", kl, f"{r['seconds']:.1f}"], widths))
+                             perplexity, kl, f"{r['seconds']:.1f}"], widths))
+        if (task.get("baseline") or {}).get("none"):
+            print(f"classical baseline: none ({task['baseline']['none']})")
     for b in result.get("benchmarks", []):
         print(f"{b['artifact']:<24} {b['benchmark']:<14} {b['shots']:>2}-shot {b['items']:>5} items  "
               f"acc {b['acc']:5.1f}  acc_norm {b['acc_norm']:5.1f}  (published {b['published']}, "

@@ -38,14 +38,17 @@ def load_rows(path: str, spec, limit: int | None = None, key_order=()):
 
 def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, base_shots=3, shots_data=None,
                   kl_reference=None, max_tokens=256, threads=None, seed=0, out: Path | None = None,
-                  schema: dict | None = None, likelihood: bool = True, constrained: bool = True) -> dict:
+                  schema: dict | None = None, likelihood: bool = True, constrained: bool = True,
+                  baseline_data=None) -> dict:
     """Score every artifact on the rows of `data`. The base model's `base_shots` solved examples come from
     `shots_data` (a file, or a list of examples such as a run's training split), else from `data`, whose
     rows they then leave out of every score (said on stderr and in `left_out`). With `constrained`, and a
     `schema` (extraction) or
     for classification, llama.cpp artifacts are also decoded constrained (the schema's grammar, or the
     label set): the `constrained` figures. `likelihood=False` skips classification's label-likelihood pass (the
-    costly one: every label is scored for every row), leaving generation as the headline."""
+    costly one: every label is scored for every row), leaving generation as the headline. With `baseline_data`
+    (a file, or a list of examples: the training rows), a classical baseline trained on them is scored too
+    (evaluate/baseline.py): a row of the results, and `baseline` says what it was, or why none applies."""
     from tinytitan.data.rows import DataSpec
 
     spec = spec or DataSpec()
@@ -106,22 +109,38 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
             _save_cached(cache, raw)
         figures, per_example = _figures(raw, task, examples, labels, likelihood)
         # headline and interval as fractions (chrF's 0-100 scale too)
-        headline = figures["chrf"] / 100 if task == "generation" else figures[_headline(task)] \
+        headline = figures["chrf"] / 100 if task == "generation" else figures[headline_of(task)] \
             if task != "classification" else figures["accuracy"]
         values = [v / 100 for v in per_example["chrf"]] if task == "generation" else per_example["correct"]
         # a task's own headline that is no mean over rows (Snips' mean slot F1) comes with its own interval
         low, high = figures.pop("ci95") if "ci95" in figures else metrics.bootstrap_ci(values, seed=seed)
         figures.update(artifact=artifact.label, **artifact.describe(), size_mb=artifact.size_bytes() / 2**20,
-                       headline=_headline(task), score=headline, ci95=[low, high],
+                       headline=headline_of(task), score=headline, ci95=[low, high],
                        few_shot=len(shots) if artifact.is_base else 0)
         results.append(figures)
         if out:
-            _write_examples(examples_file(out, artifact.label), examples, per_example)
+            write_examples(examples_file(out, artifact.label), examples, per_example)
+    baseline = None
+    if baseline_data is not None:
+        from tinytitan.evaluate.baseline import score_baseline
+
+        training = load_rows(baseline_data, spec, key_order=list((schema or {}).get("properties", {}))) \
+            if isinstance(baseline_data, (str, Path)) else list(baseline_data)
+        found = score_baseline(task, training, examples, seed=seed, out=out)
+        if "none" in found:
+            baseline = found
+            print(f"classical baseline: none ({found['none']})", file=sys.stderr)
+        else:
+            results.append(found)
+            baseline = {"artifact": found["artifact"], **found["baseline"]}
+            print(f"classical baseline: {baseline['method']}, trained on {len(training):,} rows in "
+                  f"{baseline['train_seconds']} s", file=sys.stderr)
     return {"data": data, "task": task, "rows": len(examples), "labels": len(labels), "results": results,
-            "left_out": left_out}
+            "left_out": left_out, "baseline": baseline}
 
 
-def _headline(task: str) -> str:
+def headline_of(task: str) -> str:
+    """The name of `task`'s headline figure."""
     if task in HEADLINE:
         return HEADLINE[task]
     from tinytitan.data.tasks import task_module
@@ -205,16 +224,17 @@ def _figures(raw: dict, task: str, examples, labels, likelihood: bool) -> tuple[
     """The task's metrics of one artifact's decoded rows: (figures, per-example lists)."""
     references = [e.completion for e in examples]
     outputs, constrained = raw["outputs"], raw["constrained"]
-    figures: dict = {"reference_perplexity": math.exp(raw["nll"] / max(raw["tokens"], 1)), "seconds": raw["seconds"]}
+    figures: dict = {"reference_perplexity": math.exp(raw["nll"] / max(raw["tokens"], 1)), "seconds": raw["seconds"],
+                     "answer_tokens": raw["tokens"] / max(len(examples), 1)}  # a reference answer's, end of turn too
     if raw["kl"] is not None:
         figures["kl"] = raw["kl"]
     per_example: dict = {"output": outputs}
     if constrained is not None:
         per_example["constrained_output"] = constrained
-    found, correct = _task_metrics(task, outputs, references, examples)
+    found, correct = task_metrics(task, outputs, references, examples)
     per_example.update(correct)
     if constrained is not None:
-        found_constrained, verdicts = _task_metrics(task, constrained, references, examples)
+        found_constrained, verdicts = task_metrics(task, constrained, references, examples)
         if "ci95" not in found_constrained:
             found_constrained["ci95"] = list(metrics.bootstrap_ci(verdicts["correct"]))
         figures["constrained"] = found_constrained
@@ -255,7 +275,7 @@ def _save_cached(path: Path, raw: dict) -> None:
     write_json(path, raw, indent=None, ensure_ascii=False)
 
 
-def _task_metrics(task: str, outputs: list[str], references: list[str], examples) -> tuple[dict, dict]:
+def task_metrics(task: str, outputs: list[str], references: list[str], examples) -> tuple[dict, dict]:
     """(figures, per-example lists) of one set of outputs."""
     if task == "extraction":
         found = metrics.extraction_metrics(outputs, references)
@@ -289,7 +309,7 @@ def _reference(artifact, examples, threads) -> tuple[dict, int]:
         engine.close()
 
 
-def _write_examples(path: Path, examples, per_example: dict) -> None:
+def write_examples(path: Path, examples, per_example: dict) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8") as file:
             for index, example in enumerate(examples):

@@ -61,6 +61,7 @@ class EvalSettings:
     constrained: bool = True  # JSON tasks: a schema inferred from the training targets; labels: the label set
     likelihood: bool = True  # classification: also score every label's likelihood (slow with many labels)
     tolerance: float = 0.02  # the recommended artifact: the smallest within this of the best (a fraction)
+    baseline: bool = True  # a classical baseline trained on the training rows, scored beside (evaluate/baseline.py)
 
 
 @dataclass

@@ -23,6 +23,11 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
         conversation = next((e["conversation"] for e in b["energy"]["estimates"] if e["profile"] == ENERGY_PROFILE),
                             None) if b else None
         constrained = r.get("constrained", {}).get(r["headline"]) if "constrained" in r else None
+        if "baseline" in r:  # measured on its own: one input at a time
+            answer_ms = r["baseline"]["ms_per_answer"]
+        else:  # a typical answer: the first token, then the reference answers' mean length at the decode speed
+            tokens = r.get("answer_tokens")
+            answer_ms = speed and tokens and 1000 * (speed["ttft_s"] + tokens / speed["tg_tps"])
         rows.append({"artifact": r["artifact"], **{k: r[k] for k in ("kind", "vocabulary", "servable", "few_shot")},
                      "size_mb": r["size_mb"], "metric": r["headline"],
                      "score": r["score"], "ci95": r["ci95"], "kl": r.get("kl", {}).get("kl_mean"),
@@ -30,14 +35,14 @@ def table_rows(evaluation: dict, bench: list | None) -> list[dict]:
                      "constrained": constrained,
                      "pp_tps": speed and speed["pp_tps"], "tg_tps": speed and speed["tg_tps"],
                      "rss_mb": speed and speed["peak_rss_mb"],
-                     "j_per_conversation": conversation and conversation["joules"]})
+                     "j_per_conversation": conversation and conversation["joules"], "answer_ms": answer_ms or None})
     return rows
 
 
 def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None, recommended: dict | None = None,
-                 title: str | None = None) -> dict:
+                 title: str | None = None, verdict: str | None = None) -> dict:
     """report.md and report.html in `out`, with their plots; `title` is the run's name (default: the
-    run folder's). Returns their paths."""
+    run folder's), `verdict` the specialist against the classical baseline. Returns their paths."""
     from tinytitan.report import plots as report_plots
 
     plots = []
@@ -50,7 +55,7 @@ def write_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None,
     if scaling:
         plots.append(Plot("Decode speed and KV cache vs context length",
                           report_plots.context_scaling(scaling, out / "context.png")))
-    sections = _sections(evaluation, bench, out, recommended)
+    sections = _sections(evaluation, bench, out, recommended, verdict)
     md, page = render_pages(title or run_dir.resolve().name, sections, plots)
     md_path, html_path = out / "report.md", out / "report.html"
     write_text(md_path, md)
@@ -81,14 +86,15 @@ def _measured_how(evaluation: dict, bench: list | None) -> str:
     return " ".join(said)
 
 
-def _sections(evaluation: dict, bench, out: Path, recommended: dict | None = None) -> list[Section]:
+def _sections(evaluation: dict, bench, out: Path, recommended: dict | None = None,
+              verdict: str | None = None) -> list[Section]:
     rows = table_rows(evaluation, bench)
     metric = rows[0]["metric"].replace("_", " ")
     constrained = any(r["constrained"] is not None for r in rows)
     header = ["artifact", "size MB", f"{metric} (95% CI)"]
     header += [f"{metric}, constrained"] if constrained else []
     header += ["KL vs torch", "prefill tok/s", "decode tok/s", "peak RSS MB",
-               f"J/conversation ({ENERGY_PROFILE}, estimate)"]
+               f"J/conversation ({ENERGY_PROFILE}, estimate)", "ms per answer"]
     cells = []
     for r in rows:
         name = escape_markdown(r["artifact"])
@@ -97,7 +103,7 @@ def _sections(evaluation: dict, bench, out: Path, recommended: dict | None = Non
         row += [format_cell(r["constrained"] and 100 * r["constrained"], "{:.1f}%")] if constrained else []
         row += [format_cell(r["kl"], "{:.4f}"), format_cell(r["pp_tps"], "{:.0f}"),
                 format_cell(r["tg_tps"], "{:.1f}"), format_cell(r["rss_mb"], "{:.0f}"),
-                format_cell(r["j_per_conversation"], "{:.3g}")]
+                format_cell(r["j_per_conversation"], "{:.3g}"), format_cell(r["answer_ms"], "{:.3g}")]
         cells.append(row)
     shots = next((r["few_shot"] for r in evaluation["results"] if r["few_shot"]), 0)
     about = [Paragraph(f"Task: **{evaluation['task']}** on {evaluation['rows']} held-out rows of "
@@ -111,6 +117,15 @@ def _sections(evaluation: dict, bench, out: Path, recommended: dict | None = Non
         about.append(Paragraph(f"Recommended: **{escape_markdown(recommended['artifact'])}**, the smallest artifact "
                                f"that passed its parity gate with a score within the recipe's tolerance of the best, "
                                f"scored as it is served (constrained where the fleet serves the schema)."))
+    if verdict:
+        about.insert(0, Paragraph(f"**Verdict:** {escape_markdown(verdict)}"))
+    baseline = evaluation.get("baseline") or {}
+    if baseline.get("method"):
+        about.append(Paragraph(
+            f"The classical baseline ({escape_markdown(baseline['method'])}) is trained on the same "
+            f"{baseline['train_rows']:,} training rows in {baseline['train_seconds']:.1f} s and scored like every "
+            f"artifact; its ms per answer is measured one input at a time (the others': the bench's time to first "
+            f"token plus the reference answers' mean length at its decode speed)."))
     sections = [Section("Comparison", [*about, Table(header, cells)])]
     described = _described(evaluation, recommended)
     if evaluation["task"] == "generation":
@@ -128,7 +143,7 @@ def _described(evaluation: dict, recommended: dict | None) -> dict:
     results = evaluation["results"]
     if recommended:
         return next(r for r in results if r["artifact"] == recommended["artifact"])
-    shipped = [r for r in results if not r["reference"] and not r["few_shot"]]
+    shipped = [r for r in results if not r["reference"] and not r["few_shot"] and r["kind"] != "baseline"]
     return min(shipped, key=lambda r: r["size_mb"], default=results[0])
 
 

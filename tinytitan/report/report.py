@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base-shots", type=options.non_negative_int, default=None,
                         help="solved examples, from the run's training split, in the base model's prompt")
     parser.add_argument("--max-tokens", type=options.positive_int, default=None, help="generation cap per row")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                        help="train a classical baseline on the run's training rows and score it beside (default: on)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="recommend the smallest artifact within this of the best score (a fraction)")
     parser.add_argument("--context", default=None,
@@ -72,7 +74,8 @@ def _report(args, run_dir: Path, root: Path | None) -> None:
     known = {f.name for f in dataclasses.fields(EvalSettings)}
     settings = EvalSettings(**{**{k: v for k, v in recorded.items() if k in known}, **{k: v for k, v in {
         "constrained": args.constrained, "likelihood": args.likelihood,
-        "base_shots": args.base_shots, "max_tokens": args.max_tokens, "tolerance": args.tolerance}.items()
+        "base_shots": args.base_shots, "max_tokens": args.max_tokens, "tolerance": args.tolerance,
+        "baseline": args.baseline}.items()
         if v is not None}})
     if not 0 <= settings.tolerance < 1:
         raise TinyTitanError(f"--tolerance {settings.tolerance}: expected a fraction in [0, 1)")
@@ -110,7 +113,7 @@ def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Pat
     """Every artifact of a run scored side by side on `data` with `settings` (recipe.EvalSettings), as the
     run's eval stage and `tinytitan report` both do: writes OUT/eval.json (the result and the settings) and
     OUT/examples/. The base model's solved examples come from the run's training rows, so every held-out
-    row is scored; decodes are reused from eval's own cache when nothing changed. `limit`: score only the
+    row is scored, and the classical baseline (`settings.baseline`) trains on them; decodes are reused from eval's own cache when nothing changed. `limit`: score only the
     first rows this once (the settings, saved for the next report, keep their own)."""
     from tinytitan.evaluate.scoring import evaluate_task
     from tinytitan.model.artifacts import parse_artifact, run_artifacts
@@ -124,7 +127,7 @@ def evaluate_run(run_dir: Path, root: Path | None, settings, data: str, out: Pat
                                base_shots=settings.base_shots, shots_data=shots,
                                kl_reference=parse_artifact(str(run_dir)), max_tokens=settings.max_tokens,
                                threads=threads, out=examples, schema=schema, likelihood=settings.likelihood,
-                               constrained=settings.constrained)
+                               constrained=settings.constrained, baseline_data=shots if settings.baseline else None)
     write_json(out / "eval.json", {"result": evaluation, "settings": dataclasses.asdict(settings)})
     return evaluation
 

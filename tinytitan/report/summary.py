@@ -36,7 +36,7 @@ def print_summary(summary: dict) -> None:
     columns = [("artifact", -44), ("size MB", 8), (metric, 12), ("95% CI", 13)]
     columns += [("constrained", 11)] if constrained else []
     columns += [("perplexity", 10)] if free_text else []
-    columns += [("KL", 8), ("decode tok/s", 12)]
+    columns += [("KL", 8), ("decode tok/s", 12), ("ms/answer", 9)]
     widths = [width for _, width in columns]
     print(fixed_row([name for name, _ in columns], widths))
     recommended = (summary["recommended"] or {}).get("artifact")
@@ -44,8 +44,11 @@ def print_summary(summary: dict) -> None:
         cells = [r["artifact"], f"{r['size_mb']:.1f}", f"{100 * r['score']:.1f}%", interval(r["ci95"])]
         cells += [format_cell(r["constrained"], "{:.1%}")] if constrained else []
         cells += [format_cell(r.get("perplexity"), "{:.2f}")] if free_text else []
-        cells += [format_cell(r["kl"], "{:.4f}"), format_cell(r.get("tg_tps"), "{:.1f}")]
+        cells += [format_cell(r["kl"], "{:.4f}"), format_cell(r.get("tg_tps"), "{:.1f}"),
+                  format_cell(r.get("answer_ms"), "{:.3g}")]
         print(fixed_row(cells, widths) + ("  <- recommended" if r["artifact"] == recommended else ""))
+    if summary.get("verdict"):
+        print(f"\n{summary['verdict']}")
     print(f"\nreport: {summary['html']}")
     if summary["serve"]:
         print(f"serve the recommended artifact: {summary['serve']}")
@@ -59,11 +62,14 @@ def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None
     artifact (the smallest that passed its gate within `tolerance` of the best), the report, a fleet
     file serving it (with the schema, greedy) and the summary; returns the summary."""
     from tinytitan.report.render import table_rows, write_report
+    from tinytitan.report.verdict import verdict
     from tinytitan.serve.fleet import write_fleet
 
     rows = table_rows(evaluation, bench)
     pick = recommend(rows, tolerance, constrained=schema is not None)  # the fleet serves the schema
-    paths = write_report(run_dir, out, evaluation, bench, recommended=pick, title=name)
+    served_constrained = schema is not None and pick is not None and pick.get("constrained") is not None
+    said = verdict(evaluation, pick, out, run_dir, served_constrained)
+    paths = write_report(run_dir, out, evaluation, bench, recommended=pick, title=name, verdict=said)
     spec = next(r["spec"] for r in evaluation["results"] if r["artifact"] == pick["artifact"]) if pick else None
     about = f"the report of {source}"
     if pick:
@@ -72,4 +78,4 @@ def finish_report(run_dir: Path, out: Path, evaluation: dict, bench: list | None
                  f"{100 * served_score(pick, constrained):.1f}%{', constrained' if constrained else ''})")
     serve = write_fleet(fleet, name, spec, about=about, schema=schema, system=system, max_tokens=max_tokens)
     return {"task": evaluation["task"], "rows": evaluation["rows"], "table": rows, "recommended": pick,
-            "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}
+            "verdict": said, "serve": serve, "report": str(paths["md"]), "html": str(paths["html"])}
