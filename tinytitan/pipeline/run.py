@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from tinytitan.files import FolderLock, read_json, recover_dir, write_json
 from tinytitan.pipeline import eta, stages
 from tinytitan.pipeline.folder import claim_run_folder, digest as _digest, sha as _sha, unchanged as _unchanged
 from tinytitan.report.summary import print_summary
+
+if TYPE_CHECKING:
+    from tinytitan.train.schedule import Sized
 
 PACKAGE = Path(__file__).resolve().parents[1]  # tinytitan/: stage keys hash the source of the code that decides
 
@@ -48,6 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", default=None, help="the run folder (default: the recipe's output)")
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    parser.add_argument("--budget", default=None, metavar="TIME",
+                        help="the whole run's time on this machine, e.g. 20m or 1.5h: the fine-tuning epochs a recipe "
+                             "leaves unset are the most that fit, at this machine's measured rates")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the recipe, the data and the schema (in a scratch folder) and print the plan: "
                              "which stages would run and about how long they would take; nothing is trained")
@@ -56,7 +63,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     result = run_recipe(args.recipe, overrides=args.set, output=args.output, threads=args.threads, fresh=args.fresh,
-                        dry_run=args.dry_run, quiet=args.json)
+                        dry_run=args.dry_run, quiet=args.json, budget=args.budget)
     if args.json:
         print(json.dumps(result))
     elif args.dry_run:
@@ -67,20 +74,23 @@ def run(args) -> None:
 
 def run_recipe(recipe: str | Path, *, output: str | Path | None = None, threads: int | None = None,
                fresh: bool = False, dry_run: bool = False, quiet: bool = False, overrides: Sequence[str] = (),
-               **sections) -> dict:
+               budget: str | None = None, **sections) -> dict:
     """The whole job of a recipe file, as `tinytitan run RECIPE --json` does it (the verb calls this; Python
     calls it as `tinytitan.run`): returns the run's summary (the table, the recommended artifact, the
     report, the serve line and each stage's status), or with `dry_run` the plan. `sections` override the
     recipe's keys by section, as `--set` does (`finetune={"epochs": 1}`, `name="quick"`); `overrides` are
-    `--set` texts; `output` is the run folder (default: the recipe's). Progress goes to stderr unless `quiet`."""
+    `--set` texts; `output` is the run folder (default: the recipe's); `budget` the whole run's time ("20m"):
+    the epochs the recipe leaves unset are the most that fit. Progress goes to stderr unless `quiet`."""
     from tinytitan.pipeline.recipe import load_recipe
+    from tinytitan.train.schedule import parse_budget
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise TinyTitanError(f"threads={threads!r}: expected a whole number >= 1")
     loaded = load_recipe(recipe, overrides, sections)
     if output:
         loaded.output = Path(output)
-    pipeline = Pipeline(loaded, threads=threads, fresh=fresh, quiet=quiet)
+    pipeline = Pipeline(loaded, threads=threads, fresh=fresh, quiet=quiet,
+                        budget_s=parse_budget(budget) if budget is not None else None)
     return pipeline.plan() if dry_run else pipeline.run()
 
 
@@ -95,8 +105,10 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, recipe, threads: int | None = None, fresh: bool = False, quiet: bool = False):
+    def __init__(self, recipe, threads: int | None = None, fresh: bool = False, quiet: bool = False,
+                 budget_s: float | None = None):
         self.recipe = recipe
+        self.budget_s = budget_s  # --budget: the epochs are the most that fit (train/schedule.py)
         self.threads = threads
         self.fresh = fresh
         self.quiet = quiet
@@ -190,12 +202,46 @@ class Pipeline:
 
     def finetune_config(self, trained: bool = False):
         """The fine-tuning settings; `trained`: as the finetune stage uses them (in the task vocabulary's base
-        where [vocab] trim = "train"; the stages before it read the data with the model the recipe names)."""
+        where [vocab] trim = "train"; the stages before it read the data with the model the recipe names), with
+        the keys the recipe leaves unset sized to the checked data (and the budget), train/schedule.py."""
+        import dataclasses
+
         config = self.recipe.finetune_config(self.data, self.threads or 0)
+        sized = self.sized(config)
+        if sized:
+            config = dataclasses.replace(config, **sized.settings)
         if trained and self.recipe.vocab.trim == "train":
             config.model = str(self.vocab_model)
             config.head_negatives = str(self.negatives) if self.recipe.vocab.negatives else ""
         return config
+
+    def sized(self, config) -> Sized | None:
+        """The schedule sized to the training rows the data check counted (None before it has). A budget's
+        choice is kept in stages.json for that budget and data, so a re-run with the same --budget is up to date
+        even after this machine's measured rates have moved."""
+        from tinytitan.train.schedule import Sized, size_schedule
+
+        check = read_json(self.data / "check.json")
+        if not isinstance(check, dict) or "tokens" not in check:
+            return None
+        rows = check["splits"]["train"]
+        tokens = check["tokens"] * rows / max(check["usable"], 1)
+        other = seconds_per_token = None
+        memo = {"budget_s": self.budget_s, "tokens": tokens, "given": sorted(self.recipe.finetune)}
+        kept = self.state.get("budget")
+        if self.budget_s is not None and isinstance(kept, dict) and kept.get("for") == memo:
+            return Sized(kept["settings"], kept["said"])
+        if self.budget_s is not None:
+            rates = eta.load_rates()
+            other = sum(eta.rate(rates, s) * (s.units() or 0) for s in self.stages()
+                        if s.name not in ("finetune", "distill") and s.applies())
+            seconds_per_token = eta.rate(rates, next(s for s in self.stages() if s.name == "finetune"))
+        sized = size_schedule(set(self.recipe.finetune), rows=rows, tokens=tokens, batch_tokens=config.batch_tokens,
+                              method=config.method, budget_s=self.budget_s, other_s=other or 0.0,
+                              seconds_per_token=seconds_per_token)
+        if self.budget_s is not None:
+            self.state["budget"] = {"for": memo, "settings": sized.settings, "said": sized.said}
+        return sized
 
     def student_config(self):
         """[distill]: the student's fine-tuning settings: the specialist's, with [distill]'s [finetune] keys,
@@ -272,7 +318,8 @@ class Pipeline:
         import tempfile
 
         with tempfile.TemporaryDirectory() as scratch:
-            probe = Pipeline(dataclasses.replace(self.recipe, output=Path(scratch)), self.threads, quiet=True)
+            probe = Pipeline(dataclasses.replace(self.recipe, output=Path(scratch)), self.threads, quiet=True,
+                             budget_s=self.budget_s)
             probe_stages = probe.stages()
             for stage in probe_stages[:3]:  # prepare, check, schema
                 if stage.applies():
@@ -281,6 +328,7 @@ class Pipeline:
             check = json.loads((probe.data / "check.json").read_text())
             schema_path = probe.root / "schema.json"
             schema = json.loads(schema_path.read_text()) if schema_path.exists() else None
+            sized = probe.sized(probe.finetune_config())
             rates, steps, changed = eta.load_rates(), [], self.fresh
             for stage, probed in zip(self.stages(), probe_stages):
                 if not probed.applies():
@@ -297,7 +345,8 @@ class Pipeline:
         return {"recipe": str(self.recipe.path), "run": str(self.root), "rows": check["splits"],
                 "rejected": check["rejected"], "truncated": check["truncated"], "tokens": check["tokens"],
                 "fields": len(schema["properties"]) if schema and "properties" in schema else None,
-                "stages": steps, "seconds": sum(s.get("seconds", 0) for s in steps)}
+                "stages": steps, "seconds": sum(s.get("seconds", 0) for s in steps),
+                "schedule": sized.settings if sized else {}, "schedule_said": sized.said if sized else ""}
 
     # --- running ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -374,6 +423,8 @@ def format_plan(plan: dict) -> str:
              f"  rows: train {rows['train']}, val {rows['val']}, test {rows['test']} ({plan['rejected']} rejected, "
              f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
              + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
+    if plan.get("schedule_said"):
+        lines.append(f"  fine-tuning settings the recipe leaves unset: {plan['schedule_said']}")
     for number, step in enumerate(plan["stages"], start=1):
         estimate = f", about {eta.duration(step['seconds'])}" if "seconds" in step else ""
         lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")

@@ -1,0 +1,70 @@
+"""Fine-tuning settings sized to the data and to a budget (train/schedule.py), and `run --budget`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tinytitan.errors import TinyTitanError
+from tinytitan.train.schedule import (MAX_EPOCHS, MIN_EPOCHS, MIN_EVAL_EVERY, TARGET_STEPS, parse_budget,
+                                      size_schedule)
+
+
+def test_small_data_gets_more_passes_and_a_recipe_keeps_what_it_sets():
+    # 5,042 ingredient rows (about 237k training tokens): the recipe's measured 4 epochs
+    full = size_schedule(set(), rows=5042, tokens=237_000, batch_tokens=1024, method="lora")
+    assert full.settings["epochs"] == 4 and full.settings["eval_every"] == 116 == full.settings["save_every"]  # 232 steps an epoch
+    assert full.settings["lora_rank"] == 32 and full.settings["lora_alpha"] == 64 and full.settings["learning_rate"] == 3e-4
+    small = size_schedule(set(), rows=500, tokens=23_500, batch_tokens=1024, method="lora")
+    assert small.settings["epochs"] == MAX_EPOCHS and small.settings["eval_every"] == MIN_EVAL_EVERY  # not 11
+    huge = size_schedule(set(), rows=100_000, tokens=5_000_000, batch_tokens=1024, method="lora")
+    assert huge.settings["epochs"] == MIN_EPOCHS and huge.settings["eval_every"] == 200
+    assert round(TARGET_STEPS / (237_000 / 1024)) == 4
+    assert "4 epochs" in full.said and "early stopping" in full.said
+    # what the recipe sets is never replaced; alpha follows a rank the user chose
+    kept = size_schedule({"epochs", "lora_rank", "eval_every"}, rows=500, tokens=23_500, batch_tokens=1024, method="lora")
+    assert set(kept.settings) == {"learning_rate"}
+    assert size_schedule({"max_steps"}, rows=500, tokens=23_500, batch_tokens=1024, method="full").settings == \
+        {"eval_every": MIN_EVAL_EVERY, "save_every": MIN_EVAL_EVERY}
+
+
+def test_a_budget_takes_the_most_epochs_that_fit():
+    # 100k tokens an epoch at 400 tokens/s: 250 s an epoch; 20 min less 5 min of other stages fits 3 epochs
+    sized = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=1200,
+                          other_s=300, seconds_per_token=1 / 400)
+    assert sized.settings["epochs"] == 3 and "3 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said
+    longer = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=3600,
+                           other_s=300, seconds_per_token=1 / 400)
+    assert longer.settings["epochs"] == MAX_EPOCHS  # 13 epochs would fit: the cap
+    part = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=425,
+                         other_s=300, seconds_per_token=1 / 400)
+    assert part.settings == {**part.settings, "max_steps": 49} and "epochs" not in part.settings  # half of 98 steps
+    with pytest.raises(TinyTitanError, match="give a larger budget"):
+        size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=200, other_s=300,
+                      seconds_per_token=1 / 400)
+    assert parse_budget("20m") == 1200 and parse_budget("1.5h") == 5400 and parse_budget("1h30m") == 5400
+    assert parse_budget("90s") == 90
+    for bad in ("", "20", "soon", "0m", "-5m"):
+        with pytest.raises(TinyTitanError, match="--budget"):
+            parse_budget(bad)
+
+
+def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp_path):
+    """The tiny recipe sets its steps; lora_rank and the epochs under a budget are left to the sizing."""
+    plan = run_cli("run", str(recipe / "tiny.toml"), "--output", str(tmp_path / "a"), "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "fine-tuning settings the recipe leaves unset: lora_rank 32, lora_alpha 64" in plan.stdout
+    bad = run_cli("run", str(recipe / "tiny.toml"), "--budget", "soon", "--dry-run")
+    assert bad.returncode == 1 and "--budget 'soon': expected a duration" in bad.stderr and "Traceback" not in bad.stderr
+    text = (recipe / "tiny.toml").read_text().replace("max_steps = 6\n", "")
+    (tmp_path / "budget.toml").write_text(text.replace(f'output = "{recipe / "run"}"', f'output = "{tmp_path / "b"}"'))
+    first = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m", "--json")
+    assert first.returncode == 0, first.stderr
+    state = json.loads((tmp_path / "b" / "stages.json").read_text())["budget"]
+    assert state["settings"]["epochs"] == MAX_EPOCHS and "fit the budget" in state["said"]
+    config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
+    assert config["epochs"] == MAX_EPOCHS and config["lora_rank"] == 32
+    again = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m")  # the same budget: nothing to do
+    assert again.returncode == 0 and "nothing to do" in again.stdout

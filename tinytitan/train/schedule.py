@@ -1,0 +1,91 @@
+"""Fine-tuning settings sized to the data, and to a time budget, for the keys a recipe leaves unset.
+
+A user with 800 rows should not have to know what an epoch is. Measured on this project's recipes (docs/
+results.md, docs/finetune.md#defaults-sized-to-the-data): LoRA at rank 32 (alpha 64) and a learning rate of
+3e-4 is what the JSON recipes settled on; the rows decide the length. Small data needs many passes: about
+`TARGET_STEPS` optimizer steps in all (5,042 ingredient rows: 4 epochs, the recipe's measured best), at least
+`MIN_EPOCHS` and at most `MAX_EPOCHS` passes, the validation loss measured about `EVALS_PER_EPOCH` times an
+epoch (not more often than every `MIN_EVAL_EVERY` steps: on 500 rows it would double the training time), and
+early stopping (3 evaluations without a better loss) deciding the end.
+
+With a budget (`tinytitan run RECIPE --budget 60m`), the epochs are the most that fit: the budget less the
+other stages' estimated time, at this machine's measured fine-tuning rate (pipeline/eta.py), at most
+`MAX_EPOCHS`; a budget below one epoch trains part of one (`max_steps`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from tinytitan.errors import TinyTitanError
+
+TARGET_STEPS = 900
+MIN_EPOCHS, MAX_EPOCHS = 2, 8
+EVALS_PER_EPOCH = 2
+MIN_EVAL_EVERY = 25  # a validation pass costs about as much as a few training steps: not more often than this
+SIZED = {"lora_rank": 32, "lora_alpha": 64.0, "learning_rate": 3e-4}  # LoRA; full fine-tuning keeps its own
+
+
+@dataclass
+class Sized:
+    settings: dict  # FinetuneConfig keys chosen here (only those the recipe left unset)
+    said: str  # what was chosen and why, for the run's log
+
+
+def parse_budget(text: str) -> float:
+    """Seconds of a budget written as "90s", "20m", "1.5h" or "1h30m"."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text or "")
+    if not text or not parts or not any(parts.groups()):
+        raise TinyTitanError(f"--budget {text!r}: expected a duration such as 20m, 90s, 1.5h or 1h30m")
+    hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise TinyTitanError(f"--budget {text!r}: expected a duration above zero")
+    return total
+
+
+def size_schedule(given: set[str], *, rows: int, tokens: float, batch_tokens: int, method: str,
+                  budget_s: float | None = None, other_s: float = 0.0, seconds_per_token: float | None = None) -> Sized:
+    """The settings for the keys not in `given` (those the recipe or the command line set), from the training
+    rows and their tokens (prompt + completion); with `budget_s`, the epochs that fit in it after `other_s`
+    seconds of the other stages at `seconds_per_token` of training."""
+    steps_per_epoch = max(1, math.ceil(tokens / batch_tokens))
+    chosen: dict = {}
+    reasons = []
+    if "epochs" not in given and "max_steps" not in given:
+        if budget_s is not None:
+            if not seconds_per_token:
+                raise TinyTitanError("--budget: no fine-tuning rate known for this machine yet")
+            room = budget_s - other_s
+            epochs = room / (seconds_per_token * tokens) if room > 0 else 0.0
+            if epochs < 0.05:
+                raise TinyTitanError(f"--budget {budget_s / 60:.0f}m: the other stages need about {other_s / 60:.0f} min "
+                                     f"and one epoch about {seconds_per_token * tokens / 60:.0f} min on this machine; "
+                                     f"give a larger budget")
+            if epochs >= 1:
+                chosen["epochs"] = float(min(MAX_EPOCHS, math.floor(epochs)))
+                reasons.append(f"{chosen['epochs']:g} epochs fit the budget (about "
+                               f"{chosen['epochs'] * seconds_per_token * tokens / 60:.0f} min of fine-tuning at this "
+                               f"machine's {1 / seconds_per_token:.0f} tokens/s, {other_s / 60:.0f} min for the rest)")
+            else:
+                chosen["max_steps"] = max(1, int(epochs * steps_per_epoch))
+                reasons.append(f"{chosen['max_steps']} of an epoch's {steps_per_epoch} steps fit the budget")
+        else:
+            chosen["epochs"] = float(min(MAX_EPOCHS, max(MIN_EPOCHS, round(TARGET_STEPS / steps_per_epoch))))
+            reasons.append(f"{chosen['epochs']:g} epochs (about {TARGET_STEPS} steps of {batch_tokens} tokens over "
+                           f"{rows:,} rows; early stopping may end sooner)")
+    if "eval_every" not in given:
+        chosen["eval_every"] = max(MIN_EVAL_EVERY, min(200, steps_per_epoch // EVALS_PER_EPOCH))
+        reasons.append(f"validation every {chosen['eval_every']} steps")
+        if "save_every" not in given:
+            chosen["save_every"] = chosen["eval_every"]
+    if method == "lora":
+        sized = {k: v for k, v in SIZED.items() if k not in given}
+        if "lora_rank" in given:  # alpha follows a rank the user chose
+            sized.pop("lora_alpha", None)
+        chosen.update(sized)
+        if sized:
+            reasons.append(", ".join(f"{k} {v:g}" for k, v in sized.items()))
+    return Sized(chosen, "; ".join(reasons))
