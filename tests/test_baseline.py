@@ -133,7 +133,7 @@ def test_the_verdict_line(tmp_path):
     write("classical baseline (CRF)", [1] * 50 + [0] * 50)
     write("q8_0", [1] * 90 + [0] * 10)
     said = verdict(evaluation, pick, tmp_path, run, constrained=True)
-    assert said.startswith("The specialist (q8_0, constrained) beats the classical baseline (CRF, trained in 3 s) "
+    assert said.startswith("The specialist (q8_0, constrained) beats the classical baseline (CRF, trained in 3.0 s) "
                            "by +40.0 points of record exact match (paired 95% CI +")
     write("q8_0", [1] * 50 + [0] * 50)
     said = verdict(evaluation, pick, tmp_path, run, constrained=False)
@@ -141,7 +141,7 @@ def test_the_verdict_line(tmp_path):
     assert "a bigger LoRA rank than 16" in said
     write("q8_0", [0] * 100)
     said = verdict(evaluation, pick, tmp_path, run, constrained=False)
-    assert said.startswith("The classical baseline (CRF, trained in 3 s) beats the specialist (q8_0): -50.0 points")
+    assert said.startswith("The classical baseline (CRF, trained in 3.0 s) beats the specialist (q8_0): -50.0 points")
     assert verdict({"baseline": {"none": "free text"}}, pick, tmp_path, run, False) == \
         "No classical baseline applies: free text."
     assert verdict({}, pick, tmp_path, run, False) is None

@@ -34,13 +34,14 @@ def test_a_budget_takes_the_most_epochs_that_fit():
     # 100k tokens an epoch at 400 tokens/s: 250 s an epoch; 20 min less 5 min of other stages fits 3 epochs
     sized = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=1200,
                           other_s=300, seconds_per_token=1 / 400)
-    assert sized.settings["epochs"] == 3 and "3 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said
+    assert sized.settings["epochs"] == 3 and sized.settings["max_steps"] == 0
+    assert "3 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said
     longer = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=3600,
                            other_s=300, seconds_per_token=1 / 400)
     assert longer.settings["epochs"] == MAX_EPOCHS  # 13 epochs would fit: the cap
     part = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=425,
                          other_s=300, seconds_per_token=1 / 400)
-    assert part.settings == {**part.settings, "max_steps": 49} and "epochs" not in part.settings  # half of 98 steps
+    assert part.settings["max_steps"] == 49 and part.settings["epochs"] == 1  # half of an epoch's 98 steps
     with pytest.raises(TinyTitanError, match="give a larger budget"):
         size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=200, other_s=300,
                       seconds_per_token=1 / 400)
@@ -58,13 +59,13 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     assert "fine-tuning settings the recipe leaves unset: lora_rank 32, lora_alpha 64" in plan.stdout
     bad = run_cli("run", str(recipe / "tiny.toml"), "--budget", "soon", "--dry-run")
     assert bad.returncode == 1 and "--budget 'soon': expected a duration" in bad.stderr and "Traceback" not in bad.stderr
-    text = (recipe / "tiny.toml").read_text().replace("max_steps = 6\n", "")
+    text = (recipe / "tiny.toml").read_text()  # its max_steps = 6: the budget decides instead
     (tmp_path / "budget.toml").write_text(text.replace(f'output = "{recipe / "run"}"', f'output = "{tmp_path / "b"}"'))
     first = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m", "--json")
     assert first.returncode == 0, first.stderr
     state = json.loads((tmp_path / "b" / "stages.json").read_text())["budget"]
     assert state["settings"]["epochs"] == MAX_EPOCHS and "fit the budget" in state["said"]
     config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
-    assert config["epochs"] == MAX_EPOCHS and config["lora_rank"] == 32
+    assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
     again = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout

@@ -53,8 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
     parser.add_argument("--budget", default=None, metavar="TIME",
-                        help="the whole run's time on this machine, e.g. 20m or 1.5h: the fine-tuning epochs a recipe "
-                             "leaves unset are the most that fit, at this machine's measured rates")
+                        help="the whole run's time on this machine, e.g. 20m or 1.5h: the fine-tuning epochs are the most "
+                             "that fit at this machine's measured rates (over the recipe's epochs and max_steps)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the recipe, the data and the schema (in a scratch folder) and print the plan: "
                              "which stages would run and about how long they would take; nothing is trained")
@@ -227,7 +227,8 @@ class Pipeline:
         rows = check["splits"]["train"]
         tokens = check["tokens"] * rows / max(check["usable"], 1)
         other = seconds_per_token = None
-        memo = {"budget_s": self.budget_s, "tokens": tokens, "given": sorted(self.recipe.finetune)}
+        memo = {"budget_s": self.budget_s, "tokens": tokens, "given": sorted(self.recipe.finetune),
+                "batch_tokens": config.batch_tokens}
         kept = self.state.get("budget")
         if self.budget_s is not None and isinstance(kept, dict) and kept.get("for") == memo:
             return Sized(kept["settings"], kept["said"])
@@ -236,7 +237,8 @@ class Pipeline:
             other = sum(eta.rate(rates, s) * (s.units() or 0) for s in self.stages()
                         if s.name not in ("finetune", "distill") and s.applies())
             seconds_per_token = eta.rate(rates, next(s for s in self.stages() if s.name == "finetune"))
-        sized = size_schedule(set(self.recipe.finetune), rows=rows, tokens=tokens, batch_tokens=config.batch_tokens,
+        given = set(self.recipe.finetune) - ({"epochs", "max_steps"} if self.budget_s is not None else set())
+        sized = size_schedule(given, rows=rows, tokens=tokens, batch_tokens=config.batch_tokens,
                               method=config.method, budget_s=self.budget_s, other_s=other or 0.0,
                               seconds_per_token=seconds_per_token)
         if self.budget_s is not None:

@@ -22,7 +22,8 @@ def verdict(evaluation: dict, pick: dict | None, out: Path, run_dir: Path | None
         return None
     if "none" in baseline:
         return f"No classical baseline applies: {baseline['none']}."
-    about = f"the classical baseline ({baseline['method']}, trained in {baseline['train_seconds']:.0f} s)"
+    seconds = baseline["train_seconds"]
+    about = f"the classical baseline ({baseline['method']}, trained in {seconds:.{1 if seconds < 10 else 0}f} s)"
     if pick is None:
         return f"Nothing passed its parity gate to set against {about}."
     mine = _verdicts(examples_file(out / "examples", pick["artifact"]), constrained)

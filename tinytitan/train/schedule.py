@@ -8,9 +8,10 @@ results.md, docs/finetune.md#defaults-sized-to-the-data): LoRA at rank 32 (alpha
 epoch (not more often than every `MIN_EVAL_EVERY` steps: on 500 rows it would double the training time), and
 early stopping (3 evaluations without a better loss) deciding the end.
 
-With a budget (`tinytitan run RECIPE --budget 60m`), the epochs are the most that fit: the budget less the
-other stages' estimated time, at this machine's measured fine-tuning rate (pipeline/eta.py), at most
-`MAX_EPOCHS`; a budget below one epoch trains part of one (`max_steps`).
+With a budget (`tinytitan run RECIPE --budget 60m`), the epochs are the most that fit, whatever the recipe
+says of them (the command line decides): the budget less the other stages' estimated time, at this
+machine's measured fine-tuning rate (pipeline/eta.py), at most `MAX_EPOCHS`; a budget below one epoch trains
+part of one (`max_steps`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,12 @@ def size_schedule(given: set[str], *, rows: int, tokens: float, batch_tokens: in
                                      f"and one epoch about {seconds_per_token * tokens / 60:.0f} min on this machine; "
                                      f"give a larger budget")
             if epochs >= 1:
-                chosen["epochs"] = float(min(MAX_EPOCHS, math.floor(epochs)))
+                chosen.update(epochs=float(min(MAX_EPOCHS, math.floor(epochs))), max_steps=0)
                 reasons.append(f"{chosen['epochs']:g} epochs fit the budget (about "
                                f"{chosen['epochs'] * seconds_per_token * tokens / 60:.0f} min of fine-tuning at this "
                                f"machine's {1 / seconds_per_token:.0f} tokens/s, {other_s / 60:.0f} min for the rest)")
             else:
-                chosen["max_steps"] = max(1, int(epochs * steps_per_epoch))
+                chosen.update(epochs=1.0, max_steps=max(1, int(epochs * steps_per_epoch)))
                 reasons.append(f"{chosen['max_steps']} of an epoch's {steps_per_epoch} steps fit the budget")
         else:
             chosen["epochs"] = float(min(MAX_EPOCHS, max(MIN_EPOCHS, round(TARGET_STEPS / steps_per_epoch))))
