@@ -38,7 +38,7 @@ def test_a_budget_takes_the_most_epochs_that_fit():
     assert "3 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said
     longer = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=3600,
                            other_s=300, seconds_per_token=1 / 400)
-    assert longer.settings["epochs"] == MAX_EPOCHS  # 13 epochs would fit: the cap
+    assert longer.settings["epochs"] == MAX_EPOCHS and "the budget would fit 13" in longer.said  # the cap
     part = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=425,
                          other_s=300, seconds_per_token=1 / 400)
     assert part.settings["max_steps"] == 49 and part.settings["epochs"] == 1  # half of an epoch's 98 steps
@@ -56,7 +56,7 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     """The tiny recipe sets its steps; lora_rank and the epochs under a budget are left to the sizing."""
     plan = run_cli("run", str(recipe / "tiny.toml"), "--output", str(tmp_path / "a"), "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    assert "fine-tuning settings the recipe leaves unset: lora_rank 32, lora_alpha 64" in plan.stdout
+    assert "fine-tuning schedule: lora_rank 32, lora_alpha 64" in plan.stdout
     bad = run_cli("run", str(recipe / "tiny.toml"), "--budget", "soon", "--dry-run")
     assert bad.returncode == 1 and "--budget 'soon': expected a duration" in bad.stderr and "Traceback" not in bad.stderr
     text = (recipe / "tiny.toml").read_text()  # its max_steps = 6: the budget decides instead
@@ -64,7 +64,7 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     first = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m", "--json")
     assert first.returncode == 0, first.stderr
     state = json.loads((tmp_path / "b" / "stages.json").read_text())["budget"]
-    assert state["settings"]["epochs"] == MAX_EPOCHS and "fit the budget" in state["said"]
+    assert state["settings"]["epochs"] == MAX_EPOCHS and "the budget would fit" in state["said"]
     config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
     assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
     again = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m")  # the same budget: nothing to do

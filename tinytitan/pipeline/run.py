@@ -426,7 +426,7 @@ def format_plan(plan: dict) -> str:
              f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
              + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
     if plan.get("schedule_said"):
-        lines.append(f"  fine-tuning settings the recipe leaves unset: {plan['schedule_said']}")
+        lines.append(f"  fine-tuning schedule: {plan['schedule_said']}")
     for number, step in enumerate(plan["stages"], start=1):
         estimate = f", about {eta.duration(step['seconds'])}" if "seconds" in step else ""
         lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")

@@ -99,8 +99,7 @@ def finetune(p: "Pipeline") -> None:
     config = p.finetune_config(trained=True)
     sized = p.sized(config)
     if sized and sized.said:
-        p.say(f"      settings the recipe leaves unset, sized to the data{' and the budget' if p.budget_s else ''}: "
-              f"{sized.said}")
+        p.say(f"      fine-tuning schedule, sized to the data{' and the budget' if p.budget_s else ''}: {sized.said}")
     if p.fresh and p.train_dir.exists():  # --fresh trains anew; what was trained before is kept aside
         set_aside(p, p.train_dir)
     if (p.train_dir / "config.json").exists():

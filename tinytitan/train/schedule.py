@@ -67,9 +67,11 @@ def size_schedule(given: set[str], *, rows: int, tokens: float, batch_tokens: in
                                      f"give a larger budget")
             if epochs >= 1:
                 chosen.update(epochs=float(min(MAX_EPOCHS, math.floor(epochs))), max_steps=0)
-                reasons.append(f"{chosen['epochs']:g} epochs fit the budget (about "
-                               f"{chosen['epochs'] * seconds_per_token * tokens / 60:.0f} min of fine-tuning at this "
-                               f"machine's {1 / seconds_per_token:.0f} tokens/s, {other_s / 60:.0f} min for the rest)")
+                fit = (f"{chosen['epochs']:g} epochs fit the budget" if epochs < MAX_EPOCHS + 1 else
+                       f"{MAX_EPOCHS} epochs, the most this runs (the budget would fit {math.floor(epochs)})")
+                reasons.append(f"{fit} (about {chosen['epochs'] * seconds_per_token * tokens / 60:.0f} min of "
+                               f"fine-tuning at this machine's {1 / seconds_per_token:.0f} tokens/s, "
+                               f"{other_s / 60:.0f} min for the rest)")
             else:
                 chosen.update(epochs=1.0, max_steps=max(1, int(epochs * steps_per_epoch)))
                 reasons.append(f"{chosen['max_steps']} of an epoch's {steps_per_epoch} steps fit the budget")
