@@ -170,7 +170,11 @@ def test_a_five_line_recipe_runs_end_to_end_on_these_shapes(tiny, tmp_path, shap
     for name in schema["properties"]:
         assert (name in schema["required"]) == all(name in record for record in records)
     evaluation = json.loads((tmp_path / "run" / "report" / "eval.json").read_text())["result"]
-    assert all("fields" in r and "constrained" in r for r in evaluation["results"] if "torch" not in r["artifact"])
+    assert all("fields" in r and "constrained" in r for r in evaluation["results"]
+               if "torch" not in r["artifact"] and r["kind"] != "baseline")  # the baseline decodes nothing
+    baseline = evaluation["baseline"]  # a row of the table, or why none applies (a nested object: no CRF)
+    assert (evaluation["results"][-1]["kind"] == "baseline") == ("method" in baseline)
+    assert "method" in baseline or "holds object" in baseline["none"]
 
 
 def test_a_recipe_reads_its_files_in_their_encoding_and_the_prepared_rows_stay_utf8(tiny, tmp_path):

@@ -60,12 +60,13 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     bad = run_cli("run", str(recipe / "tiny.toml"), "--budget", "soon", "--dry-run")
     assert bad.returncode == 1 and "--budget 'soon': expected a duration" in bad.stderr and "Traceback" not in bad.stderr
     text = (recipe / "tiny.toml").read_text()  # its max_steps = 6: the budget decides instead
-    (tmp_path / "budget.toml").write_text(text.replace(f'output = "{recipe / "run"}"', f'output = "{tmp_path / "b"}"'))
-    first = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m", "--json")
+    budget = recipe / "budget.toml"  # beside the recipe: its rows.jsonl is named relative to it
+    budget.write_text(text.replace(f'output = "{recipe / "run"}"', f'output = "{tmp_path / "b"}"'))
+    first = run_cli("run", str(budget), "--budget", "30m", "--json")
     assert first.returncode == 0, first.stderr
     state = json.loads((tmp_path / "b" / "stages.json").read_text())["budget"]
     assert state["settings"]["epochs"] == MAX_EPOCHS and "the budget would fit" in state["said"]
     config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
     assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
-    again = run_cli("run", str(tmp_path / "budget.toml"), "--budget", "30m")  # the same budget: nothing to do
+    again = run_cli("run", str(budget), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout
