@@ -70,3 +70,14 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
     again = run_cli("run", str(budget), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_the_fine_tuning_rate_counts_the_tokens_trained_not_those_planned(tmp_path):
+    """Early stopping ends a run before its planned epochs: the machine's rate (and so the next budget) is
+    measured on what was trained."""
+    from tinytitan.pipeline.stages import trained_tokens
+
+    assert trained_tokens(tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 900, "loss": 1.0}\n{"step": 1, "val_loss": 0.5}\n'
+                                            '{"step": 2, "tokens": 1800, "loss": 0.9}\n{"step": 2, "val_loss": 0.4}\n')
+    assert trained_tokens(tmp_path) == 1800

@@ -400,6 +400,10 @@ class Pipeline:
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self._save()
             units = stage.units()
+            if stage.name in ("finetune", "distill"):  # early stopping ends before the planned tokens: the rate is
+                from tinytitan.pipeline.stages import trained_tokens
+
+                units = trained_tokens(self.student_dir if stage.name == "distill" else self.train_dir) or units
             if units and seconds > 1:
                 rates[eta.rate_key(stage)] = seconds / units
             done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})

@@ -210,6 +210,16 @@ def finetune_units(p: "Pipeline", config=None) -> float | None:
     train_share = stats["splits"]["train"] / max(stats["usable"], 1)
     return stats["tokens"] * train_share * (config.max_steps and 1 or config.epochs)
 
+def trained_tokens(run_dir: Path) -> float | None:
+    """The tokens a fine-tuning run trained on, from its metrics.jsonl (None without one): what its time was
+    spent on, where early stopping ended it before the planned epochs."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    tokens = [json.loads(line).get("tokens") for line in lines if '"tokens"' in line]
+    return float(tokens[-1]) if tokens and tokens[-1] else None
+
 def distill_units(p: "Pipeline") -> float | None:
     """The student's training tokens (its teacher's pass and labels are a fraction of that: not counted)."""
     return finetune_units(p, p.student_config())
