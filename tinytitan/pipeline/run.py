@@ -216,34 +216,10 @@ class Pipeline:
         return config
 
     def sized(self, config) -> Sized | None:
-        """The schedule sized to the training rows the data check counted (None before it has). A budget's
-        choice is kept in stages.json for that budget and data, so a re-run with the same --budget is up to date
-        even after this machine's measured rates have moved."""
-        from tinytitan.train.schedule import Sized, size_schedule
+        """The schedule sized to the checked rows and the budget (pipeline/sizing.py); None before the check."""
+        from tinytitan.pipeline.sizing import sized
 
-        check = read_json(self.data / "check.json")
-        if not isinstance(check, dict) or "tokens" not in check:
-            return None
-        rows = check["splits"]["train"]
-        tokens = check["tokens"] * rows / max(check["usable"], 1)
-        other = seconds_per_token = None
-        memo = {"budget_s": self.budget_s, "tokens": tokens, "given": sorted(self.recipe.finetune),
-                "batch_tokens": config.batch_tokens}
-        kept = self.state.get("budget")
-        if self.budget_s is not None and isinstance(kept, dict) and kept.get("for") == memo:
-            return Sized(kept["settings"], kept["said"])
-        if self.budget_s is not None:
-            rates = eta.load_rates()
-            other = sum(eta.rate(rates, s) * (s.units() or 0) for s in self.stages()
-                        if s.name not in ("finetune", "distill") and s.applies())
-            seconds_per_token = eta.rate(rates, next(s for s in self.stages() if s.name == "finetune"))
-        given = set(self.recipe.finetune) - ({"epochs", "max_steps"} if self.budget_s is not None else set())
-        sized = size_schedule(given, rows=rows, tokens=tokens, batch_tokens=config.batch_tokens,
-                              method=config.method, budget_s=self.budget_s, other_s=other or 0.0,
-                              seconds_per_token=seconds_per_token)
-        if self.budget_s is not None:
-            self.state["budget"] = {"for": memo, "settings": sized.settings, "said": sized.said}
-        return sized
+        return sized(self, config)
 
     def student_config(self):
         """[distill]: the student's fine-tuning settings: the specialist's, with [distill]'s [finetune] keys,
