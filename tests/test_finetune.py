@@ -68,6 +68,22 @@ def test_run_folder_and_peft_adapter(tiny, dataset, tmp_path):
     assert len(val) == 3 and val[0] > val[1] > val[2]  # it learns, and validation sees it
 
 
+def test_a_time_limit_ends_the_run_as_its_last_step_would(tiny, dataset, tmp_path):
+    """`run --budget` sets one: past it, the run validates, keeps the best and checkpoints, as at its last step."""
+    run = tmp_path / "limited"
+    result = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "40", "--eval-every", "100", "--save-every",
+                                    "100", "--time-limit", "0.001"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["timed_out"] and summary["steps"] == 1 and summary["best_val_loss"] is not None
+    assert "the time limit (0 s of training) is reached - stopping with 39 of 40 steps left" in result.stdout
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000001"] and (run / "best").is_dir()
+    longer = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "40", "--eval-every", "100", "--save-every",
+                                    "100", "--time-limit", "0", "--resume"))  # a longer limit continues it
+    assert longer.returncode == 0, longer.stderr
+    assert json.loads(longer.stdout.strip().splitlines()[-1])["steps"] == 40
+
+
 def test_golden_loss_curve(tiny, dataset, tmp_path):
     run = tmp_path / "golden"
     result = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "8", "--eval-every", "100"))
@@ -162,6 +178,7 @@ def test_recipe_keys_flags_and_errors(tiny, dataset, tmp_path):
     for flags, message in [(("--epochs", "-1"), "epochs: -1.0 is not valid"),
                            (("--method", "qlora"), "method: 'qlora' is not valid (expected lora | full)"),
                            (("--lora-rank", "x"), "--lora-rank: 'x' is not a whole number"),
+                           (("--time-limit", "-5"), "time_limit: -5.0 is not valid (expected seconds >= 0"),
                            (("--lora-targets", "q_proj,foo"), "lora_targets: ['foo'] not allowed")]:
         result = run_cli("finetune", "--train", str(dataset), *flags)
         assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr

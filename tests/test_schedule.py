@@ -30,18 +30,20 @@ def test_small_data_gets_more_passes_and_a_recipe_keeps_what_it_sets():
         {"eval_every": MIN_EVAL_EVERY, "save_every": MIN_EVAL_EVERY}
 
 
-def test_a_budget_takes_the_most_epochs_that_fit():
-    # 100k tokens an epoch at 400 tokens/s: 250 s an epoch; 20 min less 5 min of other stages fits 3 epochs
+def test_a_budget_fills_the_time_it_leaves_for_fine_tuning():
+    # 100k tokens an epoch at 400 tokens/s: 250 s an epoch; 20 min less 5 min of other stages fits 3.6 epochs
     sized = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=1200,
                           other_s=300, seconds_per_token=1 / 400)
-    assert sized.settings["epochs"] == 3 and sized.settings["max_steps"] == 0
-    assert "3 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said
+    assert sized.settings["epochs"] == 3.6 and sized.settings["max_steps"] == 0
+    assert sized.settings["early_stopping"] == 0 and sized.settings["time_limit"] == 900  # the run ends at its end
+    assert "3.6 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said and "15 min" in sized.said
     longer = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=3600,
                            other_s=300, seconds_per_token=1 / 400)
     assert longer.settings["epochs"] == MAX_EPOCHS and "the budget would fit 13" in longer.said  # the cap
+    assert longer.settings["time_limit"] == round(MAX_EPOCHS * 250 * 1.15)  # slack over the capped length
     part = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=425,
                          other_s=300, seconds_per_token=1 / 400)
-    assert part.settings["max_steps"] == 49 and part.settings["epochs"] == 1  # half of an epoch's 98 steps
+    assert part.settings["epochs"] == 0.5 and part.settings["time_limit"] == 125  # half an epoch
     with pytest.raises(TinyTitanError, match="give a larger budget"):
         size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=200, other_s=300,
                       seconds_per_token=1 / 400)
@@ -68,6 +70,7 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     assert state["settings"]["epochs"] == MAX_EPOCHS and "the budget would fit" in state["said"]
     config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
     assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
+    assert config["early_stopping"] == 0 and config["time_limit"] > 0
     again = run_cli("run", str(budget), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout
 

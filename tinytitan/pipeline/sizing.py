@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from tinytitan.files import read_json
 from tinytitan.pipeline import eta
-from tinytitan.train.schedule import Sized, size_schedule
+from tinytitan.train.schedule import BUDGET_DECIDES, Sized, size_schedule
 
 if TYPE_CHECKING:
     from tinytitan.pipeline.run import Pipeline
@@ -34,7 +34,7 @@ def sized(p: "Pipeline", config) -> Sized | None:
         other = sum(eta.rate(rates, s) * (s.units() or 0) for s in stages
                     if s.name not in ("finetune", "distill") and s.applies())
         seconds_per_token = eta.rate(rates, next(s for s in stages if s.name == "finetune"))
-    given = set(p.recipe.finetune) - ({"epochs", "max_steps"} if p.budget_s is not None else set())
+    given = set(p.recipe.finetune) - (BUDGET_DECIDES if p.budget_s is not None else set())
     chosen = size_schedule(given, rows=rows, tokens=tokens, batch_tokens=config.batch_tokens,
                            method=config.method, budget_s=p.budget_s, other_s=other or 0.0,
                            seconds_per_token=seconds_per_token)

@@ -50,6 +50,7 @@ class FinetuneConfig:
     # optimization
     epochs: float = 2.0
     max_steps: int = 0  # 0 = as many as `epochs` take
+    time_limit: float = 0.0  # seconds of training after which the run ends as at its last step (0 = none)
     batch_tokens: int = 1024  # padded tokens per micro-batch, filled from length buckets
     grad_accum: int = 1
     learning_rate: float = 2e-4
@@ -113,6 +114,8 @@ class FinetuneConfig:
                 bad(key, "a number in [0, 1]")
         if self.kd_weight < 0:
             bad("kd_weight", "a number >= 0")
+        if self.time_limit < 0:
+            bad("time_limit", "seconds >= 0 (0 = none)")
         if not self.kd_temperature > 0:
             bad("kd_temperature", "a number > 0")
         if self.kd_divergence not in ("forward", "reverse"):

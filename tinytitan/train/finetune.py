@@ -32,6 +32,7 @@ from tinytitan.train.batching import collate, loss_tokens, plan_epoch, real_toke
 from tinytitan.train.config import FinetuneConfig, add_config_flags, build_config
 from tinytitan.model.engines import peak_memory_mb
 from tinytitan.errors import TinyTitanError
+from tinytitan.files import FolderLock, write_json, write_text
 from tinytitan.train.training import (Distributed, CompletionLoss, build_model, causal_lm, make_scheduler, save_weights,
                                 trainable_state, load_trainable_state, use_bf16)
 
@@ -42,7 +43,7 @@ class CannotResume(TinyTitanError):
     checkpoint. (Any other error while resuming, a full disk say, leaves the run to be resumed once it is fixed.)"""
 
 
-RESUMABLE_CHANGES = {"early_stopping", "save_every", "keep_checkpoints", "threads", "output"}
+RESUMABLE_CHANGES = {"early_stopping", "time_limit", "save_every", "keep_checkpoints", "threads", "output"}
 
 
 def add_arguments(parser) -> None:
@@ -56,8 +57,6 @@ def run(args) -> None:
     config = build_config(args.recipe, args)
     if not config.train:
         raise TinyTitanError("no training data: give `train` in the recipe or --train FILE")
-    from tinytitan.files import FolderLock
-
     if int(os.environ.get("RANK", "0")):  # another process of a torchrun: the first holds the lock for all
         result = train(config, resume=args.resume)
     else:
@@ -83,6 +82,8 @@ class Position:
     bad_evals: int = 0
     tokens: int = 0
     stopped_early: bool = False
+    seconds: float = 0.0  # of training so far, across resumptions (`time_limit`)
+    timed_out: bool = False
 
 
 def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
@@ -121,6 +122,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     pos = Position()
     if resume:
         pos = _restore(run_dir, model, optimizer, scheduler)
+        pos.timed_out = False  # a longer time_limit may continue it
     metrics = _Metrics(run_dir / "metrics.jsonl", dist.is_main, truncate_after=pos.step if resume else 0)
     if dist.is_main:
         trainable = sum(p.numel() for p in params)
@@ -130,9 +132,10 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
               + (f", resuming at step {pos.step}" if pos.step else ""), flush=True)
 
     start_time = time.perf_counter()
+    trained_before = pos.seconds
     plans: dict[int, list] = {}
     with _progress(dist.is_main, total_steps, pos.step) as progress:
-        while pos.step < total_steps and not pos.stopped_early:
+        while pos.step < total_steps and not pos.stopped_early and not pos.timed_out:
             plan = plans.setdefault(pos.epoch, plan_epoch(train_set, config.batch_tokens, config.max_length,
                                                           config.seed, pos.epoch, dist.world))
             micro = plan[pos.batch:pos.batch + config.grad_accum]
@@ -154,10 +157,17 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
                       "tokens_per_second": step_tokens / elapsed, "peak_rss_mb": peak_memory_mb()}
             metrics.write(record)
             progress(pos.step, record)
-            if val_set and (pos.step % config.eval_every == 0 or pos.step == total_steps):
+            pos.seconds = trained_before + time.perf_counter() - start_time
+            # every process ends at the same step: stop when any one of them is past the limit
+            pos.timed_out = bool(config.time_limit) and dist.sum(torch.tensor(float(pos.seconds >= config.time_limit))) > 0
+            last = pos.step == total_steps or pos.timed_out
+            if val_set and (pos.step % config.eval_every == 0 or last):
                 _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics,
-                                        last=pos.step == total_steps)
-            if pos.step % config.save_every == 0 or pos.step == total_steps or pos.stopped_early:
+                                        last=last)
+            if pos.timed_out and dist.is_main:
+                print(f"step {pos.step}: the time limit ({config.time_limit:.0f} s of training) is reached - "
+                      f"stopping with {total_steps - pos.step} of {total_steps} steps left", flush=True)
+            if pos.step % config.save_every == 0 or last or pos.stopped_early:
                 _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos, config)
     if dist.is_main:
         save_weights(model, run_dir / "last", {"step": pos.step, "base_model": str(ref.path),
@@ -168,7 +178,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
         _plot(run_dir)
     summary = {"run": str(run_dir), "steps": pos.step, "epochs": round(pos.epoch + pos.batch / max(per_epoch, 1), 3),
                "best_val_loss": None if math.isinf(pos.best_val) else pos.best_val, "best_step": pos.best_step,
-               "stopped_early": pos.stopped_early, "tokens": pos.tokens,
+               "stopped_early": pos.stopped_early, "timed_out": pos.timed_out, "tokens": pos.tokens,
                "seconds": round(time.perf_counter() - start_time, 1)}
     dist.barrier()
     dist.close()
@@ -322,14 +332,8 @@ def _create_run_dir(run_dir: Path, config: FinetuneConfig, fingerprint: dict) ->
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TinyTitanError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
-    _write_json(run_dir / "config.json", config.as_dict())
-    _write_json(run_dir / "data_fingerprint.json", fingerprint)
-
-
-def _write_json(path: Path, value) -> None:
-    from tinytitan.files import write_json
-
-    write_json(path, value, indent=2)
+    write_json(run_dir / "config.json", config.as_dict(), indent=2)
+    write_json(run_dir / "data_fingerprint.json", fingerprint, indent=2)
 
 
 class _Metrics:
@@ -347,12 +351,8 @@ class _Metrics:
                     continue
                 if record.get("step", 0) <= truncate_after:
                     kept.append(line)
-            from tinytitan.files import write_text
-
             write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old lines
         elif enabled and not truncate_after:
-            from tinytitan.files import write_text
-
             write_text(path, "")
 
     def write(self, record: dict) -> None:

@@ -8,10 +8,13 @@ results.md, docs/finetune.md#defaults-sized-to-the-data): LoRA at rank 32 (alpha
 epoch (not more often than every `MIN_EVAL_EVERY` steps: on 500 rows it would double the training time), and
 early stopping (3 evaluations without a better loss) deciding the end.
 
-With a budget (`tinytitan run RECIPE --budget 60m`), the epochs are the most that fit, whatever the recipe
-says of them (the command line decides): the budget less the other stages' estimated time, at this
-machine's measured fine-tuning rate (pipeline/eta.py), at most `MAX_EPOCHS`; a budget below one epoch trains
-part of one (`max_steps`).
+With a budget (`tinytitan run RECIPE --budget 60m`), the budget decides the length, whatever the recipe says
+of epochs, steps and early stopping (the command line decides): the optimizer steps that fit in the budget
+less the other stages' estimated time, at this machine's measured fine-tuning rate (pipeline/eta.py), at most
+`MAX_EPOCHS` epochs. Early stopping is off (a run that stopped at a third of its budget measured 38% short):
+the learning rate decays over the steps that fit and the best validation checkpoint is what gets exported,
+as without a budget; a `time_limit` as long as the fine-tuning's share stops it there if this machine is
+slower today than its rates say.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ TARGET_STEPS = 900
 MIN_EPOCHS, MAX_EPOCHS = 2, 8
 EVALS_PER_EPOCH = 2
 MIN_EVAL_EVERY = 25  # a validation pass costs about as much as a few training steps: not more often than this
+BUDGET_DECIDES = {"epochs", "max_steps", "early_stopping", "time_limit"}  # under --budget, whatever the recipe says
 SIZED = {"lora_rank": 32, "lora_alpha": 64.0, "learning_rate": 3e-4}  # LoRA; full fine-tuning keeps its own
 
 
@@ -60,21 +64,21 @@ def size_schedule(given: set[str], *, rows: int, tokens: float, batch_tokens: in
             if not seconds_per_token:
                 raise TinyTitanError("--budget: no fine-tuning rate known for this machine yet")
             room = budget_s - other_s
-            epochs = room / (seconds_per_token * tokens) if room > 0 else 0.0
-            if epochs < 0.05:
+            epoch_s = seconds_per_token * tokens
+            epochs = room / epoch_s if room > 0 else 0.0
+            if epochs * steps_per_epoch < 1:  # not one optimizer step
                 raise TinyTitanError(f"--budget {budget_s / 60:.0f}m: the other stages need about {other_s / 60:.0f} min "
-                                     f"and one epoch about {seconds_per_token * tokens / 60:.0f} min on this machine; "
+                                     f"and one epoch about {epoch_s / 60:.0f} min on this machine; "
                                      f"give a larger budget")
-            if epochs >= 1:
-                chosen.update(epochs=float(min(MAX_EPOCHS, math.floor(epochs))), max_steps=0)
-                fit = (f"{chosen['epochs']:g} epochs fit the budget" if epochs < MAX_EPOCHS + 1 else
-                       f"{MAX_EPOCHS} epochs, the most this runs (the budget would fit {math.floor(epochs)})")
-                reasons.append(f"{fit} (about {chosen['epochs'] * seconds_per_token * tokens / 60:.0f} min of "
-                               f"fine-tuning at this machine's {1 / seconds_per_token:.0f} tokens/s, "
-                               f"{other_s / 60:.0f} min for the rest)")
-            else:
-                chosen.update(epochs=1.0, max_steps=max(1, int(epochs * steps_per_epoch)))
-                reasons.append(f"{chosen['max_steps']} of an epoch's {steps_per_epoch} steps fit the budget")
+            fits = min(epochs, MAX_EPOCHS)  # fractional: the trainer counts its steps (padding and all)
+            chosen.update(epochs=math.floor(fits * 100) / 100, max_steps=0, early_stopping=0,
+                          time_limit=round(room if epochs <= MAX_EPOCHS else fits * epoch_s * 1.15))
+            fit = (f"{chosen['epochs']:g} epochs fit the budget" if epochs <= MAX_EPOCHS else
+                   f"{MAX_EPOCHS} epochs, the most this runs (the budget would fit {epochs:.0f})")
+            reasons.append(f"{fit}: about {fits * epoch_s / 60:.0f} min of fine-tuning at this machine's "
+                           f"{1 / seconds_per_token:.0f} tokens/s, {other_s / 60:.0f} min for the rest; early stopping "
+                           f"off, the best validation checkpoint kept; stopped at {chosen['time_limit'] / 60:.0f} min "
+                           f"if slower")
         else:
             chosen["epochs"] = float(min(MAX_EPOCHS, max(MIN_EPOCHS, round(TARGET_STEPS / steps_per_epoch))))
             reasons.append(f"{chosen['epochs']:g} epochs (about {TARGET_STEPS} steps of {batch_tokens} tokens over "
