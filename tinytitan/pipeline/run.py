@@ -53,8 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", "-t", type=options.positive_int, default=None, help="CPU threads")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
     parser.add_argument("--budget", default=None, metavar="TIME",
-                        help="the whole run's time on this machine, e.g. 20m or 1.5h: the fine-tuning epochs are the most "
-                             "that fit at this machine's measured rates (over the recipe's epochs and max_steps)")
+                        help="the whole run's time on this machine, e.g. 20m or 1.5h: fine-tuning fills what the other stages "
+                             "leave, at this machine's measured rates (over the recipe's epochs and early stopping)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the recipe, the data and the schema (in a scratch folder) and print the plan: "
                              "which stages would run and about how long they would take; nothing is trained")
@@ -108,7 +108,7 @@ class Pipeline:
     def __init__(self, recipe, threads: int | None = None, fresh: bool = False, quiet: bool = False,
                  budget_s: float | None = None):
         self.recipe = recipe
-        self.budget_s = budget_s  # --budget: the epochs are the most that fit (train/schedule.py)
+        self.budget_s = budget_s  # --budget: fine-tuning fills what the other stages leave (train/schedule.py)
         self.threads = threads
         self.fresh = fresh
         self.quiet = quiet
