@@ -159,7 +159,8 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
             progress(pos.step, record)
             pos.seconds = trained_before + time.perf_counter() - start_time
             # every process ends at the same step: stop when any one of them is past the limit
-            pos.timed_out = bool(config.time_limit) and dist.sum(torch.tensor(float(pos.seconds >= config.time_limit))) > 0
+            pos.timed_out = bool(config.time_limit) and pos.step < total_steps and \
+                dist.sum(torch.tensor(float(pos.seconds >= config.time_limit))) > 0
             last = pos.step == total_steps or pos.timed_out
             if val_set and (pos.step % config.eval_every == 0 or last):
                 _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, run_dir, pos, metrics,
