@@ -57,6 +57,7 @@ def main() -> None:
     import argparse
 
     from tinytitan.evaluate.metrics import bootstrap_ci
+    from tinytitan.evaluate.scoring import examples_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="20m,60m")
@@ -73,8 +74,8 @@ def main() -> None:
                                       str(first / "data" / "train.jsonl"), "--max-tokens", "128", "--out", str(out),
                                       "--json", log=work / "budget-eval.log").splitlines()[-1])["task"]
     verdicts = []
-    for run, gguf, row in zip(runs, ggufs, evaluation["results"]):
-        lines = (out / "examples" / f"{gguf.stem}.jsonl").read_text().splitlines()
+    for run, row in zip(runs, evaluation["results"]):
+        lines = examples_file(out, row["artifact"]).read_text().splitlines()
         verdicts.append([float(json.loads(x)["constrained_correct"]) for x in lines])
         run.update(exact_match=row["score"], ci95=row["ci95"], constrained=row["constrained"]["exact_match"],
                    ci95_constrained=row["constrained"]["ci95"])

@@ -67,6 +67,8 @@ def run(args) -> None:
     if args.json:
         print(json.dumps(result))
     elif args.dry_run:
+        from tinytitan.pipeline.plan import format_plan
+
         print(format_plan(result))
     else:
         print_summary(result)
@@ -102,6 +104,7 @@ class Stage:
     work: Callable[[], None]
     units: Callable[[], float | None]  # work units for the time estimate (rows, tokens...); None: not known yet
     applies: Callable[[], bool] = lambda: True
+    done: Callable[[], float | None] = lambda: None  # the units it did, where they can fall short of the plan
 
 
 class Pipeline:
@@ -150,7 +153,8 @@ class Pipeline:
                   applies=lambda: r.vocab.trim == "train"),
             Stage("finetune", lambda: {"config": self._finetune_key(), "data": self._hashes("prepare"),
                                        "model": self._model_sha(trained=True), "vocab": self._hashes("vocab")},
-                  lambda: sorted((self.train_dir / "best").glob("*")), lambda: stages.finetune(self), lambda: stages.finetune_units(self)),
+                  lambda: sorted((self.train_dir / "best").glob("*")), lambda: stages.finetune(self), lambda: stages.finetune_units(self),
+                  done=lambda: stages.trained_tokens(self.train_dir)),
             Stage("export", lambda: {"weights": self._hashes("finetune"), "settings": asdict(r.export),
                                      "gate": _sha(PACKAGE / "export" / "gate.py"),  # new gate rules re-gate
                                      **({"vocab": asdict(r.vocab)} if r.vocab.trim == "export" else {})},
@@ -166,7 +170,7 @@ class Pipeline:
                   lambda: [*sorted((self.student_dir / "best").glob("*")),
                            *sorted(p for p in (self.student_dir / "export").glob("*") if p.is_file())],
                   lambda: stages.distill(self), lambda: stages.distill_units(self),
-                  applies=lambda: r.distill is not None),
+                  applies=lambda: r.distill is not None, done=lambda: stages.trained_tokens(self.student_dir)),
             Stage("eval", lambda: {"artifacts": self._hashes("export"), "weights": self._hashes("finetune"),
                                    "students": self._hashes("distill"),
                                    "test": _sha(self.data / "test.jsonl"), "settings": asdict(r.eval),
@@ -287,44 +291,11 @@ class Pipeline:
         answers = json_answers([e.completion for e in load_examples(train, DataSpec()).examples])
         return bool(answers) and all(isinstance(answer, dict) for answer in answers)
 
-    # --- planning --------------------------------------------------------------------------------
     def plan(self) -> dict:
-        """A dry run: prepare, check and infer the schema in a scratch folder (so bad data, a bad recipe or
-        a schema the decoder cannot enforce fail here, as they would in the run), then say which stages of
-        the real run folder are up to date and which would run, with this machine's time estimate."""
-        import dataclasses
-        import tempfile
+        """A dry run: what would run and about how long it would take (pipeline/plan.py)."""
+        from tinytitan.pipeline.plan import plan
 
-        with tempfile.TemporaryDirectory() as scratch:
-            probe = Pipeline(dataclasses.replace(self.recipe, output=Path(scratch)), self.threads, quiet=True,
-                             budget_s=self.budget_s)
-            probe_stages = probe.stages()
-            for stage in probe_stages[:3]:  # prepare, check, schema
-                if stage.applies():
-                    with contextlib.redirect_stdout(sys.stderr):
-                        stage.work()
-            check = json.loads((probe.data / "check.json").read_text())
-            schema_path = probe.root / "schema.json"
-            schema = json.loads(schema_path.read_text()) if schema_path.exists() else None
-            sized = probe.sized(probe.finetune_config())
-            rates, steps, changed = eta.load_rates(), [], self.fresh
-            for stage, probed in zip(self.stages(), probe_stages):
-                if not probed.applies():
-                    steps.append({"stage": stage.name, "status": "not needed"})
-                    continue
-                record = self.state.get(stage.name)
-                if not changed and record and record["key"] == _digest(stage.inputs()) and _unchanged(record["outputs"]):
-                    steps.append({"stage": stage.name, "status": "up to date"})
-                    continue
-                changed = True  # what follows reads what this stage writes: it runs unless that comes out the same
-                units = probed.units() or 0
-                steps.append({"stage": stage.name, "status": "would run",
-                              "seconds": round(eta.rate(rates, stage) * units)})
-        return {"recipe": str(self.recipe.path), "run": str(self.root), "rows": check["splits"],
-                "rejected": check["rejected"], "truncated": check["truncated"], "tokens": check["tokens"],
-                "fields": len(schema["properties"]) if schema and "properties" in schema else None,
-                "stages": steps, "seconds": sum(s.get("seconds", 0) for s in steps),
-                "schedule": sized.settings if sized else {}, "schedule_said": sized.said if sized else ""}
+        return plan(self)
 
     # --- running ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -375,11 +346,7 @@ class Pipeline:
             self.state[stage.name] = {"key": key, "outputs": outputs, "seconds": round(seconds, 1),
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self._save()
-            units = stage.units()
-            if stage.name in ("finetune", "distill"):  # early stopping ends before the planned tokens: the rate is
-                from tinytitan.pipeline.stages import trained_tokens
-
-                units = trained_tokens(self.student_dir if stage.name == "distill" else self.train_dir) or units
+            units = stage.done() or stage.units()  # (early stopping or a time limit: fewer tokens than planned)
             if units and seconds > 1:
                 rates[eta.rate_key(stage)] = seconds / units
             done.append({"stage": stage.name, "status": "ran", "seconds": round(seconds, 1)})
@@ -397,19 +364,3 @@ class Pipeline:
     def say(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
-
-
-def format_plan(plan: dict) -> str:
-    rows = plan["rows"]
-    lines = [f"dry run of {plan['recipe']} -> {plan['run']}: the recipe, the data and the schema check out",
-             f"  rows: train {rows['train']}, val {rows['val']}, test {rows['test']} ({plan['rejected']} rejected, "
-             f"{plan['truncated']} cut by max_length, {plan['tokens']:,} tokens)"
-             + (f"; schema of {plan['fields']} fields" if plan["fields"] is not None else "")]
-    if plan.get("schedule_said"):
-        lines.append(f"  fine-tuning schedule: {plan['schedule_said']}")
-    for number, step in enumerate(plan["stages"], start=1):
-        estimate = f", about {eta.duration(step['seconds'])}" if "seconds" in step else ""
-        lines.append(f"  [{number}/{len(plan['stages'])}] {step['stage']}: {step['status']}{estimate}")
-    lines.append(f"about {eta.duration(plan['seconds'])} in all (an estimate from this machine's earlier runs, else "
-                 f"defaults for a 2-core CPU); nothing was trained")
-    return "\n".join(lines)

@@ -9,12 +9,12 @@ epoch (not more often than every `MIN_EVAL_EVERY` steps: on 500 rows it would do
 early stopping (3 evaluations without a better loss) deciding the end.
 
 With a budget (`tinytitan run RECIPE --budget 60m`), the budget decides the length, whatever the recipe says
-of epochs, steps and early stopping (the command line decides): the optimizer steps that fit in the budget
-less the other stages' estimated time, at this machine's measured fine-tuning rate (pipeline/eta.py), at most
-`MAX_EPOCHS` epochs. Early stopping is off (a run that stopped at a third of its budget measured 38% short):
-the learning rate decays over the steps that fit and the best validation checkpoint is what gets exported,
-as without a budget; a `time_limit` as long as the fine-tuning's share stops it there if this machine is
-slower today than its rates say.
+of epochs, steps and early stopping (the command line decides): the epochs (fractions included) that fit in
+the budget less the other stages' estimated time, at this machine's measured fine-tuning rate
+(pipeline/eta.py), at most `MAX_EPOCHS`. Early stopping is off (a run it ended at epoch 3.9 of 8 took 12.4 of
+its 20 minutes): the learning rate decays over the epochs that fit and the best validation checkpoint is what
+gets exported, as without a budget; a `time_limit` as long as the fine-tuning's share stops it there if this
+machine is slower today than its rates say.
 """
 
 from __future__ import annotations
