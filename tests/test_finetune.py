@@ -84,6 +84,24 @@ def test_a_time_limit_ends_the_run_as_its_last_step_would(tiny, dataset, tmp_pat
     assert json.loads(longer.stdout.strip().splitlines()[-1])["steps"] == 40
 
 
+def test_keep_last_exports_the_weights_at_the_end(tiny, dataset, tmp_path):
+    """best/ is what gets exported: with keep = last the weights at the end of the schedule are written there
+    when the run ends, not those of the lowest validation loss (written when it was measured)."""
+    from safetensors.torch import load_file
+
+    result = run_cli(*finetune_args(tiny, dataset, tmp_path / "r", "--max-steps", "6", "--eval-every", "2",
+                                    "--keep", "last"))
+    assert result.returncode == 0, result.stderr
+    best, last = (load_file(tmp_path / "r" / f / "adapter_model.safetensors") for f in ("best", "last"))
+    assert best.keys() == last.keys() and all(best[k].equal(last[k]) for k in best)
+    info = json.loads((tmp_path / "r" / "best" / "tinytitan.json").read_text())
+    assert info["step"] == 6 and "val_loss" not in info and "base_sha256" in info  # the end-of-run write
+    kept = run_cli(*finetune_args(tiny, dataset, tmp_path / "k", "--max-steps", "6", "--eval-every", "2"))
+    assert kept.returncode == 0 and "val_loss" in json.loads((tmp_path / "k" / "best" / "tinytitan.json").read_text())
+    bad = run_cli(*finetune_args(tiny, dataset, tmp_path / "b", "--keep", "first"))
+    assert bad.returncode == 1 and "keep: 'first' is not valid (expected best | last)" in bad.stderr
+
+
 def test_golden_loss_curve(tiny, dataset, tmp_path):
     run = tmp_path / "golden"
     result = run_cli(*finetune_args(tiny, dataset, run, "--max-steps", "8", "--eval-every", "100"))

@@ -36,6 +36,7 @@ def test_a_budget_fills_the_time_it_leaves_for_fine_tuning():
                           other_s=300, seconds_per_token=1 / 400)
     assert sized.settings["epochs"] == 3.6 and sized.settings["max_steps"] == 0
     assert sized.settings["early_stopping"] == 0 and sized.settings["time_limit"] == 900  # the run ends at its end
+    assert sized.settings["keep"] == "last" and "the weights at the end kept" in sized.said  # annealed, exported
     assert "3.6 epochs fit the budget" in sized.said and "400 tokens/s" in sized.said and "15 min" in sized.said
     longer = size_schedule(set(), rows=2000, tokens=100_000, batch_tokens=1024, method="lora", budget_s=3600,
                            other_s=300, seconds_per_token=1 / 400)
@@ -70,7 +71,7 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     assert state["settings"]["epochs"] == MAX_EPOCHS and "the budget would fit" in state["said"]
     config = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
     assert config["epochs"] == MAX_EPOCHS and config["max_steps"] == 0 and config["lora_rank"] == 32
-    assert config["early_stopping"] == 0 and config["time_limit"] > 0
+    assert config["early_stopping"] == 0 and config["time_limit"] > 0 and config["keep"] == "last"
     again = run_cli("run", str(budget), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout
 

@@ -72,6 +72,7 @@ class FinetuneConfig:
     # evaluation and checkpoints
     eval_every: int = 50
     early_stopping: int = 3  # stop after this many evaluations without improvement (0 = never)
+    keep: str = "best"  # what best/ (the weights exported) holds: best = the lowest validation loss, last = the end
     save_every: int = 50
     keep_checkpoints: int = 2
     # run
@@ -92,7 +93,8 @@ class FinetuneConfig:
                 bad(name, "a finite number")
 
         choices = {"format": ("auto", "jsonl", "csv", "tsv"), "method": ("lora", "full"),
-                   "scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32")}
+                   "scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
+                   "keep": ("best", "last")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, " | ".join(allowed))

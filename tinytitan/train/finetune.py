@@ -173,7 +173,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     if dist.is_main:
         save_weights(model, run_dir / "last", {"step": pos.step, "base_model": str(ref.path),
                                                "base_sha256": ref.sha256, "method": config.method})
-        if not val_set:  # no validation: the last weights are the best we know
+        if not val_set or config.keep == "last":  # no validation (the last are the best we know), or asked for
             save_weights(model, run_dir / "best", {"step": pos.step, "base_model": str(ref.path),
                                                    "base_sha256": ref.sha256, "method": config.method})
         _plot(run_dir)
