@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,16 @@ def test_a_run_says_what_it_sized_and_a_budget_is_kept_for_the_rerun(recipe, tmp
     assert config["early_stopping"] == 0 and config["time_limit"] > 0 and config["keep"] == "last"
     again = run_cli("run", str(budget), "--budget", "30m")  # the same budget: nothing to do
     assert again.returncode == 0 and "nothing to do" in again.stdout
+    stages = json.loads((tmp_path / "b" / "stages.json").read_text())  # a choice made by older code ...
+    from tinytitan.model.registry import file_sha256
+    from tinytitan.train import schedule
+
+    assert stages["budget"]["for"]["code"] == file_sha256(Path(schedule.__file__))
+    stages["budget"]["for"]["code"] = "an older train/schedule.py"
+    stages["budget"]["settings"].update(epochs=1.0, keep="best")
+    (tmp_path / "b" / "stages.json").write_text(json.dumps(stages))
+    again = run_cli("run", str(budget), "--budget", "30m")  # ... is made again (the same as the run trained with)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
 
 def test_the_fine_tuning_rate_counts_the_tokens_trained_not_those_planned(tmp_path):

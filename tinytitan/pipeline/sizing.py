@@ -3,10 +3,13 @@ counted, and with `--budget` the epochs that fit (train/schedule.py decides; thi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinytitan.files import read_json
 from tinytitan.pipeline import eta
+from tinytitan.pipeline.folder import sha
+from tinytitan.train import schedule
 from tinytitan.train.schedule import BUDGET_DECIDES, Sized, size_schedule
 
 if TYPE_CHECKING:
@@ -15,8 +18,8 @@ if TYPE_CHECKING:
 
 def sized(p: "Pipeline", config) -> Sized | None:
     """The schedule sized to the training rows the data check counted (None before it has). A budget's
-    choice is kept in stages.json for that budget and data, so a re-run with the same --budget is up to date
-    even after this machine's measured rates have moved."""
+    choice is kept in stages.json for that budget, data and deciding code (train/schedule.py), so a re-run with
+    the same --budget is up to date even after this machine's measured rates have moved."""
     check = read_json(p.data / "check.json")
     if not isinstance(check, dict) or "tokens" not in check:
         return None
@@ -24,7 +27,7 @@ def sized(p: "Pipeline", config) -> Sized | None:
     tokens = check["tokens"] * rows / max(check["usable"], 1)
     other = seconds_per_token = None
     memo = {"budget_s": p.budget_s, "tokens": tokens, "given": sorted(p.recipe.finetune),
-            "batch_tokens": config.batch_tokens}
+            "batch_tokens": config.batch_tokens, "code": sha(Path(schedule.__file__))}
     kept = p.state.get("budget")
     if p.budget_s is not None and isinstance(kept, dict) and kept.get("for") == memo:
         return Sized(kept["settings"], kept["said"])
