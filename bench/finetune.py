@@ -7,11 +7,13 @@ format, canonical JSON targets, max length 128), for one pass over them:
   longest, labels -100 on prompt and padding, the full LM head over every position;
 - tinytitan: `tinytitan finetune` with bf16 autocast, the head only on completion positions, and
   length-bucketed batches of about the same tokens per step (batch_tokens 1024).
-Each runs in its own process; tokens/s counts real (unpadded) tokens over the training loop, peak
-RSS is the process's. Targets: tinytitan >= 4x the baseline's tokens/s, <= 0.6x its peak RSS.
+Each runs in its own process; tokens/s counts real (unpadded) tokens over the training loop (the
+set-up before it, in `setup_seconds`), peak RSS is the process's. Targets: tinytitan >= 4x the
+baseline's tokens/s, <= 0.6x its peak RSS. `--avx2` makes a bigger CPU an AVX2 laptop for both: fp32,
+and torch, oneDNN and MKL held to AVX2 (`ISA_SWITCHES`); the JSON names the CPU and the switches.
 The last line is one JSON document.
 
-    python bench/finetune.py [--rows 320] [--threads 2]
+    python bench/finetune.py [--rows 320] [--threads 2] [--avx2]
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ingredients" / "tastecooking-ingredients-2024.csv"
 RANK, ALPHA, MAX_LENGTH, ROWS_PER_STEP = 16, 32, 128, 16
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ISA_SWITCHES = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def cpu() -> dict:
+    """This CPU's model name and its vector instruction sets (of /proc/cpuinfo's flags)."""
+    info = {"model": "unknown", "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and info["model"] == "unknown":
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            info["flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+            break
+    return info
 
 
 def write_rows(path: Path, rows: int) -> None:
@@ -93,45 +113,56 @@ def baseline(data: Path, threads: int) -> dict:
             "peak_rss_mb": peak_memory_mb()}
 
 
-def tinytitan(data: Path, threads: int) -> dict:
+def tinytitan(data: Path, threads: int, precision: str, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         run = Path(out) / "run"
+        started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "tinytitan", "finetune", "--train", str(data), "--split", "1,0,0",
                         "--max-length", str(MAX_LENGTH), "--lora-rank", str(RANK), "--lora-alpha", str(ALPHA),
-                        "--epochs", "1", "--batch-tokens", "1024", "--learning-rate", "2e-4",
-                        "--save-every", "100000", "--threads", str(threads), "--output", str(run)],
+                        "--epochs", "1", "--batch-tokens", "1024", "--learning-rate", "2e-4", "--precision", precision,
+                        "--save-every", "100000", "--threads", str(threads), "--output", str(run), *extra],
                        check=True, stdout=subprocess.DEVNULL)
+        process = time.perf_counter() - started
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "tokens_per_second" in r]
     tokens = steps[-1]["tokens"]
     seconds = sum((b["tokens"] - a) / b["tokens_per_second"] for a, b in zip([0] + [s["tokens"] for s in steps], steps))
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "steps": len(steps),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in steps)}
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in steps), "process_seconds": round(process, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=320)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--avx2", action="store_true", help="fp32, torch/oneDNN/MKL held to AVX2 (ISA_SWITCHES)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tinytitan finetune setting beyond its defaults (e.g. head_vocab=task)")
     parser.add_argument("--child", choices=("baseline",), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "baseline":
         print(json.dumps(baseline(Path(args.data), args.threads)))
         return
+    if args.avx2:
+        os.environ.update(ISA_SWITCHES)  # both children inherit them
+    extra = [a for item in args.set for a in ("--" + item.split("=", 1)[0].replace("_", "-"), item.split("=", 1)[1])]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ingredients.jsonl"
         write_rows(data, args.rows)
+        started = time.perf_counter()
         child = subprocess.run([sys.executable, __file__, "--child", "baseline", "--data", str(data),
                                 "--threads", str(args.threads)], check=True, capture_output=True, text=True)
-        base = json.loads(child.stdout.strip().splitlines()[-1])
-        ours = tinytitan(data, args.threads)
+        base = {**json.loads(child.stdout.strip().splitlines()[-1]),
+                "process_seconds": round(time.perf_counter() - started, 1)}
+        ours = tinytitan(data, args.threads, "fp32" if args.avx2 else "auto", extra)
     speed = ours["tokens_per_second"] / base["tokens_per_second"]
     memory = ours["peak_rss_mb"] / base["peak_rss_mb"]
     print(f"baseline (HF Trainer + PEFT, fp32): {base['tokens_per_second']:.0f} tok/s, peak RSS {base['peak_rss_mb']:.0f} MB")
     print(f"tinytitan finetune:                 {ours['tokens_per_second']:.0f} tok/s, peak RSS {ours['peak_rss_mb']:.0f} MB")
     print(f"speed {speed:.2f}x (target >= 4), memory {memory:.2f}x (target <= 0.6)")
-    print(json.dumps({"bench": "finetune", "rows": args.rows, "threads": args.threads, "baseline": base,
+    print(json.dumps({"bench": "finetune", "cpu": cpu(), "isa_switches": ISA_SWITCHES if args.avx2 else {},
+                      "settings": args.set, "rows": args.rows, "threads": args.threads, "baseline": base,
                       "tinytitan": ours, "speed_ratio": speed, "rss_ratio": memory,
                       "pass": speed >= 4 and memory <= 0.6}))
 

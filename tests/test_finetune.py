@@ -311,3 +311,27 @@ def test_weights_folder_is_replaced_whole_and_damaged_checkpoints_are_skipped(tm
     _, state = checkpoint.load_latest(folder)
     assert state == {"step": 1}
     assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_train_layers_adapts_only_the_top_layers(tiny, dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "top"
+    result = run_cli(*finetune_args(tiny, dataset, run, "--train-layers", "1", "--max-steps", "2", "--eval-every", "2"))
+    assert result.returncode == 0, result.stderr
+    names = load_file(run / "best" / "adapter_model.safetensors").keys()
+    layers = {int(name.split(".layers.")[1].split(".")[0]) for name in names}
+    assert layers == {1} and len(names) == 2 * 7  # lora_A and lora_B of the 7 projections, the top layer only
+    full = tmp_path / "full"
+    result = run_cli(*finetune_args(tiny, dataset, full, "--method", "full", "--train-layers", "1", "--max-steps", "2",
+                                    "--learning-rate", "1e-3", "--eval-every", "2"))
+    assert result.returncode == 0, result.stderr
+    from tinytitan.model.registry import resolve
+    from tinytitan.model.torch_model import load_torch_model
+
+    before = load_torch_model(resolve(str(tiny[0]))).state_dict()
+    after = load_file(full / "best" / "model.safetensors")
+    moved = {name for name, value in after.items() if name in before and not value.equal(before[name])}
+    assert moved and all(".layers.1." in name or name == "model.norm.weight" for name in moved), sorted(moved)[:4]
+    result = run_cli(*finetune_args(tiny, dataset, tmp_path / "bad", "--train-layers", "3"))
+    assert result.returncode == 1 and "train_layers: 3 is more than the model's 2 decoder layers" in result.stderr

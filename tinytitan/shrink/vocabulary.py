@@ -323,38 +323,18 @@ def head_negatives(config, keep: list[int], count: int, rows: int = 64) -> tuple
 
     import torch
 
-    from tinytitan.train.batching import MicroBatch, collate
     from tinytitan.data.check import prepare_data
-    from tinytitan.train.loss import completion_positions
     from tinytitan.model.registry import resolve
     from tinytitan.model.torch_model import load_torch_model, load_tokenizer
+    from tinytitan.train.head import likeliest_others
     from tinytitan.train.training import use_bf16
 
     ref = resolve(config.model)
     tokenizer = load_tokenizer(ref)
     examples = prepare_data(replace(config, skip_bad=True, max_bad_fraction=1.0), tokenizer).splits["train"]
-    examples = examples[::max(1, len(examples) // rows)][:rows]
     model = load_torch_model(ref, dtype="float32").eval()
     weight = model.lm_head.weight.detach()
-    dropped = torch.ones(weight.shape[0], dtype=torch.bool)
-    dropped[torch.as_tensor(keep)] = False
-    mass = torch.zeros(weight.shape[0], dtype=torch.float64)
-    kept_share = []
-    bf16 = use_bf16(config.precision)
-    head = weight.to(torch.bfloat16) if bf16 else weight
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(examples), 8):  # 8 rows at a time, as training batches them
-            batch = MicroBatch(tuple(range(start, min(start + 8, len(examples)))),
-                               max(len(e.ids) for e in examples[start:start + 8]))
-            ids, attention, loss_mask = collate(examples, batch, pad_id=0)
-            predicts, _ = completion_positions(ids, loss_mask)
-            hidden = model.model(input_ids=ids, attention_mask=attention).last_hidden_state[predicts]
-            probs = (hidden.to(head.dtype) @ head.T).float().softmax(-1)  # (positions, vocab)
-            kept_share += (1.0 - probs[:, dropped].sum(-1)).tolist()
-            mass += probs.sum(0).double() * dropped
-    order = mass.argsort(descending=True)[:count]
-    order = order[mass[order] > 0]
-    summary = {"negatives": int(order.numel()), "negatives_rows": len(examples),
-               "kept_probability": sum(kept_share) / max(len(kept_share), 1),
-               "negatives_share_of_dropped": float(mass[order].sum() / mass.sum()) if mass.sum() > 0 else 0.0}
+    kept = torch.zeros(weight.shape[0], dtype=torch.bool)
+    kept[torch.as_tensor(keep)] = True
+    order, summary = likeliest_others(model, examples, kept, count, use_bf16(config.precision), rows)
     return weight[order].clone(), summary

@@ -47,6 +47,9 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     train_embeddings: bool = False  # full fine-tuning: also train the (tied) embeddings / LM head
+    # train only the top N decoder layers (adapters or weights; 0 = all): those below run without autograd,
+    # once per row (train/frozen.py)
+    train_layers: int = 0
     # optimization
     epochs: float = 2.0
     max_steps: int = 0  # 0 = as many as `epochs` take
@@ -61,6 +64,8 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 where the CPU supports it) | bf16 | fp32
     head_chunk: int = 128  # rows of the LM head computed at once
+    # full | task: the training softmax over the task's tokens and the likeliest others (train/head.py)
+    head_vocab: str = "full"
     head_negatives: str = ""  # a .npy of extra frozen head rows in the softmax, never targets (vocabulary.head_negatives)
     # distillation (train/teacher.py): a teacher's next-token distributions beside the targets
     teacher: str = ""  # a GGUF, BASE+ADAPTER.gguf or run folder with the student's tokenizer; "" = none
@@ -94,7 +99,7 @@ class FinetuneConfig:
 
         choices = {"format": ("auto", "jsonl", "csv", "tsv"), "method": ("lora", "full"),
                    "scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
-                   "keep": ("best", "last")}
+                   "keep": ("best", "last"), "head_vocab": ("full", "task")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, " | ".join(allowed))
@@ -102,7 +107,7 @@ class FinetuneConfig:
                     "keep_checkpoints", "head_chunk", "kd_top_k"):
             if getattr(self, key) < 1:
                 bad(key, "a whole number >= 1")
-        for key in ("max_steps", "early_stopping", "threads", "max_rows", "seed"):
+        for key in ("max_steps", "early_stopping", "threads", "max_rows", "seed", "train_layers"):
             if getattr(self, key) < 0:
                 bad(key, "a whole number >= 0")
         if self.max_length < 8:
@@ -116,6 +121,8 @@ class FinetuneConfig:
                 bad(key, "a number in [0, 1]")
         if self.kd_weight < 0:
             bad("kd_weight", "a number >= 0")
+        if self.head_vocab == "task" and self.teacher and self.kd_weight:
+            bad("head_vocab", "full when distilling from a teacher: its tokens are the whole vocabulary's")
         if self.time_limit < 0:
             bad("time_limit", "seconds >= 0 (0 = none)")
         if not self.kd_temperature > 0:

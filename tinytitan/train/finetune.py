@@ -30,6 +30,7 @@ import torch
 from tinytitan.train import checkpoint
 from tinytitan.train.batching import collate, loss_tokens, plan_epoch, real_tokens
 from tinytitan.train.config import FinetuneConfig, add_config_flags, build_config
+from tinytitan.train.head import head_rows_for, load_negatives
 from tinytitan.model.engines import peak_memory_mb
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import FolderLock, write_json, write_text
@@ -109,8 +110,10 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     bf16 = use_bf16(config.precision)
     model = build_model(ref, config, dist.device)
     loss_module = CompletionLoss(model, bf16=bf16, head_chunk=config.head_chunk,
-                                 negatives=_negatives(config, model), kd_weight=config.kd_weight,
-                                 kd_temperature=config.kd_temperature, kd_divergence=config.kd_divergence)
+                                 negatives=load_negatives(config, model), kd_weight=config.kd_weight,
+                                 kd_temperature=config.kd_temperature, kd_divergence=config.kd_divergence,
+                                 head_rows=head_rows_for(config, model, train_set + val_set, bf16, dist.is_main),
+                                 frozen=_frozen(config, model, train_set))
     wrapped = dist.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -186,21 +189,14 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     return RunResult(summary, dist.is_main)
 
 
-def _negatives(config: FinetuneConfig, model) -> torch.Tensor | None:
-    """The extra head rows of `config.head_negatives` (a .npy written by the run's vocab stage), checked."""
-    if not config.head_negatives:
+def _frozen(config: FinetuneConfig, model, train_set):
+    """`train_layers`: the frozen layers below the trained ones, run once per training row (train/frozen.py)."""
+    if not config.train_layers:
         return None
-    import numpy as np
+    from tinytitan.train.frozen import FrozenLayers
 
-    try:
-        rows = torch.from_numpy(np.load(config.head_negatives, allow_pickle=False)).float()
-    except (OSError, ValueError) as e:
-        raise TinyTitanError(f"head_negatives {config.head_negatives}: cannot read it as a .npy array ({e})") from None
-    hidden = causal_lm(model).lm_head.weight.shape[1]
-    if rows.ndim != 2 or rows.shape[1] != hidden:
-        raise TinyTitanError(f"head_negatives {config.head_negatives}: shape {tuple(rows.shape)}, expected "
-                             f"(rows, {hidden})")
-    return rows
+    lm = causal_lm(model)
+    return FrozenLayers(lm, lm.config.num_hidden_layers - config.train_layers, sum(len(e.ids) for e in train_set))
 
 
 def _teacher(config, train_set, ref, dist):
@@ -228,7 +224,8 @@ def _train_step(wrapped, dist, dataset, micro, pad_id, params, optimizer, max_gr
         ids, attention, mask = (t.to(dist.device) for t in collate(dataset, batch, pad_id, dist.rank, dist.world))
         with dist.no_sync(wrapped, last=index == len(micro) - 1):
             local = wrapped(ids, attention, mask, *(teacher.rows(batch.examples, dist.rank, dist.world)
-                                                    if teacher else ()))
+                                                    if teacher else (None, None)),
+                            rows=batch.examples[dist.rank::dist.world])
             # DDP averages gradients over processes: scale by world size to get the sum
             (local * (dist.world / max(total_tokens, 1))).backward()
         loss_sum += dist.sum(local.detach())

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ def build_model(ref, config, device: torch.device):
 
     model = load_torch_model(ref, dtype="float32").to(device)
     model.config.use_cache = False
+    layers = model.config.num_hidden_layers
+    if config.train_layers > layers:
+        raise TinyTitanError(f"train_layers: {config.train_layers} is more than the model's {layers} decoder layers")
+    trained = range(layers - (config.train_layers or layers), layers)  # the top ones: nothing below needs a gradient
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -29,12 +34,15 @@ def build_model(ref, config, device: torch.device):
             param.requires_grad_(False)
         # embeddings and LM head stay frozen: the adapter must stay exportable to llama.cpp
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
+                          target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM",
+                          layers_to_transform=list(trained), layers_pattern="layers")
         model = get_peft_model(model, lora)
     else:
         for name, param in model.named_parameters():
             embedding = "embed_tokens" in name or "lm_head" in name
-            param.requires_grad_(config.train_embeddings or not embedding)
+            layer = re.search(r"\.layers\.(\d+)\.", name)
+            param.requires_grad_(config.train_embeddings if embedding else
+                                 layer is None or int(layer.group(1)) in trained)
     model.train()
     return model
 
@@ -56,36 +64,61 @@ class CompletionLoss(torch.nn.Module):
     """forward(input_ids, attention_mask, loss_mask) -> summed cross-entropy on completion tokens."""
 
     def __init__(self, model, bf16: bool, head_chunk: int, negatives: torch.Tensor | None = None,
-                 kd_weight: float = 0.0, kd_temperature: float = 1.0, kd_divergence: str = "forward"):
+                 kd_weight: float = 0.0, kd_temperature: float = 1.0, kd_divergence: str = "forward",
+                 head_rows: torch.Tensor | None = None, frozen=None):
         super().__init__()
         self.model = model
+        self.frozen = frozen  # train/frozen.py: the frozen lower layers' output, kept per training row
         # with a teacher's rows (train/teacher.py)
         self.kd_weight, self.kd_temperature, self.kd_divergence = kd_weight, kd_temperature, kd_divergence
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
-        self._head: tuple | None = None  # (head weight, its version, the head with the negatives)
+        # the vocabulary ids of the training softmax (train/head.py; None: all), and each id's place in it
+        self.head_rows = head_rows
+        if head_rows is not None:
+            vocab = causal_lm(model).lm_head.weight.shape[0]
+            self.head_index = torch.full((vocab,), -1, dtype=torch.long)
+            self.head_index[head_rows] = torch.arange(head_rows.numel())
+        self._heads: dict[bool, tuple] = {}  # subset? -> (head weight, its version, the head the loss uses)
 
-    def head(self, weight: torch.Tensor) -> torch.Tensor:
-        """The head weight the loss uses: with the negatives appended (once, while the head is frozen)."""
-        if self.negatives is None:
+    def head(self, weight: torch.Tensor, subset: bool = False) -> torch.Tensor:
+        """The head weight the loss uses: the `head_rows` of it (`subset`), with the negatives appended;
+        made once while the head is frozen."""
+        rows = self.head_rows if subset else None
+        if rows is None and self.negatives is None:
             return weight
-        if weight.requires_grad:
-            return torch.cat([weight, self.negatives.to(weight.dtype)])
-        if self._head is None or self._head[0] is not weight or self._head[1] != weight._version:
-            self._head = (weight, weight._version, torch.cat([weight.detach(), self.negatives.to(weight.dtype)]))
-        return self._head[2]
 
-    def forward(self, input_ids, attention_mask, loss_mask, teacher_ids=None, teacher_logp=None):
+        def make(w):
+            w = w[rows] if rows is not None else w
+            return torch.cat([w, self.negatives.to(w.dtype)]) if self.negatives is not None else w
+
+        if weight.requires_grad:
+            return make(weight)
+        cached = self._heads.get(subset)
+        if cached is None or cached[0] is not weight or cached[1] != weight._version:
+            cached = self._heads[subset] = (weight, weight._version, make(weight.detach()))
+        return cached[2]
+
+    def forward(self, input_ids, attention_mask, loss_mask, teacher_ids=None, teacher_logp=None, rows=None):
+        """`rows`: each batch row's index in the training set (-1: an empty row), for `frozen`."""
         lm = causal_lm(self.model)
         device_type = input_ids.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+            if self.frozen is not None:
+                hidden = self.frozen(input_ids, attention_mask, rows)  # (B, T, H)
+            else:
+                hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         predicts, targets = completion_positions(input_ids, loss_mask)
         teacher = (teacher_ids, teacher_logp) if teacher_ids is not None else None
         if teacher is not None and teacher_ids.shape[0] != targets.shape[0]:
             raise ValueError(f"the teacher has {teacher_ids.shape[0]} positions for {targets.shape[0]} completion tokens")
-        return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight), targets, chunk=self.head_chunk,
+        subset = self.head_rows is not None and torch.is_grad_enabled()  # validation scores the whole vocabulary
+        if subset:
+            targets = self.head_index.to(targets.device)[targets]
+            if (targets < 0).any():
+                raise ValueError("a completion token is not in the task's head rows")
+        return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight, subset), targets, chunk=self.head_chunk,
                                  bf16=self.bf16, softcap=lm.config.final_logit_softcapping, teacher=teacher,
                                  kd_weight=self.kd_weight if teacher else 0.0, temperature=self.kd_temperature,
                                  divergence=self.kd_divergence)
