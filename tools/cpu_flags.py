@@ -26,7 +26,7 @@ X86_OPTIONS = {
     "GGML_BMI2": "bmi2",
     "GGML_AVX_VNNI": "avx_vnni",
     "GGML_AVX512": "avx512f",
-    "GGML_AVX512_VBMI": "avx512_vbmi",
+    "GGML_AVX512_VBMI": "avx512vbmi",  # (Linux spells it so; avx512_vbmi2 is another set)
     "GGML_AVX512_VNNI": "avx512_vnni",
     "GGML_AVX512_BF16": "avx512_bf16",
 }
