@@ -191,7 +191,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
 
 def _frozen(config: FinetuneConfig, model, train_set):
     """`train_layers`: the frozen layers below the trained ones, run once per training row (train/frozen.py)."""
-    if not config.train_layers:
+    if not config.train_layers or (config.method == "full" and config.train_embeddings):  # (trained inputs)
         return None
     from tinytitan.train.frozen import FrozenLayers
 
