@@ -146,6 +146,8 @@ def main() -> None:
         return
     if args.avx2:
         os.environ.update(ISA_SWITCHES)  # both children inherit them
+    if any("=" not in item for item in args.set):
+        parser.error("--set: expected KEY=VALUE, e.g. head_vocab=task")
     extra = [a for item in args.set for a in ("--" + item.split("=", 1)[0].replace("_", "-"), item.split("=", 1)[1])]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ingredients.jsonl"

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.finetune import ALPHA, ISA_SWITCHES, MAX_LENGTH, RANK, cpu, write_rows  # noqa: E402
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=320)

@@ -335,3 +335,4 @@ def test_train_layers_adapts_only_the_top_layers(tiny, dataset, tmp_path):
     assert moved and all(".layers.1." in name or name == "model.norm.weight" for name in moved), sorted(moved)[:4]
     result = run_cli(*finetune_args(tiny, dataset, tmp_path / "bad", "--train-layers", "3"))
     assert result.returncode == 1 and "train_layers: 3 is more than the model's 2 decoder layers" in result.stderr
+    assert not (tmp_path / "bad" / "config.json").exists()  # refused before the run is made: a rerun may start it

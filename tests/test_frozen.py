@@ -43,7 +43,10 @@ def test_a_batch_from_the_kept_lower_layers_gives_the_loss_and_gradients_of_the_
         return loss.detach(), grads
 
     expected, expected_grads = loss_and_grads(plain)
-    first, first_grads = loss_and_grads(keeping, rows=batch.examples)  # runs every layer and keeps layer 0's output
+    part = MicroBatch((0, 2), batch.length)  # rows 0 and 2 seen in another batch first ...
+    keeping(*collate(examples, part, pad_id=0), rows=part.examples)
+    assert sorted(frozen.kept) == [0, 2]
+    first, first_grads = loss_and_grads(keeping, rows=batch.examples)  # ... row 1 is new: layer 0 runs on it alone
     assert sorted(frozen.kept) == [0, 1, 2]
     calls = []
     hook = lm.model.layers[0].register_forward_hook(lambda *a: calls.append(1))

@@ -106,7 +106,10 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
              ("[task]\nkind = 'ingredients'\nextra_csv = 'x.csv'\n", "[task] needs csv"),
              ("[task]\ntrain = 'x'\n[vocab]\ntrim = 'yes'\n", "[vocab] trim 'yes': expected one of train, export, off"),
              ("[task]\ntrain = 'x'\n[vocab]\nnegatives = -1\n", "[vocab] negatives must be >= 0"),
-             ("[task]\ntrain = 'x'\n[vocab]\nkeep_top = -1\n", "[vocab] keep_top must be >= 0")]
+             ("[task]\ntrain = 'x'\n[vocab]\nkeep_top = -1\n", "[vocab] keep_top must be >= 0"),
+             ("[task]\ntrain = 'x'\n[distill]\nhead_vocab = 'task'\n", "[distill] head_vocab: 'task' is not valid"),
+             ("[task]\ntrain = 'x'\n[finetune]\ntrain_layers = 6\n[distill]\nstudent = 'layers:4'\n",
+              "[distill] train_layers 6 is more than the student's 4 layers")]
     for text, message in cases:
         bad.write_text(text)
         result = run_cli("run", str(bad))
@@ -114,6 +117,10 @@ def test_recipe_errors_are_one_line(recipe, tmp_path):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     result = run_cli("run", str(recipe / "tiny.toml"), "--set", "finetune.epochs")
     assert result.returncode == 1 and "expected SECTION.KEY=VALUE" in result.stderr
+    from tinytitan.pipeline.recipe import load_recipe
+
+    bad.write_text("[task]\ntrain = 'x'\n[finetune]\nhead_vocab = 'task'\n[distill]\nstudent = 'layers:4'\n")
+    assert load_recipe(bad).distill_finetune["head_vocab"] == "full"  # the specialist's task softmax: not the student's
 
 
 def test_a_failed_data_check_leaves_the_report_it_points_to(recipe, tmp_path):

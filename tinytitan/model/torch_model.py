@@ -76,6 +76,11 @@ def load_tokenizer(ref: ModelRef) -> Tokenizer:
     return Tokenizer(folder / "tokenizer.json", int(config["bos_token_id"]))
 
 
+def decoder_layers(ref: ModelRef) -> int:
+    """How many decoder layers the model has (from the converted folder's config.json)."""
+    return int(json.loads((ensure_converted(ref) / "config.json").read_text())["num_hidden_layers"])
+
+
 def ensure_converted(ref: ModelRef) -> Path:
     convert.require_gemma3(ref.gguf, "the torch engine (training)")
     folder = cache_dir(ref)

@@ -174,7 +174,13 @@ def _distill(path: Path, values: dict, finetune: dict):
             raise TinyTitanError(f"{path}: [distill] unknown key {key!r} (known: {', '.join(sorted(own))}, and "
                                  f"[finetune] keys for the student)")
         overrides[key] = coerce_setting(key, values.pop(key), str(path))
-    FinetuneConfig(**{**finetune, **overrides})
+    student = {**finetune, **overrides}
+    if "head_vocab" not in overrides:  # the specialist's task softmax is not the student's: its teacher has all tokens
+        student["head_vocab"] = "full"
+    try:
+        FinetuneConfig(**{**student, "teacher": "the specialist"})
+    except TinyTitanError as error:
+        raise TinyTitanError(f"{path}: [distill] {error}") from None
     settings = _settings(DistillSettings, values, path, "distill")
     if not settings.student:
         return None, {}
@@ -188,7 +194,11 @@ def _distill(path: Path, values: dict, finetune: dict):
         settings.validate()
     except TinyTitanError as error:
         raise TinyTitanError(f"{path}: [distill] {error}") from None
-    return settings, overrides
+    depth = settings.student.removeprefix("layers:")
+    if settings.student.startswith("layers:") and depth.isdigit() and student.get("train_layers", 0) > int(depth):
+        raise TinyTitanError(f"{path}: [distill] train_layers {student['train_layers']} is more than the student's "
+                             f"{depth} layers")
+    return settings, {**overrides, "head_vocab": student["head_vocab"]}
 
 
 def _task(path: Path, spec: dict) -> tuple[str, dict[str, Path], dict]:

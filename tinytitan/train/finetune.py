@@ -34,8 +34,8 @@ from tinytitan.train.head import head_rows_for, load_negatives
 from tinytitan.model.engines import peak_memory_mb
 from tinytitan.errors import TinyTitanError
 from tinytitan.files import FolderLock, write_json, write_text
-from tinytitan.train.training import (Distributed, CompletionLoss, build_model, causal_lm, make_scheduler, save_weights,
-                                trainable_state, load_trainable_state, use_bf16)
+from tinytitan.train.training import (Distributed, CompletionLoss, build_model, causal_lm, check_train_layers,
+                                      make_scheduler, save_weights, trainable_state, load_trainable_state, use_bf16)
 
 # keys that may change between a run and its resumption: they do not change the weights' updates.
 # (threads may: a resume bit-identical to the uninterrupted run needs the same number of threads.)
@@ -90,7 +90,7 @@ class Position:
 def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     from tinytitan.data.check import prepare_data
     from tinytitan.model.registry import resolve
-    from tinytitan.model.torch_model import load_tokenizer
+    from tinytitan.model.torch_model import decoder_layers, load_tokenizer
 
     dist = Distributed.setup(config.threads)
     run_dir = Path(config.output)
@@ -99,6 +99,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
     prepared = prepare_data(config, tokenizer)
     train_set, val_set = prepared.splits["train"], prepared.splits["val"]
     fingerprint = {**prepared.fingerprint, "model_sha256": ref.sha256}
+    check_train_layers(config, decoder_layers(ref))
     _check_run_dir(run_dir, config, fingerprint, resume)  # every process: all fail alike, none waits
     dist.barrier()  # all have looked before the first one writes
     if dist.is_main:

@@ -1,8 +1,9 @@
 """Frozen lower layers, run once per row: with `train_layers = N`, the decoder layers below the top N
 hold nothing that trains, so what they make of a training row is the same every epoch. The first time
-a row is seen, their output at its real positions is kept (float32, `hidden x tokens` per row); a batch
-whose rows are all kept then starts at the first trained layer, the layers below passed over. Padding
-is on the right and attention causal, so a row's real positions do not depend on the batch it is in.
+a row is seen, the frozen layers run on it alone (without autograd) and their output at its real
+positions is kept (float32, `hidden x tokens` per row); every batch then starts at the first trained
+layer from the kept outputs, the layers below passed over. Padding is on the right and attention
+causal, so a row's real positions do not depend on the batch it is in.
 
 Kept only while the whole training set fits in `LIMIT_BYTES` (the ingredients demo's 800 rows: about
 200 MB); a larger one runs every layer every time, as without it.
@@ -38,34 +39,36 @@ class FrozenLayers:
         if not self.enabled or rows is None:
             return model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         lengths = attention_mask.sum(1).tolist()
-        if all(r < 0 or r in self.kept for r in rows):
-            start = torch.zeros((*input_ids.shape, self.lm.config.hidden_size), dtype=torch.float32,
-                                device=input_ids.device)
-            for b, r in enumerate(rows):
-                if r >= 0:
-                    start[b, :lengths[b]] = self.kept[r]
-            with self._passing_over():
-                return model(inputs_embeds=start, attention_mask=attention_mask).last_hidden_state
-        seen = {}
-        hook = model.layers[self.first - 1].register_forward_hook(lambda module, args, out: seen.setdefault("h", out))
-        try:
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        finally:
-            hook.remove()
-        below = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
+        new = [b for b, r in enumerate(rows) if r >= 0 and r not in self.kept]
+        if new:  # the frozen layers on the rows not seen yet (under torchrun a row may come to another process)
+            seen = {}
+            hook = model.layers[self.first - 1].register_forward_hook(
+                lambda module, args, out: seen.setdefault("h", out[0] if isinstance(out, tuple) else out))
+            index = torch.tensor(new, device=input_ids.device)
+            try:
+                with torch.no_grad(), self._passing_over(range(self.first, len(model.layers))):
+                    model(input_ids=input_ids[index], attention_mask=attention_mask[index])
+            finally:
+                hook.remove()
+            for i, b in enumerate(new):
+                self.kept[rows[b]] = seen["h"][i, :lengths[b]].float().clone()
+        start = torch.zeros((*input_ids.shape, self.lm.config.hidden_size), dtype=torch.float32,
+                            device=input_ids.device)
         for b, r in enumerate(rows):
             if r >= 0:
-                self.kept[r] = below[b, :lengths[b]].detach().float().clone()
-        return hidden
+                start[b, :lengths[b]] = self.kept[r]
+        with self._passing_over(range(self.first)):
+            return model(inputs_embeds=start, attention_mask=attention_mask).last_hidden_state
 
     @contextlib.contextmanager
-    def _passing_over(self):
+    def _passing_over(self, indices: range):
+        """The decoder layers at `indices` replaced by pass-throughs while in the block."""
         layers = self.lm.model.layers
-        frozen = [layers[i] for i in range(self.first)]
+        replaced = {i: layers[i] for i in indices}
         try:
-            for i in range(self.first):
+            for i in indices:
                 layers[i] = _PassOver()
             yield
         finally:
-            for i, layer in enumerate(frozen):
+            for i, layer in replaced.items():
                 layers[i] = layer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 NEGATIVES = 1024  # other tokens in the softmax (docs/pruning.md: 72% of the dropped probability)
-ROWS = 64  # training rows the negatives are picked on
+ROWS = 64  # rows (of those given: training and validation) the negatives are picked on
 
 
 def likeliest_others(model, examples, kept: torch.Tensor, count: int, bf16: bool,

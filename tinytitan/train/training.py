@@ -17,6 +17,11 @@ from tinytitan.errors import TinyTitanError
 from tinytitan.train.loss import chunked_head_loss, completion_positions
 
 
+def check_train_layers(config, layers: int) -> None:
+    if config.train_layers > layers:
+        raise TinyTitanError(f"train_layers: {config.train_layers} is more than the model's {layers} decoder layers")
+
+
 def build_model(ref, config, device: torch.device):
     """The fp32 `Gemma3ForCausalLM` with only the trainable part requiring grad."""
     from tinytitan.model.torch_model import load_torch_model
@@ -24,8 +29,7 @@ def build_model(ref, config, device: torch.device):
     model = load_torch_model(ref, dtype="float32").to(device)
     model.config.use_cache = False
     layers = model.config.num_hidden_layers
-    if config.train_layers > layers:
-        raise TinyTitanError(f"train_layers: {config.train_layers} is more than the model's {layers} decoder layers")
+    check_train_layers(config, layers)
     trained = range(layers - (config.train_layers or layers), layers)  # the top ones: nothing below needs a gradient
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
