@@ -154,8 +154,11 @@ def test_batched_greedy_matches_one_at_a_time(tiny, tmp_path):
         prompts = [engine.tokenize(" ".join(rng.choices(words, k=rng.randint(1, 12))), bos=True) for _ in range(7)]
         budgets = [rng.randint(1, 20) for _ in prompts]
         alone = [engine.generate(p, SamplingParams(max_tokens=b)).text for p, b in zip(prompts, budgets)]
-        batched = engine.generate_greedy_batch(prompts, max_tokens=20, budgets=budgets, sequences=3)
+        done = []
+        batched = engine.generate_greedy_batch(prompts, max_tokens=20, budgets=budgets, sequences=3,
+                                               on_done=done.append)
         assert batched == alone, lora
+        assert done == [3, 6, 7]  # progress after each group of 3
         # one grammar per prompt, each sequence held to its own
         grammars = [f'root ::= "row {i}" | "other"\n' for i in range(len(prompts))]
         held = engine.generate_greedy_batch(prompts, max_tokens=20, grammars=grammars, sequences=3)

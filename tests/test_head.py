@@ -68,3 +68,33 @@ def test_finetune_in_the_task_softmax(tiny, dataset, tmp_path):  # noqa: F811
     assert len(val) == 2 and val[1] < val[0]  # it learns, scored over the whole vocabulary
     result = run_cli(*finetune_args(tiny, dataset, tmp_path / "bad", "--head-vocab", "task", "--teacher", str(tiny[0])))
     assert result.returncode == 1 and "head_vocab: 'task' is not valid (expected full when distilling" in result.stderr
+
+
+def test_auto_is_the_task_softmax_where_training_runs_in_fp32():
+    from tinytitan.train.config import FinetuneConfig
+    from tinytitan.train.head import head_vocab
+
+    config = FinetuneConfig(train="x")
+    assert config.head_vocab == "auto"
+    assert head_vocab(config, bf16=False) == "task" and head_vocab(config, bf16=True) == "full"
+    # a teacher's tokens are the whole vocabulary's; a trimmed vocabulary brings its own negatives
+    assert head_vocab(FinetuneConfig(train="x", teacher="t.gguf"), bf16=False) == "full"
+    assert head_vocab(FinetuneConfig(train="x", teacher="t.gguf", kd_weight=0.0), bf16=False) == "task"
+    assert head_vocab(FinetuneConfig(train="x", head_negatives="n.npy"), bf16=False) == "full"
+    assert head_vocab(FinetuneConfig(train="x", head_vocab="full"), bf16=False) == "full"
+    assert head_vocab(FinetuneConfig(train="x", head_vocab="task"), bf16=True) == "task"
+
+
+def test_a_step_mines_the_tokens_the_model_now_finds_likeliest():
+    """Each step scores some completion positions (spread evenly, and every row's last) over the whole head:
+    a token that has become likely there joins that step's softmax, even when no even spread picks it."""
+    from tinytitan.train.head import MINED_TOP, mined_rows
+
+    weight = torch.eye(1000)  # so a position's hidden state is its logits
+    hidden = torch.full((100, 1000), -10.0)
+    hidden[:, :100] = -torch.arange(100) / 100  # everywhere tokens 0..99 are the likeliest
+    hidden[50, 737] = 5.0  # but at position 50, not one of the 32 spread evenly over 100
+    assert 737 not in mined_rows(hidden, weight, torch.tensor([], dtype=torch.long)).tolist()
+    mined = mined_rows(hidden, weight, torch.tensor([50]))
+    assert 737 in mined.tolist() and mined.tolist() == sorted(set(mined.tolist()))
+    assert len(mined_rows(hidden[:1], weight, torch.tensor([0]))) == MINED_TOP

@@ -100,9 +100,11 @@ def evaluate_task(artifacts, data: str, *, task="auto", spec=None, limit=None, b
 
                     kl = KLAgainst(reference_topk)
                 with progress_bar(f"eval {artifact.label}") as progress:
-                    bar = progress.add_task("rows", total=len(rows))
-                    raw = _decode(engine, task, rows, labels, max_tokens, kl,
-                                  lambda done: progress.update(bar, completed=done), grammars=grammars,
+                    def track(what: str):  # one bar per pass over the rows
+                        bar = progress.add_task(what, total=len(rows))
+                        return lambda done: progress.update(bar, completed=done)
+
+                    raw = _decode(engine, task, rows, labels, max_tokens, kl, track, grammars=grammars,
                                   likelihood=likelihood)
             finally:
                 engine.close()
@@ -178,9 +180,10 @@ def _encode(engine, examples, shots) -> list[dict]:
     return rows
 
 
-def _decode(engine, task, rows, labels, max_tokens, kl, on_row, grammars=None, likelihood=True) -> dict:
+def _decode(engine, task, rows, labels, max_tokens, kl, track, grammars=None, likelihood=True) -> dict:
     """What an artifact does on the rows, before any metric: its outputs (free and constrained), label
-    picks, the reference completions' log-likelihood, the KL against the reference, the seconds taken."""
+    picks, the reference completions' log-likelihood, the KL against the reference, the seconds taken.
+    `track(what)` gives the callback that reports how many rows one pass over them has done."""
     started = time.perf_counter()
     nll, tokens = 0.0, 0
     outputs, label_picks = [], []
@@ -188,15 +191,17 @@ def _decode(engine, task, rows, labels, max_tokens, kl, on_row, grammars=None, l
     budgets = [min(max_tokens, r["budget"]) for r in rows]
     batched = constrained = None
     if hasattr(engine, "generate_greedy_batch"):  # many rows decoded at once
-        batched = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets)
+        batched = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets,
+                                               on_done=track("rows decoded"))
         if grammars is not None and engine.name == "llama":
             constrained = engine.generate_greedy_batch(prompts, max_tokens=max(budgets), budgets=budgets,
-                                                       grammars=grammars)
+                                                       grammars=grammars, on_done=track("rows constrained"))
     from tinytitan.model.chat_format import END_OF_TURN
     from tinytitan.model.engines import SamplingParams
 
     end = engine.token_id(END_OF_TURN)
     label_ids = [engine.tokenize(label) + [end] for label in labels]
+    on_row = track("rows scored")
     for index, row in enumerate(rows):
         if kl is not None:  # one pass gives the reference completion's likelihood and the KL
             import torch

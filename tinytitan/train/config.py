@@ -64,8 +64,9 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 where the CPU supports it) | bf16 | fp32
     head_chunk: int = 128  # rows of the LM head computed at once
-    # full | task: the training softmax over the task's tokens and the likeliest others (train/head.py)
-    head_vocab: str = "full"
+    # task: the training softmax over the task's tokens and the likeliest others (train/head.py) | full |
+    # auto: task where training runs in fp32 (no bf16 kernels: the full head is over half of each step), else full
+    head_vocab: str = "auto"
     head_negatives: str = ""  # a .npy of extra frozen head rows in the softmax, never targets (vocabulary.head_negatives)
     # distillation (train/teacher.py): a teacher's next-token distributions beside the targets
     teacher: str = ""  # a GGUF, BASE+ADAPTER.gguf or run folder with the student's tokenizer; "" = none
@@ -99,7 +100,7 @@ class FinetuneConfig:
 
         choices = {"format": ("auto", "jsonl", "csv", "tsv"), "method": ("lora", "full"),
                    "scheduler": ("cosine", "linear", "constant"), "precision": ("auto", "bf16", "fp32"),
-                   "keep": ("best", "last"), "head_vocab": ("full", "task")}
+                   "keep": ("best", "last"), "head_vocab": ("auto", "full", "task")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, " | ".join(allowed))

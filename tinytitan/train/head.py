@@ -8,6 +8,10 @@ probability at their completion positions, so that training still pushes probabi
 likeliest wrong tokens (without them, the kept tokens hold ~2/3 of the untrained model's probability
 there and training ends somewhere else: docs/pruning.md). The model itself is untouched: the adapter
 (or weights) trained this way are used with the full vocabulary, and validation scores the full one.
+So each step also scores a few of its positions over the whole vocabulary (`mined_rows`) and adds the
+tokens training has made likely there: without them, tokens outside the softmax that nothing pushes
+down took over free decoding (0% exact match on the demo, 66% constrained; docs/finetune.md).
+`head_vocab = "auto"`, the default, trains this way where training runs in fp32.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 
 NEGATIVES = 1024  # other tokens in the softmax (docs/pruning.md: 72% of the dropped probability)
 ROWS = 64  # rows (of those given: training and validation) the negatives are picked on
+MINED_POSITIONS = 32  # completion positions of each batch scored over the whole vocabulary (besides each row's last)
+MINED_TOP = 32  # the likeliest tokens at each of them, which join that step's softmax
 
 
 def likeliest_others(model, examples, kept: torch.Tensor, count: int, bf16: bool,
@@ -66,10 +72,18 @@ def task_head_rows(model, examples, bf16: bool, negatives: int = NEGATIVES) -> t
                   **summary}
 
 
+def head_vocab(config, bf16: bool) -> str:
+    """What `head_vocab` (a FinetuneConfig's) means for this run: "auto" is "task" where training runs in fp32,
+    unless a teacher's tokens (the whole vocabulary) or a trimmed vocabulary's negatives make it "full"."""
+    if config.head_vocab != "auto":
+        return config.head_vocab
+    return "full" if bf16 or (config.teacher and config.kd_weight) or config.head_negatives else "task"
+
+
 def head_rows_for(config, model, examples, bf16: bool, announce: bool) -> torch.Tensor | None:
-    """`head_vocab = "task"` (a FinetuneConfig): the vocabulary rows of the training softmax, for `model` (a PEFT
-    model or a `Gemma3ForCausalLM`) and the training and validation `examples`; None for the full vocabulary."""
-    if config.head_vocab != "task":
+    """The vocabulary rows of the training softmax when `head_vocab(config, bf16)` is "task", for `model` (a
+    PEFT model or a `Gemma3ForCausalLM`) and the training and validation `examples`; None for the full one."""
+    if head_vocab(config, bf16) != "task":
         return None
     import time
 
@@ -103,3 +117,18 @@ def load_negatives(config, model) -> torch.Tensor | None:
         raise TinyTitanError(f"head_negatives {config.head_negatives}: shape {tuple(rows.shape)}, expected "
                              f"(rows, {hidden})")
     return rows
+
+
+@torch.no_grad()
+def mined_rows(hidden: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """The tokens the model, as it is now, finds likeliest over the whole vocabulary (`weight`: the LM head) at
+    some of a batch's completion positions (`hidden`: (N, H)): `MINED_POSITIONS` spread evenly and every row's
+    last (`ends`: where completions end, a kind of position an even spread rarely picks), `MINED_TOP` at each.
+    The negatives are picked once, on the model as it starts; a token that training itself makes likely (a
+    "cup" where the rows only ever say "cups", stray tokens after the closing brace) is found by the step it
+    appears in, joins that step's softmax and is pushed down. Sorted, unique."""
+    count = hidden.shape[0]
+    spread = torch.linspace(0, count - 1, min(MINED_POSITIONS, count), device=hidden.device).round().long()
+    picks = torch.cat([spread, ends.to(hidden.device)]).unique()
+    logits = hidden[picks].detach().to(weight.dtype) @ weight.detach().T
+    return logits.topk(min(MINED_TOP, logits.shape[1]), dim=-1).indices.flatten().unique()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinyTitanError
+from tinytitan.train.head import mined_rows
 from tinytitan.train.loss import chunked_head_loss, completion_positions
 
 
@@ -78,18 +79,16 @@ class CompletionLoss(torch.nn.Module):
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
-        # the vocabulary ids of the training softmax (train/head.py; None: all), and each id's place in it
+        # the vocabulary ids of the training softmax (train/head.py; None: all; sorted), a step adds those it mines
         self.head_rows = head_rows
         if head_rows is not None:
-            vocab = causal_lm(model).lm_head.weight.shape[0]
-            self.head_index = torch.full((vocab,), -1, dtype=torch.long)
-            self.head_index[head_rows] = torch.arange(head_rows.numel())
-        self._heads: dict[bool, tuple] = {}  # subset? -> (head weight, its version, the head the loss uses)
+            self.in_head = torch.zeros(causal_lm(model).lm_head.weight.shape[0], dtype=torch.bool)
+            self.in_head[head_rows] = True
+        self._full_head = None  # (head weight, its version, the head the loss uses)
 
-    def head(self, weight: torch.Tensor, subset: bool = False) -> torch.Tensor:
-        """The head weight the loss uses: the `head_rows` of it (`subset`), with the negatives appended;
-        made once while the head is frozen."""
-        rows = self.head_rows if subset else None
+    def head(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The head weight the loss uses: its `rows` (a step's training softmax; None: all), with the negatives
+        appended; the full one made once while the head is frozen."""
         if rows is None and self.negatives is None:
             return weight
 
@@ -97,11 +96,11 @@ class CompletionLoss(torch.nn.Module):
             w = w[rows] if rows is not None else w
             return torch.cat([w, self.negatives.to(w.dtype)]) if self.negatives is not None else w
 
-        if weight.requires_grad:
+        if weight.requires_grad or rows is not None:  # a step's rows: a gather of a few thousand, each step
             return make(weight)
-        cached = self._heads.get(subset)
+        cached = self._full_head
         if cached is None or cached[0] is not weight or cached[1] != weight._version:
-            cached = self._heads[subset] = (weight, weight._version, make(weight.detach()))
+            cached = self._full_head = (weight, weight._version, make(weight.detach()))
         return cached[2]
 
     def forward(self, input_ids, attention_mask, loss_mask, teacher_ids=None, teacher_logp=None, rows=None):
@@ -117,12 +116,16 @@ class CompletionLoss(torch.nn.Module):
         teacher = (teacher_ids, teacher_logp) if teacher_ids is not None else None
         if teacher is not None and teacher_ids.shape[0] != targets.shape[0]:
             raise ValueError(f"the teacher has {teacher_ids.shape[0]} positions for {targets.shape[0]} completion tokens")
-        subset = self.head_rows is not None and torch.is_grad_enabled()  # validation scores the whole vocabulary
-        if subset:
-            targets = self.head_index.to(targets.device)[targets]
-            if (targets < 0).any():
+        hidden = hidden[predicts]
+        softmax = None  # this step's vocabulary ids (None: all)
+        if self.head_rows is not None and torch.is_grad_enabled():  # validation scores the whole vocabulary
+            if not self.in_head.to(targets.device)[targets].all():
                 raise ValueError("a completion token is not in the task's head rows")
-        return chunked_head_loss(hidden[predicts], self.head(lm.lm_head.weight, subset), targets, chunk=self.head_chunk,
+            ends = predicts.sum(1).cumsum(0)[predicts.any(1)] - 1  # each row's last completion position
+            mined = mined_rows(hidden, lm.lm_head.weight, ends)
+            softmax = torch.cat([self.head_rows.to(targets.device), mined]).unique()
+            targets = torch.searchsorted(softmax, targets)
+        return chunked_head_loss(hidden, self.head(lm.lm_head.weight, softmax), targets, chunk=self.head_chunk,
                                  bf16=self.bf16, softcap=lm.config.final_logit_softcapping, teacher=teacher,
                                  kd_weight=self.kd_weight if teacher else 0.0, temperature=self.kd_temperature,
                                  divergence=self.kd_divergence)

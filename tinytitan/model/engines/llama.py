@@ -13,7 +13,7 @@ prefix shared with the previous sequence is decoded once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -157,14 +157,15 @@ class LlamaEngine(Engine):
 
     def generate_greedy_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int, *,
                               budgets: Sequence[int] | None = None, grammars: Sequence[str] | None = None,
-                              sequences: int = 16, logprobs: list | None = None) -> list[str]:
+                              sequences: int = 16, logprobs: list | None = None,
+                              on_done: Callable[[int], None] | None = None) -> list[str]:
         """Greedy completions of many prompts, `sequences` at a time in one llama.cpp context: each step
         decodes one token of every unfinished sequence in a single batch, which on a CPU costs little
         more than one token alone. With `grammars` (GBNF, one per prompt), each sequence is constrained
         by its own (`engines.sampling`). A completion ends at <end_of_turn>/<eos> or after its budget.
         `logprobs`: a list this fills with one (log-probs, ended) pair per prompt: the model's own
         (unconstrained) log-prob of each token it picked, the end of turn included when it ended there,
-        and whether it did (False: cut by its budget)."""
+        and whether it did (False: cut by its budget). `on_done(n)`: after each group, the prompts finished."""
         prompts = [list(p) for p in prompts]
         budgets = [min(b, max_tokens) for b in (budgets or [max_tokens] * len(prompts))]
         if not prompts:
@@ -188,6 +189,8 @@ class LlamaEngine(Engine):
                 for sampler in samplers:
                     if sampler is not None:
                         sampler.close()
+            if on_done is not None:
+                on_done(start + len(group))
         if logprobs is not None:
             logprobs.extend((np.asarray(scores, dtype=np.float32), ended) for scores, ended in picked)
         return results

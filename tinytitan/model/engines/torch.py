@@ -64,10 +64,11 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def generate_greedy_batch(self, prompts: list[list[int]], max_tokens: int, batch_size: int = 32,
-                              bf16: bool = False, budgets=None) -> list[str]:
+                              bf16: bool = False, budgets=None, on_done=None) -> list[str]:
         """Greedy continuations of many prompts at once (left-padded batches through `generate`):
         for evaluating a model on a test set. Stops at <eos> / <end_of_turn>; `budgets` (per-prompt caps,
-        for the llama engine's signature) are not applied: every prompt gets up to `max_tokens`."""
+        for the llama engine's signature) are not applied: every prompt gets up to `max_tokens`.
+        `on_done(n)`: after each batch, the prompts finished."""
         pad = self.token_id("<pad>") or 0
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
         outputs: list[str] = [""] * len(prompts)
@@ -85,6 +86,8 @@ class TorchEngine(Engine):
             for row, i in enumerate(group):
                 new = [t for t in out[row, width:].tolist() if t not in self.end_ids and t != pad]
                 outputs[i] = self.detokenize(new)
+            if on_done is not None:
+                on_done(start + len(group))
         return outputs
 
     @torch.inference_mode()
