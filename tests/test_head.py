@@ -70,17 +70,17 @@ def test_finetune_in_the_task_softmax(tiny, dataset, tmp_path):  # noqa: F811
     assert result.returncode == 1 and "head_vocab: 'task' is not valid (expected full when distilling" in result.stderr
 
 
-def test_auto_is_the_task_softmax_where_training_runs_in_fp32():
+def test_auto_is_the_task_softmax_where_training_runs_in_fp32_and_full_is_the_default():
     from tinytitan.train.config import FinetuneConfig
     from tinytitan.train.head import head_vocab
 
-    config = FinetuneConfig(train="x")
-    assert config.head_vocab == "auto"
+    assert FinetuneConfig(train="x").head_vocab == "full"  # the default: the task softmax costs exact match
+    config = FinetuneConfig(train="x", head_vocab="auto")
     assert head_vocab(config, bf16=False) == "task" and head_vocab(config, bf16=True) == "full"
     # a teacher's tokens are the whole vocabulary's; a trimmed vocabulary brings its own negatives
-    assert head_vocab(FinetuneConfig(train="x", teacher="t.gguf"), bf16=False) == "full"
-    assert head_vocab(FinetuneConfig(train="x", teacher="t.gguf", kd_weight=0.0), bf16=False) == "task"
-    assert head_vocab(FinetuneConfig(train="x", head_negatives="n.npy"), bf16=False) == "full"
+    assert head_vocab(FinetuneConfig(train="x", head_vocab="auto", teacher="t.gguf"), bf16=False) == "full"
+    assert head_vocab(FinetuneConfig(train="x", head_vocab="auto", teacher="t.gguf", kd_weight=0.0), bf16=False) == "task"
+    assert head_vocab(FinetuneConfig(train="x", head_vocab="auto", head_negatives="n.npy"), bf16=False) == "full"
     assert head_vocab(FinetuneConfig(train="x", head_vocab="full"), bf16=False) == "full"
     assert head_vocab(FinetuneConfig(train="x", head_vocab="task"), bf16=True) == "task"
 
