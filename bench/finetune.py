@@ -5,8 +5,9 @@ Both train LoRA (rank 16, alpha 32, all attention and MLP projections) on the sa
 format, canonical JSON targets, max length 128), for one pass over them:
 - baseline: what a user gets today — `Trainer` with fp32 defaults, 16 rows per step padded to the
   longest, labels -100 on prompt and padding, the full LM head over every position;
-- tinytitan: `tinytitan finetune` with bf16 autocast where the CPU has bf16 kernels (fp32 with `--avx2`;
-  `--set head_vocab=auto` adds the task softmax in fp32, docs/finetune.md), the head only on completion positions, and length-bucketed batches of about the same tokens per step (batch_tokens 1024).
+- tinytitan: `tinytitan finetune` with its defaults: bf16 autocast and the full head where the CPU has bf16
+  kernels, fp32 and the task's softmax (head_vocab auto, docs/finetune.md) with `--avx2`; the head only on
+  completion positions, and length-bucketed batches of about the same tokens per step (batch_tokens 1024).
 Each runs in its own process; tokens/s counts real (unpadded) tokens over the training loop (the
 set-up before it, in `setup_seconds`), peak RSS is the process's. Targets: tinytitan >= 4x the
 baseline's tokens/s, <= 0.6x its peak RSS. `--avx2` makes a bigger CPU an AVX2 laptop for both: fp32,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.test_finetune import dataset, finetune_args  # noqa: F401  (a fixture)
+from tests.test_finetune import dataset, finetune_args, losses  # noqa: F401  (a fixture)
 from tests.test_vocabulary import TEXTS, _completion_batch
 
 
@@ -70,11 +71,11 @@ def test_finetune_in_the_task_softmax(tiny, dataset, tmp_path):  # noqa: F811
     assert result.returncode == 1 and "head_vocab: 'task' is not valid (expected full when distilling" in result.stderr
 
 
-def test_auto_is_the_task_softmax_where_training_runs_in_fp32_and_full_is_the_default():
+def test_auto_the_default_is_the_task_softmax_where_training_runs_in_fp32():
     from tinytitan.train.config import FinetuneConfig
     from tinytitan.train.head import head_vocab
 
-    assert FinetuneConfig(train="x").head_vocab == "full"  # the default: the task softmax costs exact match
+    assert FinetuneConfig(train="x").head_vocab == "auto"
     config = FinetuneConfig(train="x", head_vocab="auto")
     assert head_vocab(config, bf16=False) == "task" and head_vocab(config, bf16=True) == "full"
     # a teacher's tokens are the whole vocabulary's; a trimmed vocabulary brings its own negatives
@@ -87,14 +88,55 @@ def test_auto_is_the_task_softmax_where_training_runs_in_fp32_and_full_is_the_de
 
 def test_a_step_mines_the_tokens_the_model_now_finds_likeliest():
     """Each step scores some completion positions (spread evenly, and every row's last) over the whole head:
-    a token that has become likely there joins that step's softmax, even when no even spread picks it."""
-    from tinytitan.train.head import MINED_TOP, mined_rows
+    a token that has become likely there joins the softmax, even when no even spread picks it."""
+    from tinytitan.train.head import MINED_POSITIONS, MINED_TOP, mined_rows
 
     weight = torch.eye(1000)  # so a position's hidden state is its logits
-    hidden = torch.full((100, 1000), -10.0)
+    count = 4 * MINED_POSITIONS
+    hidden = torch.full((count, 1000), -10.0)
     hidden[:, :100] = -torch.arange(100) / 100  # everywhere tokens 0..99 are the likeliest
-    hidden[50, 737] = 5.0  # but at position 50, not one of the 32 spread evenly over 100
+    spread = set(torch.linspace(0, count - 1, MINED_POSITIONS).round().long().tolist())
+    odd = min(set(range(count)) - spread)  # a position the even spread does not pick
+    hidden[odd, 737] = 5.0
     assert 737 not in mined_rows(hidden, weight, torch.tensor([], dtype=torch.long)).tolist()
-    mined = mined_rows(hidden, weight, torch.tensor([50]))
+    mined = mined_rows(hidden, weight, torch.tensor([odd]))
     assert 737 in mined.tolist() and mined.tolist() == sorted(set(mined.tolist()))
     assert len(mined_rows(hidden[:1], weight, torch.tensor([0]))) == MINED_TOP
+
+
+def test_a_mined_token_stays_in_the_softmax_and_a_resumed_run_keeps_it(
+        tiny, dataset, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A token training has made likely joins the softmax for the rest of the run (else it is pushed down only
+    at the steps that happen to mine it), and the checkpoint carries the grown softmax: a run stopped and
+    resumed follows the same curve as one that was not."""
+    from safetensors.torch import load_file
+
+    from tinytitan.train import head
+    from tinytitan.train.config import FinetuneConfig
+    from tinytitan.train.finetune import train
+    from tinytitan.train.training import CompletionLoss
+
+    model, tokenizer = _models(tiny)
+    batch = _completion_batch(tokenizer, TEXTS[0], TEXTS[1])
+    data_rows = batch[0].flatten().unique()
+    loss_module = CompletionLoss(model, bf16=False, head_chunk=7, head_rows=data_rows)
+    with torch.enable_grad():
+        loss_module(*batch)
+    grown = loss_module.head_rows
+    assert set(data_rows.tolist()) < set(grown.tolist()) and grown.tolist() == sorted(set(grown.tolist()))
+    loss_module.keep_in_head(data_rows[:2])  # already in: nothing changes
+    assert loss_module.head_rows is grown
+
+    # in this process, with 5 negatives: the tiny model's 479 tokens would all be in the softmax with 1,024
+    monkeypatch.setattr(head, "NEGATIVES", 5)
+    settings = dict(model=str(tiny[0]), train=str(dataset), batch_tokens=256, learning_rate=1e-3, precision="fp32",
+                    threads=1, head_vocab="task", max_steps=8, eval_every=100, save_every=100)
+    straight = train(FinetuneConfig(output=str(tmp_path / "straight"), **settings)).summary
+    stopped = tmp_path / "stopped"
+    train(FinetuneConfig(output=str(stopped), time_limit=0.001, **settings))
+    saved = load_file(stopped / "checkpoints" / "step-0000001" / "tensors.safetensors")["head.rows"]
+    started = int(capsys.readouterr().out.split("training softmax: ")[-1].split(" of ")[0].replace(",", ""))
+    assert len(saved) > started  # the first step mined tokens the softmax did not hold
+    resumed = train(FinetuneConfig(output=str(stopped), **settings), resume=True).summary
+    assert resumed["steps"] == 8 and losses(stopped) == pytest.approx(losses(tmp_path / "straight"), rel=1e-6, abs=1e-7)
+    assert straight["softmax_tokens"] == resumed["softmax_tokens"] >= len(saved)

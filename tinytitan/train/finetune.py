@@ -125,7 +125,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
 
     pos = Position()
     if resume:
-        pos = _restore(run_dir, model, optimizer, scheduler)
+        pos = _restore(run_dir, model, optimizer, scheduler, loss_module)
         pos.timed_out = False  # a longer time_limit may continue it
     metrics = _Metrics(run_dir / "metrics.jsonl", dist.is_main, truncate_after=pos.step if resume else 0)
     if dist.is_main:
@@ -173,7 +173,7 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
                 print(f"step {pos.step}: the time limit ({config.time_limit:.0f} s of training) is reached - "
                       f"stopping with {total_steps - pos.step} of {total_steps} steps left", flush=True)
             if pos.step % config.save_every == 0 or last or pos.stopped_early:
-                _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos, config)
+                _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos, config, loss_module)
     if dist.is_main:
         save_weights(model, run_dir / "last", {"step": pos.step, "base_model": str(ref.path),
                                                "base_sha256": ref.sha256, "method": config.method})
@@ -185,6 +185,8 @@ def train(config: FinetuneConfig, resume: bool = False) -> RunResult:
                "best_val_loss": None if math.isinf(pos.best_val) else pos.best_val, "best_step": pos.best_step,
                "stopped_early": pos.stopped_early, "timed_out": pos.timed_out, "tokens": pos.tokens,
                "seconds": round(time.perf_counter() - start_time, 1)}
+    if loss_module.head_rows is not None:
+        summary["softmax_tokens"] = int(loss_module.head_rows.numel())  # the task softmax at the end
     dist.barrier()
     dist.close()
     return RunResult(summary, dist.is_main)
@@ -268,7 +270,7 @@ def _evaluate_and_keep_best(wrapped, dist, val_set, config, tokenizer, model, ru
               (" - stopping early" if pos.stopped_early else ""), flush=True)
 
 
-def _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos: Position, config) -> None:
+def _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos: Position, config, loss_module) -> None:
     if not dist.is_main:
         dist.barrier()
         return
@@ -276,13 +278,15 @@ def _save_checkpoint(run_dir, dist, model, optimizer, scheduler, pos: Position, 
     optimizer_tensors, optimizer_meta = checkpoint.optimizer_to_flat(optimizer)
     tensors.update(optimizer_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
+    if loss_module.head_rows is not None:  # the task softmax with the tokens mined so far
+        tensors["head.rows"] = loss_module.head_rows
     scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     state = {"position": pos.__dict__, "optimizer": optimizer_meta, "scheduler": scheduler_state}
     checkpoint.save(run_dir / "checkpoints", pos.step, tensors, state, config.keep_checkpoints)
     dist.barrier()
 
 
-def _restore(run_dir: Path, model, optimizer, scheduler) -> Position:
+def _restore(run_dir: Path, model, optimizer, scheduler, loss_module) -> Position:
     if checkpoint.latest(run_dir / "checkpoints") is None:
         raise CannotResume(f"{run_dir}: no complete checkpoint to resume from")
     tensors, state = checkpoint.load_latest(run_dir / "checkpoints")
@@ -290,6 +294,8 @@ def _restore(run_dir: Path, model, optimizer, scheduler) -> Position:
     checkpoint.optimizer_from_flat(optimizer, tensors, state["optimizer"])
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     torch.set_rng_state(tensors["rng.torch"])
+    if loss_module.head_rows is not None and "head.rows" in tensors:
+        loss_module.keep_in_head(tensors["head.rows"])
     return Position(**state["position"])
 
 

@@ -9,10 +9,12 @@ likeliest wrong tokens (without them, the kept tokens hold ~2/3 of the untrained
 there and training ends somewhere else: docs/pruning.md). The model itself is untouched: the adapter
 (or weights) trained this way are used with the full vocabulary, and validation scores the full one.
 So each step also scores a few of its positions over the whole vocabulary (`mined_rows`) and adds the
-tokens training has made likely there: without them, tokens outside the softmax that nothing pushes
-down took over free decoding (0% exact match on the demo, 66% constrained; docs/finetune.md).
-`head_vocab = "auto"` trains this way where training runs in fp32; "full" is the default (its cost in
-exact match, measured: docs/finetune.md).
+tokens training has made likely there, for the rest of the run (`CompletionLoss.keep_in_head`; a checkpoint
+keeps them): without them, tokens outside the softmax that nothing pushes down took over free decoding (0%
+exact match on the demo, 66% constrained), and with them only in the step that found them the demo ended
+5.9 points under the full head (docs/finetune.md).
+`head_vocab = "auto"` (the default) trains this way where training runs in fp32, and in the full softmax in
+bf16, where the head is cheaper (measured: docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 NEGATIVES = 1024  # other tokens in the softmax (docs/pruning.md: 72% of the dropped probability)
 ROWS = 64  # rows (of those given: training and validation) the negatives are picked on
-MINED_POSITIONS = 32  # completion positions of each batch scored over the whole vocabulary (besides each row's last)
+MINED_POSITIONS = 64  # completion positions of each batch scored over the whole vocabulary (besides each row's last)
 MINED_TOP = 32  # the likeliest tokens at each of them, which join that step's softmax
 
 
@@ -58,7 +60,7 @@ def likeliest_others(model, examples, kept: torch.Tensor, count: int, bf16: bool
     return order, summary
 
 
-def task_head_rows(model, examples, bf16: bool, negatives: int = NEGATIVES) -> tuple[torch.Tensor, dict]:
+def task_head_rows(model, examples, bf16: bool, negatives: int) -> tuple[torch.Tensor, dict]:
     """The vocabulary rows of the task's training softmax (sorted ids): every token of `examples` and the
     `negatives` likeliest others (`likeliest_others`, on the model as it starts); and a summary."""
     vocab = model.lm_head.weight.shape[0]
@@ -91,7 +93,7 @@ def head_rows_for(config, model, examples, bf16: bool, announce: bool) -> torch.
     from tinytitan.train.training import causal_lm
 
     started = time.perf_counter()
-    rows, summary = task_head_rows(causal_lm(model), examples, bf16)
+    rows, summary = task_head_rows(causal_lm(model), examples, bf16, NEGATIVES)
     if announce:
         others, share = summary.get("negatives", 0), summary.get("negatives_share_of_dropped", 0)
         print(f"training softmax: {summary['tokens']:,} of {summary['of']:,} tokens ({summary['data_tokens']:,} in the "

@@ -79,12 +79,21 @@ class CompletionLoss(torch.nn.Module):
         self.bf16 = bf16
         self.head_chunk = head_chunk
         self.negatives = negatives  # (K, H) frozen rows added to the head's softmax, never targets
-        # the vocabulary ids of the training softmax (train/head.py; None: all; sorted), a step adds those it mines
-        self.head_rows = head_rows
+        self.in_head = None  # the training softmax (train/head.py): a bool mask over the vocabulary (None: all)
+        self.head_rows = None  # its vocabulary ids, sorted
         if head_rows is not None:
             self.in_head = torch.zeros(causal_lm(model).lm_head.weight.shape[0], dtype=torch.bool)
             self.in_head[head_rows] = True
+            self.head_rows = self.in_head.nonzero().flatten()
         self._full_head = None  # (head weight, its version, the head the loss uses)
+
+    def keep_in_head(self, rows: torch.Tensor) -> None:
+        """Add vocabulary `rows` to the training softmax for the rest of the run (a step's mined tokens, or
+        those a checkpoint saved)."""
+        rows = rows.to(self.in_head.device)
+        if not self.in_head[rows].all():
+            self.in_head[rows] = True
+            self.head_rows = self.in_head.nonzero().flatten()
 
     def head(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The head weight the loss uses: its `rows` (a step's training softmax; None: all), with the negatives
@@ -122,8 +131,8 @@ class CompletionLoss(torch.nn.Module):
             if not self.in_head.to(targets.device)[targets].all():
                 raise ValueError("a completion token is not in the task's head rows")
             ends = predicts.sum(1).cumsum(0)[predicts.any(1)] - 1  # each row's last completion position
-            mined = mined_rows(hidden, lm.lm_head.weight, ends)
-            softmax = torch.cat([self.head_rows.to(targets.device), mined]).unique()
+            self.keep_in_head(mined_rows(hidden, lm.lm_head.weight, ends))
+            softmax = self.head_rows.to(targets.device)
             targets = torch.searchsorted(softmax, targets)
         return chunked_head_loss(hidden, self.head(lm.lm_head.weight, softmax), targets, chunk=self.head_chunk,
                                  bf16=self.bf16, softcap=lm.config.final_logit_softcapping, teacher=teacher,
