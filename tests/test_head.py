@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.test_finetune import dataset, finetune_args, losses  # noqa: F401  (a fixture)
+from tests.test_finetune import dataset, finetune_args  # noqa: F401  (fixtures)
+from tests.test_finetune import losses
 from tests.test_vocabulary import TEXTS, _completion_batch
 
 

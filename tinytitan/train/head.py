@@ -24,7 +24,7 @@ import torch
 NEGATIVES = 1024  # other tokens in the softmax (docs/pruning.md: 72% of the dropped probability)
 ROWS = 64  # rows (of those given: training and validation) the negatives are picked on
 MINED_POSITIONS = 64  # completion positions of each batch scored over the whole vocabulary (besides each row's last)
-MINED_TOP = 32  # the likeliest tokens at each of them, which join that step's softmax
+MINED_TOP = 32  # the likeliest tokens at each of them, which join the softmax for the rest of the run
 
 
 def likeliest_others(model, examples, kept: torch.Tensor, count: int, bf16: bool,
