@@ -6,15 +6,21 @@ largest exported GGUF). Steps, each skipped when its output is already there (so
 missing, and summarizes):
 
 1. `tinytitan prune TEACHER --layers N`: the student, the teacher's N most important layers;
-2. `kd`: the student fine-tuned with the teacher's top-64 distributions (`finetune --teacher`, kd_weight 0.5);
+2. `kd`: the student fine-tuned with the teacher's top-64 distributions (`finetune --teacher`, --kd-weight, 0.5);
 3. `plain`: the same student, the same settings and steps, without the teacher;
-4. `labels`: `tinytitan distill --unlabelled`: the teacher (Q8_0) labels --unlabelled cookstr lines,
+4. `cook`: `tinytitan distill --unlabelled`: the teacher (Q8_0) labels --unlabelled cookstr lines,
    constrained by the schema, kept at confidence >= 0.5, added to the 5,042 labelled rows (no KD term:
    compared with `plain`, it shows what the labels add);
-5. Q8_0 exports of the teacher and the three students, one `tinytitan eval` of all four on the 657 test
+5. `cookkd`: the same rows (the same labels, copied) with the teacher's top-64 beside them: compared with
+   `cook`, what the KD term adds on the larger set;
+6. Q8_0 exports of the teacher and the three students, one `tinytitan eval` of all four on the 657 test
    lines (record exact match, free and schema-constrained, 95% CIs), one `tinytitan bench` of all four.
 
     python bench/distill.py [--teacher runs/ingredients] [--work runs/distill-study] [--layers 12] [--unlabelled 0]
+                            [--epochs 1] [--kd-weight 0.5] [--steps kd,plain,cook,cookkd]
+
+A teacher trained in the task vocabulary (`--set vocab.trim=train`) gives students in that vocabulary, so the
+decode comparison is in one vocabulary without the 262k head that no depth pruning shrinks.
 """
 
 from __future__ import annotations
@@ -55,7 +61,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--epochs", default="1")
     parser.add_argument("--unlabelled", type=int, default=5600,
-                        help="cookstr lines for the teacher to label (0: leave the labels study out)")
+                        help="cookstr lines for the teacher to label (0: leave the labels studies out)")
+    parser.add_argument("--kd-weight", default="0.5", help="the KD term's weight in kd and cookkd")
+    parser.add_argument("--steps", default="kd,plain,cook", help="which students: kd, plain, cook, cookkd")
     args = parser.parse_args()
 
     teacher, work = Path(args.teacher), Path(args.work)
@@ -82,16 +90,25 @@ def main() -> None:
         seconds["export teacher"] = tinytitan("export", str(teacher / "train"), "--to", "gguf", "--quant", "q8_0",
                                               "--out", str(teacher_q8), "--gate-rows", "32", "--force")
     teacher_gguf = str(next(teacher_q8.glob("*q8_0.gguf")))
-    steps = {
-        f"kd{args.layers}": ["finetune", "--model", str(student), "--teacher", str(teacher), *common],
-        f"plain{args.layers}": ["finetune", "--model", str(student), *common],
-        f"cook{args.layers}": ["distill", "--teacher", teacher_gguf, "--student", str(student), "--unlabelled",
-                               str(unlabelled), "--max-unlabelled", str(args.unlabelled), "--kd-weight", "0",
-                               *common],
+    labelling = ["distill", "--teacher", teacher_gguf, "--student", str(student), "--unlabelled", str(unlabelled),
+                 "--max-unlabelled", str(args.unlabelled)]
+    every = {
+        "kd": ["finetune", "--model", str(student), "--teacher", str(teacher), "--kd-weight", args.kd_weight, *common],
+        "plain": ["finetune", "--model", str(student), *common],
+        "cook": [*labelling, "--kd-weight", "0", *common],
+        "cookkd": [*labelling, "--kd-weight", args.kd_weight, *common],
     }
-    if not args.unlabelled:
-        steps.pop(f"cook{args.layers}")
+    chosen = [name for name in args.steps.split(",") if args.unlabelled or not name.startswith("cook")]
+    unknown = sorted(set(chosen) - set(every))
+    if unknown:
+        sys.exit(f"--steps {args.steps}: unknown {', '.join(unknown)}; expected some of {', '.join(every)}")
+    steps = {f"{name}{args.layers}": every[name] for name in chosen}
     for name, command in steps.items():
+        labels = [runs / other / "distill" / "labels.json" for other in steps if other.startswith("cook")]
+        mine = runs / name / "distill" / "labels.json"
+        if name.startswith("cook") and not mine.exists() and any(p.exists() for p in labels):
+            mine.parent.mkdir(parents=True, exist_ok=True)  # the same teacher, inputs and settings: labelled once
+            mine.write_bytes(next(p for p in labels if p.exists()).read_bytes())
         if not (runs / name / "best").is_dir():
             seconds[name] = tinytitan(*command, "--output", str(runs / name), log=runs / f"{name}.log")
         if not any((exported / name).glob("*q8_0.gguf")):
