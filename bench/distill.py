@@ -1,8 +1,8 @@
-"""What does a teacher add? Ingredients: a depth-pruned student with and without distillation, and with
+"""What does a teacher add? A depth-pruned student with and without distillation, and (ingredients) with
 teacher-labelled unlabelled cookstr lines. The last line is one JSON document.
 
-The teacher is a finished ingredients specialist (`tinytitan run recipes/ingredients.toml`: LoRA r32, its
-largest exported GGUF). Steps, each skipped when its output is already there (so a re-run only adds what is
+The teacher is a finished specialist: ingredients (`tinytitan run recipes/ingredients.toml`, LoRA r32) or any
+other task's run folder, such as banking77 (`--unlabelled 0 --lora-rank 16 --max-tokens 24`). Steps, each skipped when its output is already there (so a re-run only adds what is
 missing, and summarizes):
 
 1. `tinytitan prune TEACHER --layers N`: the student, the teacher's N most important layers;
@@ -13,11 +13,13 @@ missing, and summarizes):
    compared with `plain`, it shows what the labels add);
 5. `cookkd`: the same rows (the same labels, copied) with the teacher's top-64 beside them: compared with
    `cook`, what the KD term adds on the larger set;
-6. Q8_0 exports of the teacher and the three students, one `tinytitan eval` of all four on the 657 test
-   lines (record exact match, free and schema-constrained, 95% CIs), one `tinytitan bench` of all four.
+6. Q8_0 exports of the teacher and the students, one `tinytitan eval` of them all on the teacher run's test
+   rows (ingredients: record exact match on the 657 lines, free and schema-constrained; banking77: accuracy on
+   the 3,080 messages; 95% CIs), one `tinytitan bench` of them all.
 
     python bench/distill.py [--teacher runs/ingredients] [--work runs/distill-study] [--layers 12] [--unlabelled 0]
-                            [--epochs 1] [--kd-weight 0.5] [--steps kd,plain,cook,cookkd]
+                            [--epochs 1] [--kd-weight 0.5] [--steps kd,plain,cook,cookkd] [--lora-rank 32]
+                            [--max-tokens 128]
 
 A teacher trained in the task vocabulary (`--set vocab.trim=train`) gives students in that vocabulary, so the
 decode comparison is in one vocabulary without the 262k head that no depth pruning shrinks.
@@ -64,6 +66,8 @@ def main() -> None:
                         help="cookstr lines for the teacher to label (0: leave the labels studies out)")
     parser.add_argument("--kd-weight", default="0.5", help="the KD term's weight in kd and cookkd")
     parser.add_argument("--steps", default="kd,plain,cook", help="which students: kd, plain, cook, cookkd")
+    parser.add_argument("--lora-rank", type=int, default=32, help="the students' LoRA rank (alpha: twice it)")
+    parser.add_argument("--max-tokens", default="128", help="the evaluation's generation cap per row")
     args = parser.parse_args()
 
     teacher, work = Path(args.teacher), Path(args.work)
@@ -75,15 +79,17 @@ def main() -> None:
     if not student.exists():
         seconds["prune"] = tinytitan("prune", str(teacher), "--data", str(data / "train.jsonl"), "--layers",
                                      str(args.layers), "-o", str(student))
+    chosen = [name for name in args.steps.split(",") if args.unlabelled or not name.startswith("cook")]
     unlabelled = work / "unlabelled.txt"
-    if not unlabelled.exists():  # cookstr's unlabelled lines, as the ingredients task prepares them
+    if any(name.startswith("cook") for name in chosen) and not unlabelled.exists():  # cookstr's unlabelled lines, as the ingredients task prepares them
         from tinytitan.data.tasks import ingredients
 
         cookstr = ROOT / "recipes" / "data" / "ingredients"
         ingredients.prepare({"csv": cookstr / "tastecooking-ingredients-2024.csv",
                              "unlabelled_csv": cookstr / "cookstr-ingredients-2017.csv"}, work, max_val=300)
     common = ["--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"), "--max-length", "128",
-              "--lora-rank", "32", "--lora-alpha", "64", "--epochs", args.epochs, "--learning-rate", "3e-4",
+              "--lora-rank", str(args.lora_rank),
+              "--lora-alpha", str(2 * args.lora_rank), "--epochs", args.epochs, "--learning-rate", "3e-4",
               "--eval-every", "100", "--save-every", "100", "--early-stopping", "0"]
     teacher_q8 = exported / "teacher"
     if not any(teacher_q8.glob("*q8_0.gguf")):
@@ -98,7 +104,6 @@ def main() -> None:
         "cook": [*labelling, "--kd-weight", "0", *common],
         "cookkd": [*labelling, "--kd-weight", args.kd_weight, *common],
     }
-    chosen = [name for name in args.steps.split(",") if args.unlabelled or not name.startswith("cook")]
     unknown = sorted(set(chosen) - set(every))
     if unknown:
         sys.exit(f"--steps {args.steps}: unknown {', '.join(unknown)}; expected some of {', '.join(every)}")
@@ -116,9 +121,11 @@ def main() -> None:
                       "--gate-rows", "32", "--force")
     ggufs = [teacher_gguf] + [str(next((exported / name).glob("*q8_0.gguf"))) for name in steps]
     evaluation = work / "eval.json"
-    if not evaluation.exists():
+    if not evaluation.exists():  # JSON tasks also decode constrained by the schema; labels are scored by decoding
+        schema = teacher / "schema.json"
+        scoring = ["--schema", str(schema)] if schema.exists() else ["--no-constrained"]
         result = subprocess.run([sys.executable, "-m", "tinytitan", "eval", *ggufs, "--data", str(data / "test.jsonl"),
-                                 "--schema", str(teacher / "schema.json"), "--max-tokens", "128", "--out",
+                                 *scoring, "--no-likelihood", "--max-tokens", args.max_tokens, "--out",
                                  str(work / "eval"), "--json"], capture_output=True, text=True, cwd=ROOT)
         if result.returncode:
             sys.exit(f"eval failed: {result.stderr[-2000:]}")
@@ -146,8 +153,8 @@ def summarize(ggufs: list[str], names: list[str], evaluation: dict, speed: dict,
         constrained = row.get("constrained") or {}
         decode = [s["tg_tps"] for s in bench.get("speed", []) if s.get("tg_tps")]
         entry = {"name": name, "artifact": row.get("artifact"), "size_mb": round(row.get("size_mb", 0), 1),
-                 "exact_match": row.get("exact_match"), "ci95": row.get("ci95"),
-                 "exact_match_constrained": constrained.get("exact_match"), "ci95_constrained": constrained.get("ci95"),
+                 "metric": row.get("headline"), "score": row.get("score"), "ci95": row.get("ci95"),
+                 "score_constrained": constrained.get(row.get("headline")), "ci95_constrained": constrained.get("ci95"),
                  "decode_tok_s": round(max(decode), 1) if decode else None}
         run = runs / name
         if (run / "metrics.jsonl").exists():
