@@ -141,3 +141,26 @@ def test_a_mined_token_stays_in_the_softmax_and_a_resumed_run_keeps_it(
     resumed = train(FinetuneConfig(output=str(stopped), **settings), resume=True).summary
     assert resumed["steps"] == 8 and losses(stopped) == pytest.approx(losses(tmp_path / "straight"), rel=1e-6, abs=1e-7)
     assert straight["softmax_tokens"] == resumed["softmax_tokens"] >= len(saved)
+
+
+def _mine_in_process(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from tinytitan.train.head import mined_everywhere
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        union = mined_everywhere(torch.tensor([3, 7]) if rank == 0 else torch.tensor([7, 11, 40]), vocab=50)
+        torch.save(union, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_under_torchrun_share_their_mined_tokens(tmp_path):
+    from tinytitan.train.head import mined_everywhere
+
+    alone = torch.tensor([5, 2])
+    assert mined_everywhere(alone, vocab=10) is alone  # one process: untouched
+    torch.multiprocessing.spawn(_mine_in_process, args=(str(tmp_path / "store"), str(tmp_path / "union")), nprocs=2)
+    for rank in (0, 1):  # each process's softmax takes the other's mined tokens too, in order
+        assert torch.load(tmp_path / f"union.{rank}").tolist() == [3, 7, 11, 40]

@@ -8,11 +8,11 @@ probability at their completion positions, so that training still pushes probabi
 likeliest wrong tokens (without them, the kept tokens hold ~2/3 of the untrained model's probability
 there and training ends somewhere else: docs/pruning.md). The model itself is untouched: the adapter
 (or weights) trained this way are used with the full vocabulary, and validation scores the full one.
-So each step also scores a few of its positions over the whole vocabulary (`mined_rows`) and adds the
-tokens training has made likely there, for the rest of the run (`CompletionLoss.keep_in_head`; a checkpoint
-keeps them): without them, tokens outside the softmax that nothing pushes down took over free decoding (0%
-exact match on the demo, 66% constrained), and with them only in the step that found them the demo ended
-5.9 points under the full head (docs/finetune.md).
+So each step also scores a few of its positions over the whole vocabulary (`mined_rows`) and adds the tokens
+training has made likely there, for the rest of the run (`CompletionLoss.keep_in_head`; a checkpoint keeps
+them; under torchrun every process adds every process's, `mined_everywhere`): without them, tokens outside the
+softmax that nothing pushes down took over free decoding (0% exact match on the demo, 66% constrained), and
+with them only in the step that found them the demo ended 5.9 points under the full head (docs/finetune.md).
 `head_vocab = "auto"` (the default) trains this way where training runs in fp32, and in the full softmax in
 bf16, where the head is cheaper (measured: docs/finetune.md).
 """
@@ -135,3 +135,17 @@ def mined_rows(hidden: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -
     picks = torch.cat([spread, ends.to(hidden.device)]).unique()
     logits = hidden[picks].detach().to(weight.dtype) @ weight.detach().T
     return logits.topk(min(MINED_TOP, logits.shape[1]), dim=-1).indices.flatten().unique()
+
+
+def mined_everywhere(rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Under torchrun each process mines its share of the batch: the union of all processes' mined `rows` (ids
+    below `vocab`), so that every process trains in the same softmax and the checkpoint the first one saves
+    holds them all. In one process: `rows`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    mask = torch.zeros(vocab, dtype=torch.int32, device=rows.device)
+    mask[rows] = 1
+    dist.all_reduce(mask)  # a sum: nonzero wherever some process mined the token
+    return mask.nonzero().flatten()

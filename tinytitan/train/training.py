@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinyTitanError
-from tinytitan.train.head import mined_rows
+from tinytitan.train.head import mined_everywhere, mined_rows
 from tinytitan.train.loss import chunked_head_loss, completion_positions
 
 
@@ -131,7 +131,7 @@ class CompletionLoss(torch.nn.Module):
             if not self.in_head.to(targets.device)[targets].all():
                 raise ValueError("a completion token is not in the task's head rows")
             ends = predicts.sum(1).cumsum(0)[predicts.any(1)] - 1  # each row's last completion position
-            self.keep_in_head(mined_rows(hidden, lm.lm_head.weight, ends))
+            self.keep_in_head(mined_everywhere(mined_rows(hidden, lm.lm_head.weight, ends), len(self.in_head)))
             softmax = self.head_rows.to(targets.device)
             targets = torch.searchsorted(softmax, targets)
         return chunked_head_loss(hidden, self.head(lm.lm_head.weight, softmax), targets, chunk=self.head_chunk,
