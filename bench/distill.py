@@ -2,8 +2,8 @@
 teacher-labelled unlabelled cookstr lines. The last line is one JSON document.
 
 The teacher is a finished specialist: ingredients (`tinytitan run recipes/ingredients.toml`, LoRA r32) or any
-other task's run folder, such as banking77 (`--unlabelled 0 --lora-rank 16 --max-tokens 24`). Steps, each skipped when its output is already there (so a re-run only adds what is
-missing, and summarizes):
+other task's run folder, such as banking77 (`--unlabelled 0 --lora-rank 16 --max-tokens 24`). Steps, each
+skipped when its output is already there (so a re-run only adds what is missing, and summarizes):
 
 1. `tinytitan prune TEACHER --layers N`: the student, the teacher's N most important layers;
 2. `kd`: the student fine-tuned with the teacher's top-64 distributions (`finetune --teacher`, --kd-weight, 0.5);
@@ -81,15 +81,16 @@ def main() -> None:
                                      str(args.layers), "-o", str(student))
     chosen = [name for name in args.steps.split(",") if args.unlabelled or not name.startswith("cook")]
     unlabelled = work / "unlabelled.txt"
-    if any(name.startswith("cook") for name in chosen) and not unlabelled.exists():  # cookstr's unlabelled lines, as the ingredients task prepares them
+    if any(name.startswith("cook") for name in chosen) and not unlabelled.exists():
+        # cookstr's unlabelled lines, as the ingredients task prepares them
         from tinytitan.data.tasks import ingredients
 
         cookstr = ROOT / "recipes" / "data" / "ingredients"
         ingredients.prepare({"csv": cookstr / "tastecooking-ingredients-2024.csv",
                              "unlabelled_csv": cookstr / "cookstr-ingredients-2017.csv"}, work, max_val=300)
     common = ["--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"), "--max-length", "128",
-              "--lora-rank", str(args.lora_rank),
-              "--lora-alpha", str(2 * args.lora_rank), "--epochs", args.epochs, "--learning-rate", "3e-4",
+              "--lora-rank", str(args.lora_rank), "--lora-alpha", str(2 * args.lora_rank), "--epochs", args.epochs,
+              "--learning-rate", "3e-4",
               "--eval-every", "100", "--save-every", "100", "--early-stopping", "0"]
     teacher_q8 = exported / "teacher"
     if not any(teacher_q8.glob("*q8_0.gguf")):
